@@ -1,0 +1,1 @@
+"""Top layer: the `vitrina` command line, benchmarks and evaluation programs."""

@@ -1,0 +1,135 @@
+"""The typed vector-store interface every backend implements, and `open_store(cfg)` that picks one."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from vitrina.config import Config
+from vitrina.errors import ConfigError
+
+# Named vectors stored per item. `image` is absent for items whose image could not be embedded
+# (or while no trained image tower exists); `keywords` is the sparse BM25 vector.
+DENSE_VECTORS = ("text", "image", "fused")
+SPARSE_VECTOR = "keywords"
+ID_FIELD = "item_id"  # payload key holding the external id, exactly as in the catalogue
+_ID_NAMESPACE = uuid.UUID("5b0c8a1e-0d6f-4d8e-9c43-7a1f1e2f9b11")
+
+
+def point_id(item_id: str) -> str:
+    """Stable Qdrant point id (a UUID string) for an external item id: reruns never duplicate."""
+    return str(uuid.uuid5(_ID_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item as written to the store."""
+
+    id: str  # external id
+    vectors: dict[str, np.ndarray]  # subset of DENSE_VECTORS, each L2-normalised float32
+    keywords: str  # text embedded as the sparse BM25 vector
+    payload: dict[str, Any]  # attributes; ID_FIELD is added by the store
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Exact-match (any of the values) on payload fields, and numeric ranges (inclusive)."""
+
+    equals: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    exclude_ids: tuple[str, ...] = ()  # external ids never to return
+
+    def __bool__(self) -> bool:
+        return bool(self.equals or self.ranges or self.exclude_ids)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: external id, score, payload, and the vectors when asked for."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DenseQuery:
+    """Nearest neighbours of `vector` among the items' named vector `using`."""
+
+    vector: np.ndarray
+    using: str  # one of DENSE_VECTORS
+
+
+@dataclass(frozen=True)
+class KeywordQuery:
+    """BM25 match of `text` against the items' keyword documents."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class HybridQuery:
+    """Several queries fused in the engine by weighted reciprocal rank fusion."""
+
+    parts: tuple[DenseQuery | KeywordQuery, ...]
+    weights: tuple[float, ...] = ()  # one per part; empty = equal
+    rrf_k: int = 60
+    candidates: int = 100  # how many each part fetches before fusion
+
+
+Query = DenseQuery | KeywordQuery | HybridQuery
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    points: int
+    dims: dict[str, int]
+
+
+class Store(Protocol):
+    """What the indexer, the search service and the tests rely on; both backends behave the same."""
+
+    # collections and aliases
+    def create_collection(self, name: str, dims: dict[str, int], filterable: Sequence[str],
+                          numeric: Sequence[str]) -> None: ...
+    def drop_collection(self, name: str) -> None: ...
+    def list_collections(self) -> list[str]: ...
+    def collection_info(self, name: str) -> CollectionInfo: ...
+    def get_alias(self, alias: str) -> str | None: ...
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` atomically: a search sees the old or the new, never neither."""
+        ...
+
+    # writes (idempotent: the same id overwrites)
+    def upsert(self, collection: str, items: Sequence[ItemRecord]) -> None: ...
+    def delete(self, collection: str, ids: Sequence[str]) -> int: ...
+    def flush(self, collection: str) -> None: ...
+
+    # reads; `collection` may be an alias
+    def count(self, collection: str, filters: Filters | None = None) -> int: ...
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]: ...
+    def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
+              offset: int = 0, with_vectors: bool = False) -> list[Hit]: ...
+    def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,
+               limit: int = 20) -> dict[str, dict[str, int]]: ...
+    def scroll(self, collection: str, batch: int = 1000, with_vectors: bool = False) -> Iterator[Hit]: ...
+    def close(self) -> None: ...
+
+
+def open_store(cfg: Config) -> Store:
+    """The backend named by cfg.store.backend: `edge` (in-process, on disk) or `qdrant` (client)."""
+    backend = cfg.store.backend
+    if backend == "edge":
+        from search.store_edge import EdgeStore
+
+        return EdgeStore(cfg.data_dir / "store", timeout_s=cfg.store.timeout_s)
+    if backend == "qdrant":
+        from search.store_qdrant import QdrantStore
+
+        return QdrantStore.from_config(cfg.store)
+    raise ConfigError(f"[store].backend must be 'edge' or 'qdrant', got {backend!r}")

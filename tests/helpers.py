@@ -1,0 +1,97 @@
+"""Fixture builders the tests share: small catalogues with real images, and configs pointing at them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw
+
+from vitrina.config import Config, load_config
+
+COLOURS = {"Red": (200, 30, 30), "Blue": (30, 60, 200), "Black": (15, 15, 15), "White": (240, 240, 240),
+           "Green": (30, 160, 60), "Yellow": (230, 210, 40)}
+ARTICLES = ("Tshirts", "Shoes", "Watches", "Handbags", "Jeans", "Caps")
+GENDERS = ("Men", "Women")
+
+
+def draw_product(colour: str, article: str, size: tuple[int, int] = (60, 80), seed: int = 0) -> Image.Image:
+    """A real RGB picture: a shape per article type, filled with the product colour, on white."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    fill = tuple(min(255, max(0, c + rng.randint(-15, 15))) for c in COLOURS[colour])
+    k = ARTICLES.index(article) if article in ARTICLES else 0
+    if k % 3 == 0:
+        d.rectangle([w * 0.2, h * 0.2, w * 0.8, h * 0.8], fill=fill)
+    elif k % 3 == 1:
+        d.ellipse([w * 0.15, h * 0.25, w * 0.85, h * 0.75], fill=fill)
+    else:
+        d.polygon([(w * 0.5, h * 0.1), (w * 0.9, h * 0.9), (w * 0.1, h * 0.9)], fill=fill)
+    return img
+
+
+def product_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """n products cycling through genders, colours and article types, with prices and splits."""
+    rng = random.Random(seed)
+    rows = []
+    colours = list(COLOURS)
+    for i in range(n):
+        g, c, a = GENDERS[i % 2], colours[(i // 2) % len(colours)], ARTICLES[(i // 12) % len(ARTICLES)]
+        rows.append({
+            "id": str(1000 + i), "title": f"{g} {c} {a} style {i}", "gender": g, "baseColour": c,
+            "articleType": a, "price": f"{rng.uniform(5, 200):.2f}", "image": f"images/{1000 + i}.jpg",
+            "split": ("train", "train", "train", "dev", "test")[i % 5],
+        })
+    return rows
+
+
+def write_catalogue(folder: Path, rows: Sequence[dict[str, Any]], fmt: str = "csv",
+                    images: bool = True, size: tuple[int, int] = (60, 80)) -> Path:
+    """Write rows (and one JPEG per row unless images=False) under folder; returns the catalogue path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if images:
+        (folder / "images").mkdir(exist_ok=True)
+        for i, row in enumerate(rows):
+            if row.get("image") and not str(row["image"]).startswith("http"):
+                colour = row.get("baseColour") if row.get("baseColour") in COLOURS else "Red"
+                draw_product(colour, row.get("articleType", ""), size, seed=i).save(folder / row["image"], "JPEG")
+    if fmt == "jsonl":
+        path = folder / "products.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    path = folder / "products.csv"
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[str, Any]) -> Config:
+    """Built-in defaults adapted to the test catalogue schema, data under tmp_path, with overrides."""
+    cfg = load_config(env={})
+    base = {
+        "data": {"dir": str(tmp_path / "var")},
+        "catalogue": {
+            "path": str(catalogue) if catalogue else "", "format": "auto", "id": "id", "title": "title",
+            "price": "price", "category": "articleType", "image": "image", "image_base": "", "split": "split",
+            "attributes": ("gender", "articleType", "baseColour"),
+            "text_fields": ("title", "gender", "baseColour", "articleType"),
+            "keyword_fields": ("title", "gender", "baseColour", "articleType"),
+            "filterable": ("gender", "articleType", "baseColour"), "numeric": (),
+        },
+        "image_encoder": {"checkpoint": str(tmp_path / "models" / "image_tower.pt")},
+        "finetune": {"output": str(tmp_path / "models" / "image_tower.pt")},
+        "runtime": {"threads": 2, "device": "cpu"},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return cfg.replace(**base)

