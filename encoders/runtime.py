@@ -1,0 +1,54 @@
+"""Where models run: device choice, CPU thread count and bf16 autocast, shared by every encoder."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from vitrina.config import RuntimeConfig
+from vitrina.errors import ConfigError
+
+
+def resolve_device(runtime: RuntimeConfig) -> Any:
+    """torch.device for runtime.device: 'auto' takes CUDA when present, else CPU."""
+    import torch
+
+    if runtime.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("[runtime].device is 'cuda' but no CUDA device is available")
+    if runtime.device not in {"cpu", "cuda"}:
+        raise ConfigError(f"[runtime].device must be auto, cpu or cuda, got {runtime.device!r}")
+    return torch.device(runtime.device)
+
+
+def configure_threads(runtime: RuntimeConfig) -> None:
+    """Set torch's intra-op thread count from config (0 leaves torch's default)."""
+    import torch
+
+    if runtime.threads > 0 and torch.get_num_threads() != runtime.threads:
+        torch.set_num_threads(runtime.threads)
+
+
+def bf16_supported(device: Any) -> bool:
+    """True on CUDA with bf16, and on CPUs with native bf16 (AVX-512 bf16 / AMX)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@contextlib.contextmanager
+def autocast(device: Any, enabled: bool) -> Iterator[None]:
+    """bf16 autocast on `device` when enabled and supported; a no-op context otherwise."""
+    import torch
+
+    if enabled and bf16_supported(device):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
