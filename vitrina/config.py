@@ -109,6 +109,8 @@ class SearchConfig:
     max_query_chars: int = 512
     max_upload_bytes: int = 8_000_000
     max_image_pixels: int = 40_000_000
+    max_offset: int = 1000  # deepest page start a search may ask for
+    max_events: int = 1000  # most feedback events in one request
 
 
 @dataclass(frozen=True)
