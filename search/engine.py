@@ -1,0 +1,346 @@
+"""The search service the web layer calls: lazy shared models, the five search modes, explain, feedback, profiles."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+from search.ranking import cosines, rrf, vector_matrix
+from search.request import FeedbackEvent, SearchRequest
+from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
+from vitrina.config import Config
+from vitrina.errors import BadInput, NotFound, VitrinaError
+
+if TYPE_CHECKING:
+    from search.profiles import ProfileStore
+
+log = logging.getLogger(__name__)
+
+# Payload keys that are not shown as attributes in results.
+_HIDDEN = frozenset({ID_FIELD, "title", "image", "keywords", "text", "split", "description"})
+IMAGE_ROUTE = "/api/items/{id}/image"  # where the web layer serves local product images
+
+
+def _round(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+class SearchService:
+    """Everything the API does, web-free: search, items, similar, feedback, profiles, health.
+
+    Models load on first use (one shared instance, guarded by a lock), so creating the service and the
+    app is cheap and never imports torch.
+    """
+
+    def __init__(self, cfg: Config, store: Store | None = None) -> None:
+        self.cfg = cfg
+        self.alias = cfg.store.alias
+        self._store = store
+        self._text: Any = None
+        self._image: Any = None
+        self._profiles: ProfileStore | None = None
+        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles")}
+        self._count_cache: tuple[float, int] = (0.0, -1)
+
+    # ---- lazily built resources -------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._locks["store"]:
+                if self._store is None:
+                    self._store = open_store(self.cfg)
+        return self._store
+
+    def text_encoder(self) -> Any:
+        if self._text is None:
+            with self._locks["text"]:
+                if self._text is None:
+                    from encoders import create_text_encoder
+
+                    self._text = create_text_encoder(self.cfg)
+        return self._text
+
+    def image_encoder(self) -> Any:
+        """The trained image tower; ModelUnavailable (503) while there is none (checked again each call)."""
+        if self._image is None:
+            with self._locks["image"]:
+                if self._image is None:
+                    from encoders import create_image_encoder
+
+                    self._image = create_image_encoder(self.cfg)
+        return self._image
+
+    @property
+    def profiles(self) -> ProfileStore:
+        if self._profiles is None:
+            with self._locks["profiles"]:
+                if self._profiles is None:
+                    from search.profiles import ProfileStore
+
+                    path = self.cfg.data_dir / "profiles.sqlite3"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._profiles = ProfileStore(path, self.cfg.personal)
+        return self._profiles
+
+    def warm(self) -> None:
+        """Load what a first search needs now (text model, store), e.g. before serving."""
+        self.text_encoder()
+        self.index_size(fresh=True)
+
+    # ---- query vectors ----------------------------------------------------------------------------------
+    def text_vector(self, text: str) -> np.ndarray:
+        return np.asarray(self.text_encoder().encode([text])[0], dtype=np.float32)
+
+    def photo_vector(self, req: SearchRequest) -> np.ndarray:
+        """Decode (and fetch) the request's photo, then embed it with the image tower."""
+        from vitrina.images import decode_image, fetch_url
+
+        data = req.image
+        if data is None and req.image_url is not None:
+            ic = self.cfg.indexer
+            data = fetch_url(req.image_url, ic.url_timeout_s, self.cfg.search.max_upload_bytes,
+                             ic.allow_private_urls)
+        assert data is not None
+        image = decode_image(data, self.cfg.search.max_image_pixels)
+        encoder = self.image_encoder()
+        return np.asarray(encoder.encode([image])[0], dtype=np.float32)
+
+    def query_vector(self, text_vec: np.ndarray | None, photo_vec: np.ndarray | None,
+                     image_weight: float) -> np.ndarray | None:
+        """The query in the fused space: text alone, photo alone, or fuse(text, photo, 1 - w, w)."""
+        from encoders.fusion import fuse
+
+        if text_vec is not None and photo_vec is not None:
+            if image_weight <= 0.0:
+                return fuse(text_vec, None, 1.0, 0.0)
+            if image_weight >= 1.0:
+                return fuse(photo_vec, None, 1.0, 0.0)
+            return fuse(text_vec, photo_vec, 1.0 - image_weight, image_weight)
+        return text_vec if text_vec is not None else photo_vec
+
+    # ---- search -----------------------------------------------------------------------------------------
+    def search(self, req: SearchRequest) -> dict[str, Any]:
+        """Ranked results for a validated request: {"results", "total", "took_ms"[, "facets"]}."""
+        t0 = time.perf_counter()
+        s = self.cfg.search
+        photo = self.photo_vector(req) if req.has_photo else None  # bad photos fail before any search
+        text_vec = self.text_vector(req.q) if req.q and req.mode != "keyword" else None
+        qvec = self.query_vector(text_vec, photo, req.image_weight)
+        pool = max(s.candidates, req.offset + req.k)
+        hits, explain = self._retrieve(req, qvec, pool)
+        ranked = self._rank(hits, explain, req.user_id, qvec)
+        page = ranked[req.offset:req.offset + req.k]
+        out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
+        if req.facets:
+            out["facets"] = self.store.facets(self.alias, list(req.facets), req.filters or None)
+        out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        return out
+
+    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int
+                  ) -> tuple[list[Hit], list[dict[str, Any]]]:
+        """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses."""
+        s, filters = self.cfg.search, req.filters or None
+        st = self.store
+        if req.mode == "keyword":
+            hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=True)
+            return hits, [{"keyword": h.score, "keyword_rank": i + 1, "relevance": h.score}
+                          for i, h in enumerate(hits)]
+        if qvec is None:
+            raise BadInput("nothing to search with", "give 'q' and/or an image")
+        if req.mode in ("vector", "text", "image"):
+            using = "fused" if req.mode == "vector" else req.mode
+            hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool, with_vectors=True)
+            return hits, [{"dense": h.score, "dense_rank": i + 1, "relevance": h.score}
+                          for i, h in enumerate(hits)]
+        # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine
+        fetch = max(pool, s.candidates)
+        dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=fetch, with_vectors=True)
+        keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=fetch, with_vectors=True) \
+            if req.q else []
+        fused = rrf([[h.id for h in keyword], [h.id for h in dense]], [s.keyword_weight, s.vector_weight],
+                    s.rrf_k)
+        by_id = {h.id: h for h in dense}
+        by_id.update({h.id: h for h in keyword if h.id not in by_id or not by_id[h.id].vectors})
+        kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
+        dn = {h.id: i + 1 for i, h in enumerate(dense)}
+        hits, explain = [], []
+        for item_id, score in list(fused.items())[:pool]:
+            hits.append(by_id[item_id])
+            k_rank, k_score = kw.get(item_id, (None, None))
+            explain.append({"keyword": k_score, "keyword_rank": k_rank, "vector_rank": dn.get(item_id),
+                            "rrf": score, "relevance": score})
+        return hits, explain
+
+    def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user_id: str | None,
+              qvec: np.ndarray | None) -> list[tuple[Hit, dict[str, Any]]]:
+        """Add the fused-space cosine, then the personal rerank (cold start keeps the engine's order)."""
+        fused_vectors = [h.vectors.get("fused") for h in hits]
+        for e, cos in zip(explain, cosines(qvec, fused_vectors)):
+            e["vector"] = cos
+        relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
+        pc = self.cfg.personal
+        if not hits or (user_id is None and pc.popularity_weight <= 0):
+            for e in explain:
+                e.update(personal=0.0, popularity=0.0, blend=0.0, final=e["relevance"])
+            return list(zip(hits, explain))
+        from search.personal import blend_weight, evidence_at, rerank
+
+        now = time.time()
+        user = self.profiles.get(user_id) if user_id is not None else None
+        ids = [h.id for h in hits]
+        purchased = None
+        if user is not None and pc.purchased == "demote":
+            bought = self.profiles.purchased(user_id) if user_id is not None else set()
+            purchased = np.array([i in bought for i in ids], dtype=bool)
+        popularity = None
+        if pc.popularity_weight > 0:
+            pop = self.profiles.popularity(ids, now=now)
+            popularity = np.array([pop.get(i, 0.0) for i in ids], dtype=np.float64)
+        dim = next((len(v) for v in fused_vectors if v is not None), self.cfg.text_encoder.dim)
+        matrix = vector_matrix([h.vectors for h in hits], "fused", dim)
+        final, parts = rerank(relevance, matrix, user, pc, purchased=purchased, popularity=popularity, now=now)
+        blend = blend_weight(evidence_at(user, now, pc), pc) if user is not None else 0.0
+        for i, e in enumerate(explain):
+            e.update(relevance_norm=float(parts["relevance"][i]), personal=float(parts["personal"][i]),
+                     popularity=float(parts["popularity"][i]), demotion=float(parts["demotion"][i]),
+                     blend=blend, final=float(final[i]))
+        order = sorted(range(len(hits)), key=lambda i: -final[i])  # stable: ties keep the engine's order
+        return [(hits[i], explain[i]) for i in order]
+
+    # ---- results ----------------------------------------------------------------------------------------
+    def result(self, hit: Hit, explain: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One result in the API's shape: id, score, title, image_url, attributes[, explain]."""
+        p = hit.payload
+        out: dict[str, Any] = {
+            "id": hit.id,
+            "score": _round(explain["final"] if explain else hit.score),
+            "title": p.get("title"),
+            "image_url": self.image_url(hit.id, p.get("image")),
+            "attributes": {k: v for k, v in p.items() if k not in _HIDDEN},
+        }
+        if explain is not None:
+            out["explain"] = {k: (_round(v) if isinstance(v, float) else v) for k, v in explain.items()}
+        return out
+
+    @staticmethod
+    def image_url(item_id: str, source: Any) -> str | None:
+        if not source:
+            return None
+        text = str(source)
+        if text.lower().startswith(("http://", "https://")):
+            return text
+        return IMAGE_ROUTE.format(id=quote(item_id, safe=""))
+
+    # ---- items ------------------------------------------------------------------------------------------
+    def get_hit(self, item_id: str, with_vectors: bool = False) -> Hit:
+        hits = self.store.retrieve(self.alias, [item_id], with_vectors=with_vectors)
+        if not hits:
+            raise NotFound(f"unknown item {item_id!r}", "no item with this id in the index")
+        return hits[0]
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        return self.result(self.get_hit(item_id))
+
+    def similar(self, item_id: str, k: int, offset: int = 0, filters: Filters | None = None
+                ) -> dict[str, Any]:
+        """More like this: nearest neighbours of the item's stored fused vector, the item itself left out."""
+        t0 = time.perf_counter()
+        hit = self.get_hit(item_id, with_vectors=True)
+        vec = hit.vectors.get("fused")
+        if vec is None:
+            raise NotFound(f"item {item_id!r} has no stored vector", "reindex the catalogue")
+        base = filters or Filters()
+        f = Filters(equals=base.equals, ranges=base.ranges, exclude_ids=tuple(base.exclude_ids) + (item_id,))
+        hits = self.store.query(self.alias, DenseQuery(np.asarray(vec, dtype=np.float32), "fused"), f,
+                                limit=k, offset=offset)
+        results = [self.result(h, {"vector": h.score, "relevance": h.score, "final": h.score}) for h in hits]
+        return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
+
+    def image_path(self, item_id: str) -> Path:
+        """The local file of an item's picture; NotFound when it has none or it is remote."""
+        source = self.get_hit(item_id).payload.get("image")
+        if not source or str(source).lower().startswith(("http://", "https://")):
+            raise NotFound(f"item {item_id!r} has no local image")
+        cat = self.cfg.catalogue
+        base = Path(cat.image_base) if cat.image_base else Path(cat.path).parent
+        path = Path(str(source))
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise NotFound(f"image file of item {item_id!r} is missing")
+        return path
+
+    # ---- feedback and profiles --------------------------------------------------------------------------
+    def record_feedback(self, events: Sequence[FeedbackEvent]) -> int:
+        """Store events (each item's fused vector looked up in the index); NotFound names unknown items."""
+        from search.personal import Event
+
+        ids = list(dict.fromkeys(e.item_id for e in events))
+        hits = self.store.retrieve(self.alias, ids, with_vectors=True)
+        vectors = {h.id: h.vectors["fused"] for h in hits if h.vectors.get("fused") is not None}
+        missing = [i for i, e in enumerate(events) if e.item_id not in vectors]
+        if missing:
+            where = ", ".join(f"event {i} ({events[i].item_id!r})" for i in missing[:10])
+            raise NotFound("unknown item id in feedback", f"not in the index: {where}"
+                           + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        return self.profiles.record([Event(e.user_id, e.item_id, e.event, e.ts) for e in events], vectors)
+
+    def profile(self, user_id: str) -> dict[str, Any]:
+        prof = self.profiles.profile(user_id)
+        if prof is None:
+            raise NotFound(f"unknown shopper {user_id!r}", "no feedback recorded for this user_id")
+        return {"user_id": user_id, **prof}
+
+    def forget(self, user_id: str) -> bool:
+        return self.profiles.delete(user_id)
+
+    # ---- health and size --------------------------------------------------------------------------------
+    def index_size(self, fresh: bool = False, max_age_s: float = 10.0) -> int:
+        """Items behind the alias (cached a few seconds); -1 when there is no index."""
+        at, n = self._count_cache
+        if fresh or time.monotonic() - at > max_age_s:
+            try:
+                n = int(self.store.count(self.alias))
+            except VitrinaError:
+                n = -1
+            self._count_cache = (time.monotonic(), n)
+        return n
+
+    def health(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"alias": self.alias, "collection": None, "points": -1}
+        ok = True
+        try:
+            info["collection"] = self.store.get_alias(self.alias)
+            info["points"] = self.index_size(fresh=True)
+            ok = info["collection"] is not None and info["points"] >= 0
+        except (VitrinaError, OSError) as e:
+            info["error"] = str(e)
+            ok = False
+        return {"status": "ok" if ok else "degraded", "index": info, "image_tower": self._tower_status(),
+                "models_loaded": {"text": self._text is not None, "image": self._image is not None}}
+
+    def _tower_status(self) -> Any:
+        try:
+            from encoders import image_tower_status
+
+            status = image_tower_status(self.cfg)
+        except (VitrinaError, ImportError, OSError) as e:
+            return {"available": False, "reason": str(e)}
+        if hasattr(status, "__dataclass_fields__"):
+            import dataclasses
+
+            return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(status).items()}
+        return status if isinstance(status, (dict, str, bool)) else str(status)
+
+    def close(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except (VitrinaError, OSError) as e:  # closing is best effort
+                log.warning("closing the store failed: %s", e)
+
