@@ -1,0 +1,206 @@
+// DOM builders for the page: product cards, small strip tiles, score breakdowns and facet filters.
+
+// Score parts the engine reports, in display order. `unit` parts live in [0, 1] (or [-1, 1]) and get a bar.
+const PARTS = [
+  ["relevance_norm", "Relevance", "unit"],
+  ["relevance", "Relevance (raw)", "num"],
+  ["keyword", "Keyword match (BM25)", "num"],
+  ["keyword_rank", "Keyword rank", "rank"],
+  ["vector", "Meaning match (cosine)", "unit"],
+  ["vector_rank", "Meaning rank", "rank"],
+  ["dense", "Vector similarity", "unit"],
+  ["dense_rank", "Vector rank", "rank"],
+  ["rrf", "Rank fusion (RRF)", "num"],
+  ["personal", "Your taste", "unit"],
+  ["popularity", "Popular now", "unit"],
+  ["demotion", "Already bought", "unit"],
+  ["blend", "Weight of your taste", "pct"],
+  ["source", "Why it is here", "text"],
+];
+const KNOWN = new Map(PARTS.map(([key, label, kind]) => [key, { label, kind }]));
+const HIDDEN_PARTS = new Set(["final"]);
+
+export function prettyName(name) {
+  const spaced = String(name).replace(/([a-z0-9])([A-Z])/g, "$1 $2").replace(/[_-]+/g, " ").trim();
+  return spaced.charAt(0).toUpperCase() + spaced.slice(1).toLowerCase();
+}
+
+export function imageUrl(item) {
+  return item.image_url || `/api/items/${encodeURIComponent(item.id)}/image`;
+}
+
+export function priceOf(item) {
+  const raw = item.price ?? (item.attributes || {}).price;
+  const value = typeof raw === "number" ? raw : Number.parseFloat(raw);
+  return Number.isFinite(value) ? value : null;
+}
+
+const money = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+export const formatPrice = (value) => (value === null ? "" : money.format(value));
+
+function setImage(img, item) {
+  img.alt = item.title || `Product ${item.id}`;
+  img.addEventListener("error", () => img.closest("[data-img]")?.classList.add("no-image"), { once: true });
+  img.src = imageUrl(item);
+}
+
+export function metaLine(item, fields) {
+  const attrs = item.attributes || {};
+  return fields.map((f) => attrs[f] ?? item[f]).filter((v) => v !== undefined && v !== null && v !== "")
+    .map(String).join(" · ");
+}
+
+export function buildCard(item, fields) {
+  const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.id = item.id;
+  const media = node.querySelector(".card-media");
+  media.dataset.img = "";
+  setImage(media.querySelector("img"), item);
+  const open = node.querySelector(".card-open");
+  open.textContent = item.title || item.id;
+  open.setAttribute("aria-label", `View details: ${item.title || item.id}`);
+  node.querySelector(".card-meta").textContent = metaLine(item, fields);
+  const price = priceOf(item);
+  const priceEl = node.querySelector(".card-price");
+  if (price === null) priceEl.remove();
+  else priceEl.textContent = formatPrice(price);
+  node.querySelector(".explain").id = `explain-${cssSafe(item.id)}`;
+  node.querySelector(".explain-toggle").setAttribute("aria-controls", `explain-${cssSafe(item.id)}`);
+  return node;
+}
+
+export function buildMini(item) {
+  const node = document.getElementById("mini-template").content.firstElementChild.cloneNode(true);
+  node.dataset.id = item.id;
+  node.dataset.img = "";
+  setImage(node.querySelector("img"), item);
+  node.querySelector(".mini-title").textContent = item.title || item.id;
+  node.setAttribute("aria-label", `View details: ${item.title || item.id}`);
+  return node;
+}
+
+export function cssSafe(id) {
+  return String(id).replace(/[^A-Za-z0-9_-]/g, (c) => `_${c.charCodeAt(0).toString(16)}`);
+}
+
+// The score breakdown: known parts in a fixed order, bars for parts on a 0..1 scale, ranks as "#n".
+export function renderExplain(container, item) {
+  container.replaceChildren();
+  const explain = item.explain || {};
+  const keys = [...PARTS.map(([k]) => k).filter((k) => k in explain),
+    ...Object.keys(explain).filter((k) => !KNOWN.has(k) && !HIDDEN_PARTS.has(k))];
+  const list = document.createElement("dl");
+  list.className = "explain-list";
+  const row = (label, text, bar) => {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    if (bar !== null) {
+      const track = document.createElement("span");
+      track.className = "bar";
+      const fill = document.createElement("span");
+      fill.className = bar < 0 ? "bar-fill neg" : "bar-fill";
+      fill.style.width = `${Math.round(Math.min(1, Math.abs(bar)) * 100)}%`;
+      track.append(fill);
+      dd.append(track);
+    }
+    const num = document.createElement("span");
+    num.className = "num";
+    num.textContent = text;
+    dd.append(num);
+    list.append(dt, dd);
+  };
+  if (typeof item.score === "number") row("Score", item.score.toFixed(4), null);
+  for (const key of keys) {
+    const value = explain[key];
+    const { label, kind } = KNOWN.get(key) || { label: prettyName(key), kind: typeof value === "number" ? "num" : "text" };
+    if (value === null || value === undefined) {
+      row(label, "—", null);
+    } else if (typeof value !== "number") {
+      row(label, typeof value === "object" ? JSON.stringify(value) : String(value), null);
+    } else if (kind === "rank") {
+      row(label, `#${value}`, null);
+    } else if (kind === "pct") {
+      row(label, `${Math.round(value * 100)}%`, value);
+    } else {
+      row(label, Number.isInteger(value) ? String(value) : value.toFixed(4), kind === "unit" ? value : null);
+    }
+  }
+  if (!keys.length) {
+    const p = document.createElement("p");
+    p.className = "muted small";
+    p.textContent = "No breakdown for this result.";
+    container.append(p);
+    return;
+  }
+  container.append(list);
+}
+
+// Facet filters: one fieldset per attribute, checkbox chips with counts; chosen values always stay visible.
+export function renderFacets(container, facets, selected, order, expanded, onToggle) {
+  container.replaceChildren();
+  const names = [...new Set([...order, ...Object.keys(facets || {})])];
+  let shown = 0;
+  for (const name of names) {
+    const counts = { ...((facets || {})[name] || {}) };
+    const chosen = selected[name] || new Set();
+    for (const value of chosen) if (!(value in counts)) counts[value] = 0;
+    const entries = Object.entries(counts).filter(([v]) => v !== "").sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    if (!entries.length) continue;
+    shown += 1;
+    const box = document.createElement("fieldset");
+    box.className = "facet";
+    const legend = document.createElement("legend");
+    legend.textContent = prettyName(name);
+    box.append(legend);
+    const list = document.createElement("div");
+    list.className = "facet-values";
+    const limit = expanded.has(name) ? entries.length : 8;
+    entries.forEach(([value, count], i) => {
+      if (i >= limit && !chosen.has(value)) return;
+      const label = document.createElement("label");
+      label.className = "facet-chip";
+      const input = document.createElement("input");
+      input.type = "checkbox";
+      input.name = `filter.${name}`;
+      input.value = value;
+      input.checked = chosen.has(value);
+      input.addEventListener("change", () => onToggle(name, value, input.checked));
+      const text = document.createElement("span");
+      text.className = "facet-value";
+      text.textContent = value;
+      const num = document.createElement("span");
+      num.className = "facet-count";
+      num.textContent = String(count);
+      label.append(input, text, num);
+      list.append(label);
+    });
+    box.append(list);
+    if (entries.length > 8) {
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "link-btn small";
+      more.textContent = expanded.has(name) ? "Show fewer" : `Show all ${entries.length}`;
+      more.setAttribute("aria-expanded", String(expanded.has(name)));
+      more.addEventListener("click", () => onToggle(name, null, !expanded.has(name)));
+      box.append(more);
+    }
+    container.append(box);
+  }
+  if (!shown) {
+    const p = document.createElement("p");
+    p.className = "muted small";
+    p.textContent = "No filters for these results.";
+    container.append(p);
+  }
+}
+
+export function skeletons(count) {
+  return Array.from({ length: count }, () => {
+    const div = document.createElement("div");
+    div.className = "card skeleton";
+    div.setAttribute("aria-hidden", "true");
+    div.innerHTML = '<div class="card-media"></div><div class="card-body"><div class="sk-line"></div><div class="sk-line short"></div></div>';
+    return div;
+  });
+}
