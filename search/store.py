@@ -9,13 +9,14 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 
 from vitrina.config import Config
-from vitrina.errors import ConfigError
+from vitrina.errors import BadInput, ConfigError, StoreError
 
 # Named vectors stored per item. `image` is absent for items whose image could not be embedded
 # (or while no trained image tower exists); `keywords` is the sparse BM25 vector.
 DENSE_VECTORS = ("text", "image", "fused")
 SPARSE_VECTOR = "keywords"
 ID_FIELD = "item_id"  # payload key holding the external id, exactly as in the catalogue
+PRICE_FIELD = "price"  # always stored and indexed as a number (a float range index), like `numeric` fields
 _ID_NAMESPACE = uuid.UUID("5b0c8a1e-0d6f-4d8e-9c43-7a1f1e2f9b11")
 
 
@@ -120,6 +121,61 @@ class Store(Protocol):
     def scroll(self, collection: str, batch: int = 1000, with_vectors: bool = False) -> Iterator[Hit]: ...
     def close(self) -> None: ...
 
+    # added after the first draft
+    def finalize(self, collection: str) -> None:
+        """Make a bulk-loaded collection fast to search: flush, then build the ANN (HNSW) and payload
+        indexes and wait until they are done. The indexer calls it after the last upsert, before
+        `set_alias` points searches at the collection. Searching works before it too, just slower."""
+        ...
+    def list_aliases(self) -> dict[str, str]:
+        """Every alias and the collection it points at."""
+        ...
+    def drop_alias(self, alias: str) -> bool:
+        """Remove `alias` (the collection stays); False when there was no such alias."""
+        ...
+
+
+def check_item(item: ItemRecord, dims: dict[str, int]) -> None:
+    """Raise StoreError unless every vector of `item` is a known dense vector of the right, finite size."""
+    if not item.id:
+        raise StoreError("an item has an empty id")
+    for name, vector in item.vectors.items():
+        if name not in dims:
+            raise StoreError(f"item {item.id!r}: unknown vector {name!r}; the collection has {sorted(dims)}")
+        shape = np.shape(vector)
+        if shape != (dims[name],):
+            raise StoreError(f"item {item.id!r}: vector {name!r} has shape {shape}, expected ({dims[name]},)")
+        if not np.all(np.isfinite(vector)):
+            raise StoreError(f"item {item.id!r}: vector {name!r} is not finite")
+
+
+def check_query_vector(query: DenseQuery, dims: dict[str, int]) -> None:
+    """Raise BadInput unless the query names a vector the collection has, with the right size."""
+    if query.using not in dims:
+        raise BadInput(f"the collection has no {query.using!r} vectors; it has {sorted(dims)}")
+    if np.shape(query.vector) != (dims[query.using],):
+        raise BadInput(f"query vector for {query.using!r} has shape {np.shape(query.vector)}, "
+                       f"expected ({dims[query.using]},)")
+
+
+def plain_payload(item: ItemRecord) -> dict[str, Any]:
+    """The payload as stored: JSON-plain values (numpy scalars and arrays converted), with ID_FIELD set."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    payload = {str(k): plain(v) for k, v in item.payload.items()}
+    payload[ID_FIELD] = item.id
+    return payload
+
 
 def open_store(cfg: Config) -> Store:
     """The backend named by cfg.store.backend: `edge` (in-process, on disk) or `qdrant` (client)."""
@@ -127,7 +183,7 @@ def open_store(cfg: Config) -> Store:
     if backend == "edge":
         from search.store_edge import EdgeStore
 
-        return EdgeStore(cfg.data_dir / "store", timeout_s=cfg.store.timeout_s)
+        return EdgeStore(cfg.data_dir / "store", timeout_s=cfg.store.timeout_s, bm25_avg_len=cfg.store.bm25_avg_len)
     if backend == "qdrant":
         from search.store_qdrant import QdrantStore
 
