@@ -84,7 +84,8 @@ class StoreConfig:
     api_key_env: str = "QDRANT_API_KEY"
     alias: str = "vitrina"  # the name searches use; collections behind it are versioned
     keep: int = 2  # old collections kept after a swap
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # qdrant: request timeout; edge: longest wait for a shard another process holds
+    bm25_avg_len: float = 16.0  # typical keyword-document length in tokens (BM25 length normalisation)
 
 
 @dataclass(frozen=True)
