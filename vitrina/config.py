@@ -60,6 +60,7 @@ class TextEncoderConfig:
     max_length: int = 64
     batch_size: int = 128
     dim: int = 384
+    precision: str = "auto"  # auto (bf16 when [runtime].bf16 and the device has it) | bf16 | fp32
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class IndexerConfig:
     url_timeout_s: float = 10.0
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    max_redirects: int = 3  # redirects followed per image URL, each hop re-checked for private addresses
 
 
 @dataclass(frozen=True)

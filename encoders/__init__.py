@@ -1,0 +1,47 @@
+"""Encoder factories (text, image) and fusion; torch-free at import, models load on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from encoders.fusion import fuse, fuse_batch
+from vitrina.config import Config
+
+if TYPE_CHECKING:
+    from encoders.text import TextEncoder
+
+__all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status"]
+
+_TEXT_CACHE: dict[tuple[Any, ...], TextEncoder] = {}
+_TEXT_LOCK = threading.Lock()
+
+
+def create_text_encoder(cfg: Config) -> TextEncoder:
+    """The text encoder for cfg, built once per (model, device, settings) and shared by every caller."""
+    from encoders.runtime import resolve_device
+    from encoders.text import TextEncoder, resolve_model_path
+
+    device = resolve_device(cfg.runtime)
+    tc = cfg.text_encoder
+    key = (resolve_model_path(tc.model), str(device), tc, cfg.runtime)
+    with _TEXT_LOCK:
+        encoder = _TEXT_CACHE.get(key)
+        if encoder is None:
+            encoder = TextEncoder(tc, cfg.runtime)
+            _TEXT_CACHE[key] = encoder
+        return encoder
+
+
+def create_image_encoder(cfg: Config) -> Any:
+    """The image tower for cfg (see encoders.image); raises ModelUnavailable when none is trained."""
+    from encoders.image import create_image_encoder as create
+
+    return create(cfg)
+
+
+def image_tower_status(cfg: Config) -> Any:
+    """Whether a trained image tower is available for cfg, and why not (see encoders.image)."""
+    from encoders.image import image_tower_status as status
+
+    return status(cfg)

