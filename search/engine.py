@@ -81,11 +81,9 @@ class SearchService:
         if self._profiles is None:
             with self._locks["profiles"]:
                 if self._profiles is None:
-                    from search.profiles import ProfileStore
+                    from search.profiles import open_profiles
 
-                    path = self.cfg.data_dir / "profiles.sqlite3"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self._profiles = ProfileStore(path, self.cfg.personal)
+                    self._profiles = open_profiles(self.cfg)
         return self._profiles
 
     def warm(self) -> None:
@@ -294,7 +292,7 @@ class SearchService:
         prof = self.profiles.profile(user_id)
         if prof is None:
             raise NotFound(f"unknown shopper {user_id!r}", "no feedback recorded for this user_id")
-        return {"user_id": user_id, **prof}
+        return {**prof, "user_id": user_id}
 
     def forget(self, user_id: str) -> bool:
         return self.profiles.delete(user_id)

@@ -1,0 +1,336 @@
+"""SearchService: request validation, RRF against a naive oracle, the five modes, explain, paging, similar."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from search.ranking import cosines, rrf
+from search.request import flatten_json, parse_events, parse_search
+from search.store import ItemRecord, open_store
+from tests.helpers import make_config, product_rows, write_catalogue
+from vitrina.config import Config
+from vitrina.errors import BadInput, NotFound, PayloadTooLarge
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 384
+
+
+def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[Config, Any, list[dict[str, Any]]]:
+    """A catalogue of n products, indexed into an edge store with real MiniLM text vectors.
+
+    Image vectors are random unit vectors (no trained tower in tests); fused = fuse(text, image).
+    Returns (cfg, store, rows); the alias points at the collection.
+    """
+    from encoders import create_text_encoder, fuse_batch
+
+    rows = product_rows(n)
+    catalogue = write_catalogue(folder / "shop", rows)
+    cfg = make_config(folder, catalogue, **sections)
+    cat = cfg.catalogue
+    texts = [" ".join(str(r[f]) for f in cat.text_fields) for r in rows]
+    text = create_text_encoder(cfg).encode(texts)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(n, DIM)).astype(np.float32)
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
+    items = [ItemRecord(id=r["id"], vectors={"text": text[i], "image": image[i], "fused": fused[i]},
+                        keywords=" ".join(str(r[f]) for f in cat.keyword_fields),
+                        payload={"title": r["title"], "image": r["image"], "price": float(r["price"]),
+                                 **{a: r[a] for a in cat.attributes}})
+             for i, r in enumerate(rows)]
+    store = open_store(cfg)
+    store.create_collection("items_v1", {"text": DIM, "image": DIM, "fused": DIM}, cat.filterable, cat.numeric)
+    store.upsert("items_v1", items)
+    store.flush("items_v1")
+    store.set_alias(cfg.store.alias, "items_v1")
+    return cfg, store, rows
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    cfg, store, rows = build_index(tmp_path_factory.mktemp("engine"))
+    yield cfg, store, rows
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def service(indexed: Any) -> Any:
+    from search.engine import SearchService
+
+    cfg, store, _ = indexed
+    return SearchService(cfg, store=store)
+
+
+def params(**kw: Any) -> dict[str, list[str]]:
+    return {k.replace("__", "."): (v if isinstance(v, list) else [str(v)]) for k, v in kw.items()}
+
+
+# ---- pure parts -----------------------------------------------------------------------------------------
+
+def naive_rrf(rankings: list[list[str]], weights: list[float], k: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for ranking, w in zip(rankings, weights):
+        for item in set(ranking):
+            out[item] = out.get(item, 0.0) + w / (k + ranking.index(item) + 1)
+    return out
+
+
+def test_rrf_matches_naive_oracle() -> None:
+    rnd = random.Random(3)
+    for _ in range(50):
+        pool = [str(i) for i in range(30)]
+        rankings = [rnd.sample(pool, rnd.randint(0, 20)) for _ in range(rnd.randint(1, 3))]
+        weights = [rnd.uniform(0.1, 3) for _ in rankings]
+        k = rnd.randint(0, 100)
+        got = rrf(rankings, weights, k)
+        want = naive_rrf(rankings, weights, k)
+        assert set(got) == set(want)
+        assert all(abs(got[i] - want[i]) < 1e-12 for i in want)
+        scores = list(got.values())
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_rrf_rejects_mismatched_weights() -> None:
+    with pytest.raises(ValueError):
+        rrf([["a"], ["b"]], [1.0], 60)
+
+
+def test_cosines_match_numpy() -> None:
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=8)
+    vs = [rng.normal(size=8) for _ in range(5)] + [None, np.zeros(8)]
+    got = cosines(q, vs)
+    for v, c in zip(vs[:5], got[:5]):
+        assert c == pytest.approx(float(v @ q / np.linalg.norm(v) / np.linalg.norm(q)))
+    assert got[5:] == [None, None]
+    assert cosines(None, vs) == [None] * len(vs)
+
+
+def test_parse_search_valid(cfg: Config) -> None:
+    req = parse_search(params(q="  red shoes ", k=5, offset=10, mode="vector", filter__gender=["Men", "Women"],
+                              price_min=10, price_max="20.5", facets="gender,articleType", user_id="u-1"), cfg)
+    assert (req.q, req.k, req.offset, req.mode, req.user_id) == ("red shoes", 5, 10, "vector", "u-1")
+    assert req.filters.equals == {"gender": ("Men", "Women")}
+    assert req.filters.ranges == {"price": (10.0, 20.5)}
+    assert req.facets == ("gender", "articleType")
+    assert req.image_weight == cfg.search.image_weight
+    assert parse_search(params(q="x"), cfg).mode == cfg.search.default_mode
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"q": ""}, "empty query"), ({"q": "   "}, "empty query"), ({"q": "x" * 513}, "too long"),
+    ({"q": "x", "k": "0"}, "'k' out of range"), ({"q": "x", "k": "101"}, "'k' out of range"),
+    ({"q": "x", "k": "ten"}, "'k' must be an integer"), ({"q": "x", "offset": "-1"}, "'offset'"),
+    ({"q": "x", "offset": "100000"}, "'offset'"), ({"q": "x", "mode": "magic"}, "unknown mode"),
+    ({"q": "x", "filter.colour": "Red"}, "unknown filter field"), ({"q": "x", "colour": "Red"}, "unknown parameter"),
+    ({"q": "x", "price_min": "cheap"}, "must be a number"), ({"q": "x", "price_min": "nan"}, "finite"),
+    ({"q": "x", "price_min": "9", "price_max": "3"}, "empty range"), ({"q": "x", "weight_min": "1"}, "unknown range"),
+    ({"q": "x", "image_weight": "1.5"}, "image_weight"), ({"q": "x", "user_id": "a b"}, "shopper id"),
+    ({"q": "x", "user_id": "u" * 200}, "shopper id"), ({"q": "x", "facets": "colour"}, "unknown facet"),
+    ({"q": ["a", "b"]}, "given 2 times"), ({"q": "x", "image_url": "file:///etc/passwd"}, "http"),
+])
+def test_parse_search_rejects(cfg: Config, bad: dict[str, Any], fragment: str) -> None:
+    raw = {k: (v if isinstance(v, list) else [v]) for k, v in bad.items()}
+    with pytest.raises(BadInput) as e:
+        parse_search(raw, cfg)
+    assert fragment in f"{e.value.message} {e.value.detail}"
+
+
+def test_parse_search_upload_limits(cfg: Config) -> None:
+    with pytest.raises(PayloadTooLarge):
+        parse_search({}, cfg, image=b"x" * (cfg.search.max_upload_bytes + 1))
+    with pytest.raises(BadInput, match="empty"):
+        parse_search({}, cfg, image=b"")
+    with pytest.raises(BadInput, match="keyword mode"):
+        parse_search(params(mode="keyword"), cfg, image=b"jpeg")
+    assert parse_search({}, cfg, image=b"jpeg").has_photo
+
+
+def test_flatten_json() -> None:
+    got = flatten_json({"q": "red", "k": 5, "filters": {"gender": ["Men", "Women"], "baseColour": "Red"}})
+    assert got == {"q": ["red"], "k": ["5"], "filter.gender": ["Men", "Women"], "filter.baseColour": ["Red"]}
+    for bad in ([1], {"filters": [1]}, {"q": {"a": 1}}, {"k": True}):
+        with pytest.raises(BadInput):
+            flatten_json(bad)
+
+
+def test_parse_events() -> None:
+    now = 1_700_000_000.0
+    one = parse_events({"user_id": "u1", "item_id": "1000", "event": "click"}, now, 10)
+    assert one[0].ts == now and one[0].event == "click"
+    many = parse_events([{"user_id": "u1", "item_id": 7, "event": "view", "ts": "2023-01-01T00:00:00Z"}], now, 10)
+    assert many[0].item_id == "7" and many[0].ts == 1672531200.0
+    cases = [([], "no events"), ("x", "must be an object"), ({"user_id": "u", "item_id": "1", "event": "like"},
+             "unknown event type"), ([{"user_id": "u", "item_id": "1", "event": "view"}, {"item_id": "1"}], "event 1"),
+             ({"user_id": "u", "item_id": "1", "event": "view", "ts": "yesterday"}, "ISO-8601"),
+             ({"user_id": "u", "item_id": "1", "event": "view", "extra": 1}, "unknown field"),
+             ({"user_id": "u", "item_id": "", "event": "view"}, "item id")]
+    for body, fragment in cases:
+        with pytest.raises(BadInput) as e:
+            parse_events(body, now, 10)
+        assert fragment in f"{e.value.message} {e.value.detail}"
+    with pytest.raises(PayloadTooLarge):
+        parse_events([{"user_id": "u", "item_id": "1", "event": "view"}] * 11, now, 10)
+
+
+def test_importing_web_does_not_import_torch() -> None:
+    code = ("import sys; from web import create_app; from vitrina.config import load_config; "
+            "app = create_app(load_config(env={})); c = app.test_client(); c.get('/openapi.json'); "
+            "bad = [m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---- against a real index -------------------------------------------------------------------------------
+
+def search(service: Any, **kw: Any) -> dict[str, Any]:
+    return service.search(parse_search(params(**kw), service.cfg))
+
+
+def ids(resp: dict[str, Any]) -> list[str]:
+    return [r["id"] for r in resp["results"]]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "text", "keyword"])
+def test_text_modes_find_the_right_products(service: Any, indexed: Any, mode: str) -> None:
+    rows = {r["id"]: r for r in indexed[2]}
+    resp = search(service, q="Women Blue Shoes", k=4, mode=mode)
+    assert len(resp["results"]) == 4 and resp["total"] >= 4 and resp["took_ms"] >= 0
+    top = rows[resp["results"][0]["id"]]
+    assert (top["gender"], top["baseColour"], top["articleType"]) == ("Women", "Blue", "Shoes")
+    first = resp["results"][0]
+    assert first["title"] == top["title"] and first["attributes"]["articleType"] == "Shoes"
+    assert first["image_url"] == f"/api/items/{top['id']}/image"
+    assert first["explain"]["final"] == pytest.approx(first["score"], abs=1e-5)
+    scores = [r["score"] for r in resp["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_image_mode_cross_modal_runs_on_image_vectors(service: Any, indexed: Any) -> None:
+    _, store, _ = indexed
+    resp = search(service, q="red caps", k=5, mode="image")
+    from search.store import DenseQuery
+
+    qvec = service.text_vector("red caps")
+    want = [h.id for h in store.query("vitrina", DenseQuery(qvec, "image"), limit=5)]
+    assert ids(resp) == want
+
+
+def test_hybrid_is_rrf_of_keyword_and_vector(service: Any) -> None:
+    s = service.cfg.search
+    n = s.candidates
+    kw = ids(search(service, q="Men Green Watches", k=min(n, 100), mode="keyword"))
+    vec = ids(search(service, q="Men Green Watches", k=min(n, 100), mode="vector"))
+    want = list(naive_rrf([kw, vec], [s.keyword_weight, s.vector_weight], s.rrf_k).items())
+    want.sort(key=lambda kv: -kv[1])
+    got = search(service, q="Men Green Watches", k=10)
+    assert [r["explain"]["rrf"] for r in got["results"]] == pytest.approx([v for _, v in want[:10]], abs=1e-6)
+    assert set(ids(got)) <= set(kw) | set(vec)
+    e = got["results"][0]["explain"]
+    assert {"keyword", "vector", "relevance", "personal", "blend", "final"} <= set(e)
+    assert e["personal"] == 0 and e["blend"] == 0
+
+
+def test_explain_vector_is_cosine_in_fused_space(service: Any, indexed: Any) -> None:
+    _, store, _ = indexed
+    resp = search(service, q="Black Jeans", k=5, mode="hybrid")
+    qvec = service.text_vector("Black Jeans")
+    hits = {h.id: h for h in store.retrieve("vitrina", ids(resp), with_vectors=True)}
+    for r in resp["results"]:
+        v = hits[r["id"]].vectors["fused"]
+        assert r["explain"]["vector"] == pytest.approx(float(v @ qvec / np.linalg.norm(v)), abs=1e-4)
+
+
+def test_filters_and_facets(service: Any, indexed: Any) -> None:
+    rows = {r["id"]: r for r in indexed[2]}
+    resp = search(service, q="shoes", k=50, filter__gender="Women", filter__baseColour=["Red", "Blue"],
+                  price_max=150, facets="articleType,gender")
+    assert resp["results"]
+    for r in resp["results"]:
+        row = rows[r["id"]]
+        assert row["gender"] == "Women" and row["baseColour"] in ("Red", "Blue") and float(row["price"]) <= 150
+    want = [r for r in rows.values() if r["gender"] == "Women" and r["baseColour"] in ("Red", "Blue")
+            and float(r["price"]) <= 150]
+    assert resp["facets"]["gender"] == {"Women": len(want)}
+    assert sum(resp["facets"]["articleType"].values()) == len(want)
+
+
+def test_paging_is_consistent(service: Any) -> None:
+    whole = ids(search(service, q="style", k=30))
+    pages = ids(search(service, q="style", k=10)) + ids(search(service, q="style", k=10, offset=10)) \
+        + ids(search(service, q="style", k=10, offset=20))
+    assert pages == whole and len(set(whole)) == 30
+
+
+def test_item_similar_and_not_found(service: Any, indexed: Any) -> None:
+    rows = {r["id"]: r for r in indexed[2]}
+    item = service.item("1005")
+    assert item["id"] == "1005" and item["title"] == rows["1005"]["title"]
+    sim = service.similar("1005", 5)
+    assert len(sim["results"]) == 5 and "1005" not in ids(sim)
+    same = [rows[i]["articleType"] for i in ids(sim)]
+    assert same.count(rows["1005"]["articleType"]) >= 3
+    with pytest.raises(NotFound):
+        service.item("nope")
+    with pytest.raises(NotFound):
+        service.similar("nope", 5)
+
+
+def test_photo_query_without_tower_is_503(service: Any) -> None:
+    import io
+
+    from PIL import Image
+
+    from vitrina.errors import ModelUnavailable
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 0, 0)).save(buf, "JPEG")
+    with pytest.raises(ModelUnavailable):
+        service.search(parse_search({}, service.cfg, image=buf.getvalue()))
+    assert search(service, q="red", k=3)["results"]  # text search still works
+
+
+def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path) -> None:
+    import io
+
+    from search.engine import SearchService
+    from tests.helpers import draw_product
+    from tests.tiny_models import write_tiny_checkpoint
+
+    cfg, store, _ = indexed
+    ckpt = write_tiny_checkpoint(tmp_path / "tower.pt")
+    service = SearchService(cfg.replace(image_encoder={"checkpoint": str(ckpt), "arch": "vitrina-test-tiny"}),
+                            store=store)
+    buf = io.BytesIO()
+    draw_product("Red", "Shoes").save(buf, "JPEG")
+    for mode in ("image", "vector", "hybrid"):
+        resp = service.search(parse_search(params(mode=mode, k=5), service.cfg, image=buf.getvalue()))
+        assert len(resp["results"]) == 5
+    both = service.search(parse_search(params(q="red shoes", k=5, image_weight=0.3), service.cfg,
+                                       image=buf.getvalue()))
+    assert len(both["results"]) == 5
+    # image_weight 0 means the text alone decides: same ranking as the text query
+    text_only = search(service, q="red shoes", k=5, mode="vector")
+    w0 = service.search(parse_search(params(q="red shoes", k=5, mode="vector", image_weight=0), service.cfg,
+                                     image=buf.getvalue()))
+    assert ids(w0) == ids(text_only)
+
+
+def test_hybrid_defaults_in_config_are_sane(service: Any) -> None:
+    s = service.cfg.search
+    assert s.candidates >= s.max_k and s.rrf_k >= 0 and s.keyword_weight >= 0 and s.vector_weight >= 0
+    assert s.default_mode in ("hybrid", "vector", "text", "image", "keyword")
+
+
+def test_index_size_and_health(service: Any, indexed: Any) -> None:
+    assert service.index_size(fresh=True) == len(indexed[2])
+    h = service.health()
+    assert h["status"] == "ok" and h["index"]["points"] == len(indexed[2])
