@@ -1,0 +1,72 @@
+"""The `vitrina evaluate` subcommand: options to EvalOptions, run, print the table, write JSON + PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from scripts.evaluate import SECTIONS, EvalOptions, run_evaluation, write_report
+from vitrina.config import Config
+from vitrina.errors import BadInput
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def register(sub: Any) -> None:
+    d = EvalOptions()
+    p = sub.add_parser("evaluate", help="measure search quality against qrels, photos and purchases",
+                       description="Run the evaluation sections through the search API (in-process by default, "
+                                   "or a running service with --url); print a table, write evaluate.json and "
+                                   "evaluate.png.")
+    p.add_argument("--url", help="evaluate a running service, e.g. http://127.0.0.1:8000 (default: in-process)")
+    p.add_argument("--api-key", help="key for feedback writes (default: first configured key)")
+    p.add_argument("--out", type=Path, help="output folder (default: <data dir>/eval)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many queries/photos/purchases per section")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list from {','.join(SECTIONS)}")
+    p.add_argument("--modes", default=",".join(d.modes), help="search modes for the text queries")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--queries", type=Path, help="queries CSV (default: queries_dev.csv next to the catalogue)")
+    p.add_argument("--qrels", type=Path, help="qrels CSV (default: qrels_dev.csv next to the catalogue)")
+    p.add_argument("--image-queries", type=int, default=d.image_queries, help="photos to sample")
+    p.add_argument("--image-split", default=d.image_split, help="split the photos are drawn from")
+    p.add_argument("--image-match", default=",".join(d.image_match),
+                   help="attributes a photo result must share with the query product to count")
+    p.add_argument("--image-modes", default=",".join(d.image_modes))
+    p.add_argument("--transactions", type=Path, help="purchases CSV (default: transactions.csv next to the "
+                                                      "catalogue)")
+    p.add_argument("--cutoff", default=d.cutoff, help="profiles from purchases before this day (YYYY-MM-DD)")
+    p.add_argument("--end", default=d.end, help="later purchases up to (not including) this day")
+    p.add_argument("--personal-query", default=d.personal_query, help="catalogue column the queries come from")
+    p.add_argument("--personal-mode", default=d.personal_mode)
+    p.add_argument("--keep-profiles", action="store_true", help="do not forget the evaluation shoppers after")
+    p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    if args.limit < 0 or args.image_queries < 1:
+        raise BadInput("--limit must be >= 0 and --image-queries >= 1")
+    return EvalOptions(
+        sections=_csv(args.sections), out=args.out, url=args.url, api_key=args.api_key, limit=args.limit,
+        seed=args.seed, queries=args.queries, qrels=args.qrels, modes=_csv(args.modes),
+        image_queries=args.image_queries, image_split=args.image_split, image_match=_csv(args.image_match),
+        image_modes=_csv(args.image_modes), transactions=args.transactions, cutoff=args.cutoff, end=args.end,
+        personal_query=args.personal_query, personal_mode=args.personal_mode,
+        keep_profiles=args.keep_profiles, chart=not args.no_chart,
+    )
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from scripts.eval_report import format_report
+
+    opts = options_from_args(args)
+    report = run_evaluation(cfg, opts)
+    out = opts.out or cfg.data_dir / "eval"
+    written = write_report(report, out, chart=opts.chart)
+    print(format_report(report))
+    print()
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,236 @@
+"""`vitrina evaluate` end to end on a tiny indexed catalogue: in-process and over HTTP, JSON + PNG, sane numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts.eval_client import ApiError, HttpClient, InProcessClient
+from scripts.eval_data import load_catalogue
+from scripts.eval_image import pixel_neighbours, precision_of
+from scripts.eval_personal import naive_rerank
+from scripts.evaluate import EvalOptions, check_targets, run_evaluation, write_report
+from search.store import ItemRecord, open_store
+from tests.helpers import make_config, product_rows, write_catalogue
+from vitrina.config import Config
+
+DIM = 384
+N = 48
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _judgements(rows: list[dict[str, Any]], gender: str, colour: str, article: str) -> dict[str, int]:
+    out = {}
+    for r in rows:
+        if r["gender"] == gender and r["articleType"] == article:
+            out[r["id"]] = 2 if r["baseColour"] == colour else 1
+    return out
+
+
+def build_shop(folder: Path) -> tuple[Config, list[dict[str, Any]]]:
+    """48 products indexed with real MiniLM text vectors, a tiny random image tower, and fused vectors;
+    dev queries, graded qrels and purchases written next to the catalogue (where evaluate looks)."""
+    from encoders import create_image_encoder, create_text_encoder, fuse_batch
+    from tests.tiny_models import write_tiny_checkpoint
+
+    rows = product_rows(N)
+    for r in rows:
+        r["product_type_name"] = r["articleType"]
+    catalogue = write_catalogue(folder / "shop", rows)
+    cfg = make_config(folder, catalogue)
+    write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint))
+    cat = cfg.catalogue
+    text = create_text_encoder(cfg).encode([" ".join(str(r[f]) for f in cat.text_fields) for r in rows])
+    images = [Image.open(catalogue.parent / r["image"]).convert("RGB") for r in rows]
+    image = np.asarray(create_image_encoder(cfg).encode(images), dtype=np.float32)
+    fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
+    items = [ItemRecord(id=r["id"], vectors={"text": text[i], "image": image[i], "fused": fused[i]},
+                        keywords=" ".join(str(r[f]) for f in cat.keyword_fields),
+                        payload={"title": r["title"], "image": r["image"], "price": float(r["price"]),
+                                 **{a: r[a] for a in cat.attributes}})
+             for i, r in enumerate(rows)]
+    store = open_store(cfg)
+    try:
+        store.create_collection("items_v1", {"text": DIM, "image": DIM, "fused": DIM}, cat.filterable, cat.numeric)
+        store.upsert("items_v1", items)
+        store.flush("items_v1")
+        store.set_alias(cfg.store.alias, "items_v1")
+    finally:
+        store.close()
+    # q_exact names one product's title exactly (its id token "12" is unique); the others are attribute queries
+    queries = [["q_exact", "Men Red Shoes style 12"], ["q_blue", "women blue watches"],
+               ["q_black", "men black tshirts"]]
+    qrels = [["q_exact", "1012", 2]]
+    qrels += [["q_blue", i, g] for i, g in _judgements(rows, "Women", "Blue", "Watches").items()]
+    qrels += [["q_black", i, g] for i, g in _judgements(rows, "Men", "Black", "Tshirts").items()]
+    _write_csv(catalogue.parent / "queries_dev.csv", ["query_id", "query"], queries)
+    _write_csv(catalogue.parent / "qrels_dev.csv", ["query_id", "product_id", "relevance"], qrels)
+    # purchases: u1 and u2 have history before the cutoff, u3 is a cold-start shopper
+    tx = [["2020-04-01", "u1", "1000"], ["2020-04-02", "u1", "1012"], ["2020-04-02", "u1", "1012"],
+          ["2020-04-05", "u2", "1003"], ["2020-05-03", "u1", "1024"], ["2020-05-04", "u2", "1015"],
+          ["2020-05-06", "u3", "1001"], ["2020-06-02", "u1", "1036"]]  # the last is after the end: ignored
+    _write_csv(catalogue.parent / "transactions.csv", ["t_dat", "customer_id", "article_id"], tx)
+    return cfg, rows
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, list[dict[str, Any]]]:
+    return build_shop(tmp_path_factory.mktemp("evalshop"))
+
+
+@pytest.fixture
+def client(shop: tuple[Config, list[dict[str, Any]]]) -> Iterator[InProcessClient]:
+    c = InProcessClient(shop[0])
+    yield c
+    c.close()
+
+
+OPTS = dict(image_queries=6, personal_query="product_type_name", chart=True)
+
+
+def test_in_process_report_is_sane(shop: Any, client: InProcessClient, tmp_path: Path) -> None:
+    cfg, rows = shop
+    report = run_evaluation(cfg, EvalOptions(**OPTS), client)
+    text = report["text"]
+    assert text["queries"] == 3
+    for name in ("keyword", "text", "image", "vector", "hybrid", "random", "bm25 title", "bm25 fields (reference)"):
+        row = text["rows"][name]
+        assert "error" not in row, (name, row)
+        for metric in ("ndcg@10", "recall@10", "recall@100", "mrr"):
+            assert 0.0 <= row[metric] <= 1.0
+        assert row["recall@100"] >= row["recall@10"]
+    # the exact-title query is answered first by keyword search; attribute queries nearly so
+    assert text["rows"]["keyword"]["mrr"] == pytest.approx(1.0)
+    assert text["rows"]["keyword"]["ndcg@10"] > 0.8
+    assert text["rows"]["bm25 fields (reference)"]["ndcg@10"] > 0.8
+    assert text["rows"]["random"]["ndcg@10"] < text["rows"]["keyword"]["ndcg@10"]
+
+    image = report["image"]
+    assert image["queries"] == 6
+    for row in image["rows"].values():
+        assert "error" not in row and 0.0 <= row["p@10"] <= 1.0
+    # each (gender, articleType) pair has 6 products in the tiny shop: at most 5 others can match
+    assert all(row["p@10"] <= 0.5 + 1e-9 for row in image["rows"].values())
+
+    personal = report["personal"]
+    assert personal["test_purchases"] == 3 and personal["history_events"] == 3  # the repeated row counts once
+    assert personal["shoppers"] == {"warm": 2, "cold": 1}
+    cold = personal["cold"]
+    assert cold["base"] == cold["personal"]  # no profile, no popularity prior: the same ranking
+    for group in ("warm", "cold", "all"):
+        for run in ("base", "personal"):
+            assert 0.0 <= personal[group][run]["hr@10"] <= 1.0
+    # the evaluation shoppers are forgotten afterwards
+    with pytest.raises(ApiError) as e:
+        client.get("/api/users/eval.u1/profile")
+    assert e.value.status == 404
+
+    names = [t["target"] for t in report["targets"]]
+    assert len(names) == 6 and all(t["status"] in {"met", "missed"} for t in report["targets"])
+    written = write_report(report, tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "evaluate.json").read_text())["text"]["queries"] == 3
+    png = tmp_path / "eval" / "evaluate.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_http_client_gives_the_same_numbers(shop: Any, tmp_path: Path) -> None:
+    """The same evaluation over HTTP against a live app on loopback matches the in-process run."""
+    from werkzeug.serving import make_server
+
+    from web import create_app
+
+    cfg, _ = shop
+    opts = EvalOptions(sections=("text", "personal"), chart=False, **{k: v for k, v in OPTS.items() if k != "chart"})
+    inproc = InProcessClient(cfg)
+    try:
+        local = run_evaluation(cfg, opts, inproc)
+        app = inproc.app
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            http = HttpClient(f"http://127.0.0.1:{server.port}")
+            remote = run_evaluation(cfg, opts, http)
+            with pytest.raises(ApiError) as e:
+                http.get("/api/search", {"q": "x", "k": 0})
+            assert e.value.status == 400
+        finally:
+            server.shutdown()
+            thread.join(5)
+    finally:
+        inproc.close()
+    for name, row in local["text"]["rows"].items():
+        for metric in ("ndcg@10", "recall@10", "recall@100", "mrr"):
+            assert remote["text"]["rows"][name][metric] == pytest.approx(row[metric]), (name, metric)
+    for group in ("warm", "cold"):
+        assert remote["personal"][group]["base"] == local["personal"][group]["base"]
+        assert remote["personal"][group]["personal"] == local["personal"][group]["personal"]
+
+
+def test_cli_writes_json_and_png(shop: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from scripts import cmd_evaluate
+
+    cfg, _ = shop
+    parser = argparse.ArgumentParser()
+    cmd_evaluate.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--out", str(tmp_path / "out"), "--sections", "text,image",
+                              "--modes", "keyword,hybrid", "--image-queries", "3", "--limit", "2"])
+    assert args.func(cfg, args) == 0
+    printed = capsys.readouterr().out
+    assert "keyword" in printed and "targets (issue 5)" in printed
+    report = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    assert report["text"]["queries"] == 2 and set(report["text"]["rows"]) >= {"keyword", "hybrid", "random"}
+    assert report["image"]["queries"] == 2  # --limit caps every section
+    assert (tmp_path / "out" / "evaluate.png").stat().st_size > 1000
+
+
+def test_unknown_section_is_refused(shop: Any) -> None:
+    from vitrina.errors import BadInput
+
+    with pytest.raises(BadInput):
+        run_evaluation(shop[0], EvalOptions(sections=("nope",)))
+
+
+# ---- pure helpers ---------------------------------------------------------------------------------------
+
+def test_precision_leaves_out_the_query_and_matches_fields(catalogue: Path, cfg: Config) -> None:
+    cat = load_catalogue(cfg)
+    q = "1000"  # Men Red Tshirts; 1012 is Men Red Shoes, 1002 Men Blue Tshirts
+    assert precision_of([q, "1002", "1012"], q, cat, ("articleType", "gender"), k=2) == 0.5
+    assert precision_of(["1002", "1004"], q, cat, ("articleType", "gender"), k=2) == 1.0
+
+
+def test_pixel_neighbours_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.random((30, 12), dtype=np.float32)
+    ids = [str(i) for i in range(30)]
+    got = pixel_neighbours(ids, pixels, ["3", "7"], 5)
+    for q in ("3", "7"):
+        d = ((pixels - pixels[int(q)]) ** 2).sum(1)
+        d[int(q)] = np.inf
+        assert got[q] == [str(j) for j in np.argsort(d)[:5]]
+
+
+def test_naive_rerank_boosts_past_purchases(catalogue: Path, cfg: Config) -> None:
+    cat = load_catalogue(cfg)
+    ranked = [str(1000 + i) for i in range(20)]
+    # 1019 is Women White Shoes; 1006, 1007 and 1018 are White too (1018 too far down to move up)
+    out = naive_rerank(ranked, ["1019"], cat, {"article": 2.0, "baseColour": 0.5})
+    assert out[:4] == ["1019", "1006", "1007", "1000"] and sorted(out) == sorted(ranked)
+    assert naive_rerank(ranked, [], cat) == ranked  # no history: the order is kept
