@@ -14,7 +14,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from search.personal import EVENTS, Event, UserState, decay, event_weight, update_user, validate_event
+from search import signals
+from search.personal import EVENTS, Event, UserState, decay, update_user, validate_event
 from vitrina.config import Config, PersonalConfig
 from vitrina.errors import BadInput, StoreError
 
@@ -41,11 +42,6 @@ CREATE TABLE IF NOT EXISTS profiles (
     counts TEXT NOT NULL,
     first_ts REAL NOT NULL,
     last_ts REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS popularity (
-    item_id TEXT PRIMARY KEY,
-    score REAL NOT NULL,
-    updated_at REAL NOT NULL
 );
 """
 
@@ -79,9 +75,9 @@ class ProfileStore:
             self._lock = _LOCKS[str(self.path.resolve())]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            with self._lock:
-                conn.executescript(_SCHEMA)
+            signals.check_config(cfg)
+            self._conn()
+            self._write(self._init_schema)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the profile store {self.path}: {e}") from e
 
@@ -123,12 +119,30 @@ class ProfileStore:
         except sqlite3.Error as e:
             raise StoreError(f"profile store read failed: {e}") from e
 
+    def _locked_read(self, fn: Any, *args: Any) -> Any:
+        """fn(conn, *args) inside one read transaction: a consistent snapshot across its statements."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn, *args)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"profile store read failed: {e}") from e
+
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        signals.ensure_schema(conn, self.cfg)
 
     # ----- writes -----
 
@@ -146,6 +160,8 @@ class ProfileStore:
         return int(self._write(self._record, events, vectors))
 
     def _record(self, conn: sqlite3.Connection, events: list[Event], vectors: Mapping[str, np.ndarray]) -> int:
+        signals.add_cooc(conn, events, self.cfg)  # reads the shopper's earlier events: before the insert
+        signals.add_popularity(conn, events, self.cfg)
         conn.executemany("INSERT INTO events(user_id, item_id, event, ts) VALUES (?, ?, ?, ?)",
                          [(e.user_id, e.item_id, e.event, float(e.ts)) for e in events])
         by_user: dict[str, list[Event]] = defaultdict(list)
@@ -169,42 +185,20 @@ class ProfileStore:
                          " last_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (user_id, blob, float(state.evidence), float(state.updated_at),
                           json.dumps(state.counts, sort_keys=True), float(first), float(last)))
-        self._add_popularity(conn, events)
         return len(events)
 
-    def _add_popularity(self, conn: sqlite3.Connection, events: Sequence[Event]) -> None:
-        for e in events:
-            w = event_weight(e.event, self.cfg)
-            row = conn.execute("SELECT score, updated_at FROM popularity WHERE item_id = ?", (e.item_id,)).fetchone()
-            if row is None:
-                score, at = w, e.ts
-            elif e.ts >= row[1]:
-                score, at = row[0] * decay(e.ts - row[1], self.cfg) + w, e.ts
-            else:
-                score, at = row[0] + w * decay(row[1] - e.ts, self.cfg), row[1]
-            conn.execute("INSERT OR REPLACE INTO popularity(item_id, score, updated_at) VALUES (?, ?, ?)",
-                         (e.item_id, float(score), float(at)))
-
-    def _recompute_popularity(self, conn: sqlite3.Connection, item_ids: Sequence[str]) -> None:
-        """Popularity of these items recomputed exactly from the event log (after a delete)."""
-        for item_id in item_ids:
-            rows = conn.execute("SELECT event, ts FROM events WHERE item_id = ?", (item_id,)).fetchall()
-            if not rows:
-                conn.execute("DELETE FROM popularity WHERE item_id = ?", (item_id,))
-                continue
-            at = max(ts for _, ts in rows)
-            score = sum(event_weight(ev, self.cfg) * decay(at - ts, self.cfg) for ev, ts in rows)
-            conn.execute("INSERT OR REPLACE INTO popularity(item_id, score, updated_at) VALUES (?, ?, ?)",
-                         (item_id, float(score), float(at)))
-
     def delete(self, user_id: str) -> bool:
-        """Forget a shopper: profile, every event, and their share of popularity. True if anything existed."""
+        """Forget a shopper: profile, every event, their share of popularity and co-occurrence.
+
+        True if anything existed.
+        """
         def _delete(conn: sqlite3.Connection) -> bool:
             items = [r[0] for r in conn.execute("SELECT DISTINCT item_id FROM events WHERE user_id = ?",
                                                 (user_id,))]
+            signals.remove_user(conn, user_id, self.cfg)  # replays their events: before they are deleted
             gone = conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             gone += conn.execute("DELETE FROM profiles WHERE user_id = ?", (user_id,)).rowcount
-            self._recompute_popularity(conn, items)
+            signals.recompute_popularity(conn, items, self.cfg)
             return gone > 0
         return bool(self._write(_delete))
 
@@ -261,15 +255,7 @@ class ProfileStore:
         Items never seen get 0.
         """
         now = time.time() if now is None else float(now)
-        out = {item: 0.0 for item in item_ids}
-        ids = list(out)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for item_id, score, at in self._read(
-                    f"SELECT item_id, score, updated_at FROM popularity WHERE item_id IN ({marks})", chunk):
-                out[item_id] = float(score) * decay(now - at, self.cfg)
-        return out
+        return self._locked_read(signals.popularity, list(item_ids), now, self.cfg)
 
     def events(self, since: float | None = None, user_id: str | None = None) -> Iterator[Event]:
         """The event log in arrival order, optionally from time `since` on and for one shopper."""
@@ -289,6 +275,26 @@ class ProfileStore:
             if len(rows) < _BATCH:
                 return
             last = rows[-1][0]
+
+    def neighbours(self, item_id: str, limit: int = 100, shrink: float = 1.0) -> list[tuple[str, float, int]]:
+        """Items co-bought with this one: (item, normalised score, shoppers who bought both), best first."""
+        return self._locked_read(signals.neighbours, item_id, limit, shrink)
+
+    def popular(self, now: float | None = None, batch: int = 500) -> Iterator[tuple[str, float]]:
+        """Every item with events, by recency-weighted popularity at `now`, best first (read lazily)."""
+        now = time.time() if now is None else float(now)
+        try:
+            yield from signals.top_popular(self._conn(), now, self.cfg, batch)
+        except sqlite3.Error as e:
+            raise StoreError(f"profile store read failed: {e}") from e
+
+    def rebuild_signals(self) -> dict[str, int]:
+        """Wipe popularity and co-occurrence and replay the event log into them (one transaction)."""
+        return dict(self._write(signals.rebuild, self.cfg))
+
+    def dump_signals(self) -> dict[str, Any]:
+        """Every derived signal as plain data (tests, and checking a rebuild)."""
+        return dict(self._locked_read(signals.dump))
 
     def count_events(self, user_id: str | None = None) -> int:
         """Rows in the event log (for one shopper, or all)."""
