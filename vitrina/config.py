@@ -128,6 +128,22 @@ class PersonalConfig:
     purchased: str = "keep"  # keep | demote
     demote_factor: float = 0.5
     popularity_weight: float = 0.0  # cold-start popularity prior
+    cooc_events: tuple[str, ...] = ("cart", "purchase")  # events that count as "bought" for co-occurrence
+    cooc_neighbours: int = 100  # co-bought neighbours kept per item (an item's row is pruned at 2x this)
+    cooc_basket: int = 100  # a shopper's most recent bought items that a newly bought one is paired with
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    similar: float = 0.3  # blend weight: items nearest the shopper's vector in the fused space
+    co_bought: float = 0.6  # blend weight: items co-bought with the shopper's recent items
+    buy_again: float = 1.0  # blend weight: items the shopper bought (or carted) before
+    popular: float = 0.2  # blend weight: recency-weighted popularity prior (the cold-start list)
+    recent_items: int = 20  # the shopper's recent bought items whose co-bought neighbours are used
+    pool: int = 100  # candidates each source nominates
+    shrink: float = 1.0  # co-occurrence score c_ij / (sqrt(n_i * n_j) + shrink): damps one-off pairs
+    exclude_purchased: bool = False  # default of the request parameter of the same name
+    similar_fallback: bool = True  # also-bought: fill up with vector neighbours when history is short
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,7 @@ class Config:
     indexer: IndexerConfig = IndexerConfig()
     search: SearchConfig = SearchConfig()
     personal: PersonalConfig = PersonalConfig()
+    recommend: RecommendConfig = RecommendConfig()
     web: WebConfig = WebConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     source: str = ""  # the file this was read from ("" = built-in defaults)
