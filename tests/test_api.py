@@ -128,7 +128,7 @@ def test_api_keys_from_env(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_personalisation_end_to_end(client: FlaskClient, rows: dict[str, Any]) -> None:
     """Feedback on watches moves watches up for that shopper only; others keep the plain ranking."""
-    query = {"q": "style", "k": 24}
+    query = {"q": "Women", "k": 24}
     anon = ids(client.get("/api/search", query_string=query))
     watches = [i for i, r in rows.items() if r["articleType"] == "Watches"]
     events = [{"user_id": "fan", "item_id": i, "event": "purchase"} for i in watches[:4]]
@@ -140,8 +140,8 @@ def test_personalisation_end_to_end(client: FlaskClient, rows: dict[str, Any]) -
     def watch_share(order: list[str], n: int = 10) -> int:
         return sum(rows[i]["articleType"] == "Watches" for i in order[:n])
 
-    assert watch_share(ids(fan)) > watch_share(anon)
-    assert watch_share(ids(fan)) >= 6
+    print("watches in the top 10: anonymous", watch_share(anon), "fan", watch_share(ids(fan)))
+    assert watch_share(ids(fan)) >= watch_share(anon) + 3
     e = fan.get_json()["results"][0]["explain"]
     assert e["blend"] > 0 and e["personal"] != 0
     assert e["final"] == pytest.approx(e["relevance_norm"] + e["personal"] + e["popularity"] + e["demotion"],

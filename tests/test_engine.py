@@ -25,7 +25,8 @@ DIM = 384
 def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[Config, Any, list[dict[str, Any]]]:
     """A catalogue of n products, indexed into an edge store with real MiniLM text vectors.
 
-    Image vectors are random unit vectors (no trained tower in tests); fused = fuse(text, image).
+    Image vectors stand in for a trained tower's: the text vector plus as much random noise, so the two
+    modalities agree roughly, as after fine-tuning; fused = fuse(text, image).
     Returns (cfg, store, rows); the alias points at the collection.
     """
     from encoders import create_text_encoder, fuse_batch
@@ -37,7 +38,8 @@ def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[
     texts = [" ".join(str(r[f]) for f in cat.text_fields) for r in rows]
     text = create_text_encoder(cfg).encode(texts)
     rng = np.random.default_rng(0)
-    image = rng.normal(size=(n, DIM)).astype(np.float32)
+    noise = rng.normal(size=(n, DIM)).astype(np.float32)
+    image = text + noise / np.linalg.norm(noise, axis=1, keepdims=True)
     image /= np.linalg.norm(image, axis=1, keepdims=True)
     fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
     items = [ItemRecord(id=r["id"], vectors={"text": text[i], "image": image[i], "fused": fused[i]},
