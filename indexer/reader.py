@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -33,6 +34,7 @@ class Product:
     attributes: dict[str, str | float] = field(default_factory=dict)  # configured columns; numeric ones as float
     text: str = ""  # what the text encoder sees (text_fields; the description after " — ")
     keywords: str = ""  # the BM25 keyword document (keyword_fields joined by spaces)
+    row: int = 0  # 1-based data row in the file (for reports), 0 when not from a file
 
     def payload(self) -> dict[str, Any]:
         """The store payload: title, image, split, description/category/brand/price when present, attributes."""
@@ -156,6 +158,7 @@ def parse_row(cat: CatalogueConfig, row: Mapping[str, Any], rownum: int = 0) -> 
             attributes=attributes,
             text=compose_text(row, cat.text_fields or (cat.title,), long_fields) or title,
             keywords=" ".join(v for v in (_clean(row.get(f)) for f in cat.keyword_fields) if v) or title,
+            row=rownum,
         )
     except Exception as e:  # a row must never abort the catalogue
         return Skipped(_clean(row.get(cat.id)) if isinstance(row, Mapping) else "", f"unreadable row: {e}", rownum)
@@ -253,7 +256,7 @@ def read_catalogue(cfg: Config, path: str | Path | None = None) -> Iterator[Prod
         raise CatalogueError("no catalogue file: set [catalogue].path")
     if not file.is_file():
         raise CatalogueError(f"catalogue file not found: {file}")
-    fmt = catalogue_format(cat, file)
+    fmt = catalogue_format(cat if path is None else dataclasses.replace(cat, format="auto"), file)
     records = _csv_records(file, cat) if fmt == "csv" else _jsonl_records(file)
     return _products(cat, records)
 

@@ -97,6 +97,9 @@ class IndexerConfig:
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
     max_redirects: int = 3  # redirects followed per image URL, each hop re-checked for private addresses
+    decode_workers: int = 2  # threads decoding and resizing images while the models run
+    parallel_encode: bool = True  # text and image towers in two threads, [runtime].threads split between them
+    checkpoint_every: int = 4  # batches between flush + resume checkpoint (a kill -9 redoes at most this many)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""Products -> ItemRecords: images decoded in a thread pool, text and image towers run side by side, then fused."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from encoders import create_image_encoder, create_text_encoder, fuse_batch, image_tower_status
+from indexer.reader import Product, Skipped, image_base
+from search.store import ItemRecord
+from vitrina.config import Config
+from vitrina.errors import ConfigError, ModelUnavailable, VitrinaError
+from vitrina.images import load_image
+
+log = logging.getLogger(__name__)
+
+
+class StageTimer:
+    """Seconds spent per stage, summed over threads (so decode time can exceed wall time)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
+def tower_runtime(cfg: Config) -> Config:
+    """cfg with [runtime].threads split between the two towers when they run in parallel threads."""
+    if cfg.indexer.parallel_encode and cfg.runtime.threads > 1:
+        return cfg.replace(runtime={"threads": max(1, cfg.runtime.threads // 2)})
+    return cfg
+
+
+def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
+    """The trained image tower, or (None, why not): never a randomly initialised one."""
+    status = image_tower_status(cfg)
+    if not status.get("available"):
+        return None, str(status.get("reason") or "no trained image tower")
+    try:
+        enc = create_image_encoder(tower_runtime(cfg))
+    except ModelUnavailable as e:
+        return None, e.message + (f" ({e.detail})" if e.detail else "")
+    if enc.dim != cfg.text_encoder.dim:
+        raise ConfigError(f"the image tower gives {enc.dim}-d vectors but the text encoder {cfg.text_encoder.dim}-d",
+                          detail="the towers must share one space to be fused; retrain with `vitrina finetune`")
+    return enc, ""
+
+
+class Embedder:
+    """Turns batches of Products into ItemRecords (vectors text, fused and, with a trained tower, image).
+
+    Every product's image is decoded and checked, with or without an image tower, so the same items
+    are indexed either way: a missing, truncated or non-image file makes the item Skipped("bad image").
+    """
+
+    def __init__(self, cfg: Config, image_encoder: Any | None, timer: StageTimer | None = None) -> None:
+        self.cfg = cfg
+        self.text_encoder = create_text_encoder(tower_runtime(cfg))
+        self.image_encoder = image_encoder
+        self.timer = timer or StageTimer()
+        self.base = image_base(cfg)
+        self.dims = {"text": self.text_encoder.dim, "image": self.text_encoder.dim, "fused": self.text_encoder.dim}
+        self._decode_pool = ThreadPoolExecutor(max(1, cfg.indexer.decode_workers), thread_name_prefix="decode")
+        self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="text") if cfg.indexer.parallel_encode else None
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self._text_pool is not None:
+            self._text_pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- images ---------------------------------------------------------------------------------
+    def submit_images(self, products: Sequence[Product]) -> list[Future[Any]]:
+        """Start decoding the batch's images now (call it a batch ahead so decoding overlaps encoding)."""
+        return [self._decode_pool.submit(self._decode, p) for p in products]
+
+    def _decode(self, product: Product) -> np.ndarray | Skipped | None:
+        """Pixels at the tower's size (None when there is no tower or no image), or Skipped for a bad image."""
+        if not product.image:
+            return None
+        t0 = time.perf_counter()
+        try:
+            img = load_image(product.image, self.base, self.cfg.indexer)
+            if self.image_encoder is None:
+                return None
+            from encoders.image import to_tower_pixels
+
+            return to_tower_pixels(img, self.image_encoder.image_size)
+        except VitrinaError as e:
+            return Skipped(product.id, f"bad image: {e.message}", product.row)
+        except Exception as e:  # noqa: BLE001 - a bad image must never abort the batch
+            return Skipped(product.id, f"bad image: {type(e).__name__}: {e}", product.row)
+        finally:
+            self.timer.add("decode", time.perf_counter() - t0)
+
+    # ---- the batch ------------------------------------------------------------------------------
+    def _encode_text(self, texts: list[str]) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self.text_encoder.encode(texts)
+        finally:
+            self.timer.add("text", time.perf_counter() - t0)
+
+    def embed(self, products: Sequence[Product], images: list[Future[Any]] | None = None
+              ) -> tuple[list[ItemRecord], list[Skipped]]:
+        """Records for the products whose image is fine (or absent), Skipped for the others."""
+        if not products:
+            return [], []
+        futures = images if images is not None else self.submit_images(products)
+        texts = [p.text for p in products]
+        pending = self._text_pool.submit(self._encode_text, texts) if self._text_pool else None
+        t0 = time.perf_counter()
+        decoded = [f.result() for f in futures]
+        self.timer.add("wait_decode", time.perf_counter() - t0)
+        keep = [i for i, d in enumerate(decoded) if not isinstance(d, Skipped)]
+        skips = [d for d in decoded if isinstance(d, Skipped)]
+        with_pixels = [i for i in keep if isinstance(decoded[i], np.ndarray)]
+        image_vecs = np.full((len(products), self.dims["image"]), np.nan, dtype=np.float32)
+        if with_pixels and self.image_encoder is not None:
+            t1 = time.perf_counter()
+            image_vecs[with_pixels] = self.image_encoder.encode_pixels(np.stack([decoded[i] for i in with_pixels]))
+            self.timer.add("image", time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        text_vecs = pending.result() if pending is not None else self._encode_text(texts)
+        self.timer.add("wait_text", time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        present = np.zeros(len(products), dtype=bool)
+        present[with_pixels] = True
+        fused = fuse_batch(text_vecs, image_vecs, self.cfg.fusion.text_weight, self.cfg.fusion.image_weight,
+                           present=present).astype(np.float32)
+        records = []
+        for i in keep:
+            p = products[i]
+            vectors = {"text": text_vecs[i], "fused": fused[i]}
+            if present[i]:
+                vectors["image"] = image_vecs[i]
+            records.append(ItemRecord(id=p.id, vectors=vectors, keywords=p.keywords, payload=p.payload()))
+        self.timer.add("fuse", time.perf_counter() - t3)
+        return records, skips
