@@ -84,7 +84,12 @@ def test_decompression_bomb(client: FlaskClient) -> None:
     buf = io.BytesIO()
     Image.new("L", (2000, 2000), 0).save(buf, "PNG")  # 4 Mpx in a few KB, over the 2 Mpx limit
     assert len(buf.getvalue()) < 50_000
-    assert_error(upload(client, buf.getvalue()), 422)
+    assert_error(upload(client, buf.getvalue()), 422, "pixels")
+
+
+def test_image_url_to_a_private_address_is_refused(client: FlaskClient) -> None:
+    resp = client.post("/api/search", json={"image_url": "http://127.0.0.1:9/photo.jpg"})
+    assert_error(resp, 422, "refusing")
 
 
 def test_bad_post_bodies(client: FlaskClient) -> None:
