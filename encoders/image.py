@@ -158,7 +158,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # a damaged pickle raises almost anything (UnpicklingError, EOFError, ...)
         raise ModelUnavailable(f"cannot read image tower checkpoint {path}", detail=str(e)) from e
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ModelUnavailable(f"{path} is not a vitrina image tower checkpoint (format {CHECKPOINT_FORMAT!r})")

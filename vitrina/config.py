@@ -171,6 +171,7 @@ class FinetuneConfig:
     workers: int = 2
     patience: int = 3  # epochs without dev improvement before early stopping
     max_train_items: int = 0  # 0 = all train rows
+    label_fields: tuple[str, ...] = ()  # dev metrics: neighbours sharing these attributes count ("" = category)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,345 @@
+"""LiT-style training of the image tower against frozen text embeddings, with dev selection and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from encoders.image import (build_tower, image_size_of, load_checkpoint, model_config, pixels_to_input,
+                            save_checkpoint, tower_from_checkpoint)
+from encoders.train_data import DEV, TRAIN, TrainItem, augment, image_cache, text_embeddings
+from vitrina.errors import ConfigError, VitrinaError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything that decides a training run (a change starts a new run instead of resuming the old one)."""
+
+    arch: str = "vitrina-vit-tiny"
+    epochs: int = 10
+    batch_size: int = 256
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    seed: int = 0
+    workers: int = 2
+    patience: int = 3
+    max_train_items: int = 0
+    start_from: str = ""  # "" = random init; a vitrina checkpoint, an open_clip checkpoint file or tag
+    device: str = "auto"
+    threads: int = 2
+    bf16: bool = True
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    epochs_run: int
+    best_epoch: int
+    best_dev_metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    wall_s: float = 0.0
+    train_img_per_s: float = 0.0
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: Sequence[str],
+                      k: int = 10) -> dict[str, float]:
+    """Dev metrics over n items (rows L2-normalised): text->image Recall@k of the item's own image,
+    text->image P@k and image->image P@k (self excluded) where a hit shares the query item's label."""
+    n = len(image_emb)
+    if n < 2:
+        return {"t2i_recall@10": 0.0, "t2i_p@10": 0.0, "i2i_p@10": 0.0}
+    lab = np.unique(np.asarray(labels, dtype=object), return_inverse=True)[1]
+    k = min(k, n - 1)
+    t2i, t2i_p, i2i_p = 0.0, 0.0, 0.0
+    for start in range(0, n, 1024):
+        rows = np.arange(start, min(n, start + 1024))
+        s = text_emb[rows] @ image_emb.T
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        t2i += float((top == rows[:, None]).any(axis=1).sum())
+        t2i_p += float((lab[top] == lab[rows][:, None]).mean(axis=1).sum())
+        s = image_emb[rows] @ image_emb.T
+        s[np.arange(len(rows)), rows] = -np.inf
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        i2i_p += float((lab[top] == lab[rows][:, None]).mean(axis=1).sum())
+    return {"t2i_recall@10": t2i / n, "t2i_p@10": t2i_p / n, "i2i_p@10": i2i_p / n}
+
+
+def selection_score(metrics: dict[str, float]) -> float:
+    """The single number dev model selection maximises: the mean of the three dev metrics."""
+    return float(np.mean([metrics["t2i_recall@10"], metrics["t2i_p@10"], metrics["i2i_p@10"]]))
+
+
+def run_key(settings: FinetuneSettings, data_key: str) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in {"workers", "device", "threads"}}
+    blob = json.dumps({"settings": fields, "data": data_key}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def _start_tower(settings: FinetuneSettings) -> tuple[Any, str]:
+    """The tower training starts from, and its arch name."""
+    src = settings.start_from
+    if src and Path(src).is_file():
+        try:
+            blob = load_checkpoint(src)
+        except VitrinaError:
+            blob = None
+        if blob is not None:
+            return tower_from_checkpoint(blob), str(blob["arch"])
+    return build_tower(settings.arch, src), settings.arch
+
+
+def _param_groups(visual: Any, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in visual.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _embed_pixels(visual: Any, pixels: np.ndarray, device: Any, bf16: bool, batch: int = 512) -> np.ndarray:
+    import torch
+
+    from encoders.runtime import autocast
+
+    visual.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch):
+            x = pixels_to_input(torch.from_numpy(pixels[start:start + batch]).to(device))
+            with autocast(device, bf16):
+                f = visual(x)
+            out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.ndarray], text_model_id: str,
+             settings: FinetuneSettings, output: Path, work_dir: Path, provenance: dict[str, Any] | None = None,
+             resume: str = "auto", progress: bool = True) -> FinetuneResult:
+    """Train the tower on the `train` items, select on `dev`, write the best to `output` (+ model card).
+
+    Items of any other split are dropped unread. Images that do not decode are skipped and counted.
+    State is saved after every epoch under work_dir; resume="auto" continues a partial run with the same
+    settings and data, "require" insists on one, "never" starts over.
+    """
+    import torch
+
+    from encoders.runtime import autocast, bf16_supported, configure_threads, resolve_device
+    from vitrina.config import RuntimeConfig
+
+    t_start = time.time()
+    if resume not in {"auto", "require", "never"}:
+        raise ConfigError(f"resume must be auto, require or never, got {resume!r}")
+    if settings.epochs < 1 or settings.batch_size < 2 or settings.grad_accum < 1:
+        raise ConfigError("[finetune] needs epochs >= 1, batch_size >= 2 and grad_accum >= 1")
+    runtime = RuntimeConfig(device=settings.device, threads=settings.threads, bf16=settings.bf16)
+    device = resolve_device(runtime)
+    configure_threads(runtime)
+    bf16 = settings.bf16 and bf16_supported(device)
+    torch.manual_seed(settings.seed)
+    visual, arch = _start_tower(settings)
+    size = image_size_of(model_config(arch))
+
+    train = [it for it in items if it.split == TRAIN]
+    dev = [it for it in items if it.split == DEV]
+    if settings.max_train_items and len(train) > settings.max_train_items:
+        pick = np.random.default_rng(settings.seed).choice(len(train), settings.max_train_items, replace=False)
+        train = [train[i] for i in sorted(pick)]
+    if not train or not dev:
+        raise ConfigError(f"finetune needs train and dev items, got {len(train)} train and {len(dev)} dev")
+    cache_dir = work_dir.parent / "cache"
+    pixels, ok = image_cache(train + dev, size, cache_dir, workers=settings.workers, progress=progress)
+    texts = [it.text for it in train + dev]
+    text_emb = text_embeddings(texts, encode_text, text_model_id, cache_dir, progress=progress)
+    skipped = [it for it, good in zip(train + dev, ok) if not good]
+    if skipped:
+        log.warning("skipped %d items whose image did not decode (e.g. %s)", len(skipped), skipped[0].image)
+    n_tr = len(train)
+    tr_idx = np.flatnonzero(ok[:n_tr])
+    dv_idx = n_tr + np.flatnonzero(ok[n_tr:])
+    if len(tr_idx) < 2 or len(dv_idx) < 2:
+        raise ConfigError("too few decodable train/dev images to train on")
+    dim = _output_dim(visual, size)
+    if dim != text_emb.shape[1]:
+        raise ConfigError(f"image tower {arch!r} gives {dim}-d vectors but the text encoder gives "
+                          f"{text_emb.shape[1]}-d; use an arch whose embed_dim matches")
+    dev_labels = [(train + dev)[i].label or (train + dev)[i].id for i in dv_idx]
+    tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1]
+
+    visual = visual.to(device)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+    groups = _param_groups(visual, settings.weight_decay) + [{"params": [logit_scale], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+    batch = min(settings.batch_size, len(tr_idx))
+    steps_per_epoch = max(1, len(tr_idx) // batch // settings.grad_accum)
+    total_steps = steps_per_epoch * settings.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(settings.warmup_steps, total_steps // 2),
+                                                              total_steps))
+    data_key = hashlib.sha256(np.asarray([it.id for it in train + dev], dtype=object).tobytes()
+                              + json.dumps(texts).encode()).hexdigest()[:16]
+    run_dir = work_dir / f"run-{run_key(dataclasses.replace(settings, arch=arch), data_key)}"
+    state_path = run_dir / STATE_FILE
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_visual": None,
+                             "train_seconds": 0.0, "train_images": 0, "wall_s": 0.0}
+    if resume == "require" and not state_path.is_file():
+        raise ConfigError(f"--resume: no partial run to resume at {state_path}")
+    if resume != "never" and state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        visual.load_state_dict(saved["visual"])
+        with torch.no_grad():
+            logit_scale.fill_(float(saved["logit_scale"]))
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        state = saved
+        log.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
+    wall_before = float(state["wall_s"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+
+    text_t = torch.from_numpy(text_emb).to(device)
+    tid_t = torch.from_numpy(tid).to(device)
+    bad_epochs = sum(1 for h in state["history"] if h["epoch"] > state["best_epoch"])
+    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+        if bad_epochs >= settings.patience > 0:
+            log.info("early stop: no dev improvement for %d epochs", bad_epochs)
+            break
+        visual.train()
+        gen = torch.Generator().manual_seed(settings.seed * 10_007 + epoch)
+        order = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
+        n_micro = steps_per_epoch * settings.grad_accum
+        t0, seen, losses = time.time(), 0, []
+        bar = tqdm(range(n_micro), desc=f"epoch {epoch}/{settings.epochs}", unit="batch", disable=not progress,
+                   mininterval=10)
+        for m in bar:
+            idx = np.sort(order[m * batch:(m + 1) * batch])
+            x = augment(pixels_to_input(torch.from_numpy(pixels[idx]).to(device)), gen)
+            t = text_t[idx]
+            with autocast(device, bf16):
+                feats = visual(x)
+            f = torch.nn.functional.normalize(feats.float(), dim=-1)
+            logits = logit_scale.exp() * f @ t.T
+            same = (tid_t[idx][:, None] == tid_t[idx][None, :]).float()  # identical texts are not negatives
+            target = same / same.sum(dim=1, keepdim=True)
+            loss = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
+                          + torch.nn.functional.cross_entropy(logits.T, target))
+            (loss / settings.grad_accum).backward()
+            if (m + 1) % settings.grad_accum == 0:
+                torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    logit_scale.clamp_(0.0, math.log(100.0))
+            losses.append(float(loss))
+            seen += len(idx)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        bar.close()
+        train_s = time.time() - t0
+        state["train_seconds"] += train_s
+        state["train_images"] += seen
+        dev_img = _embed_pixels(visual, pixels[dv_idx], device, bf16)
+        metrics = retrieval_metrics(dev_img, text_emb[dv_idx], dev_labels)
+        score = selection_score(metrics)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "img_per_s": seen / max(train_s, 1e-9),
+               "seconds": train_s, "temperature": float(1 / logit_scale.exp()), **metrics, "score": score}
+        state["history"].append(row)
+        log.info("epoch %d: loss %.3f, %.0f img/s, dev %s", epoch, row["loss"], row["img_per_s"],
+                 {k: round(v, 4) for k, v in metrics.items()})
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, best_logit=float(logit_scale.exp()),
+                         best_visual={k: v.detach().cpu().clone() for k, v in visual.state_dict().items()})
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale), opt=opt.state_dict(),
+                     sched=sched.state_dict(), wall_s=wall_before + time.time() - t_start)
+        _save_state(state_path, state)
+        _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped,
+                      t_start, complete=False, device=str(device))
+    state["wall_s"] = wall_before + time.time() - t_start
+    _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped, t_start,
+                  complete=True, device=str(device))
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    return FinetuneResult(output=output, epochs_run=state["epoch"], best_epoch=state["best_epoch"],
+                          best_dev_metrics={k: best[k] for k in ("t2i_recall@10", "t2i_p@10", "i2i_p@10")},
+                          history=state["history"], skipped=len(skipped), wall_s=state["wall_s"],
+                          train_img_per_s=state["train_images"] / max(state["train_seconds"], 1e-9))
+
+
+def _output_dim(visual: Any, size: tuple[int, int]) -> int:
+    """The tower's output width, measured on one blank image."""
+    import torch
+
+    was = visual.training
+    visual.eval()
+    with torch.inference_mode():
+        dim = int(visual(torch.zeros(1, 3, *size)).shape[-1])
+    visual.train(was)
+    return dim
+
+
+def _write_output(output: Path, arch: str, state: dict[str, Any], settings: FinetuneSettings,
+                  provenance: dict[str, Any] | None, n_train: int, n_dev: int, skipped: Sequence[TrainItem],
+                  t_start: float, complete: bool, device: str) -> None:
+    """Write the best tower so far and its model card (complete=False while training goes on)."""
+    import open_clip
+    import torch
+
+    from encoders.image import build_tower as _build
+
+    if state.get("best_visual") is None:
+        return
+    visual = _build(arch)
+    visual.load_state_dict(state["best_visual"])
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    prov = dict(provenance or {})
+    card = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
+        "trained_on": {**prov.pop("trained_on", {}), "train_items": n_train, "dev_items": n_dev,
+                       "skipped_images": len(skipped), "skipped_examples": [s.id for s in skipped[:10]]},
+        "objective": "LiT: contrastive (InfoNCE, learnable temperature) against frozen text-tower embeddings",
+        "settings": dataclasses.asdict(settings), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+        "best_dev_metrics": {k: best[k] for k in ("t2i_recall@10", "t2i_p@10", "i2i_p@10", "score")},
+        "dev_metrics": state["history"], "selection": "max mean(t2i_recall@10, t2i_p@10, i2i_p@10) on dev",
+        "train_seconds": state["train_seconds"],
+        "train_img_per_s": state["train_images"] / max(state["train_seconds"], 1e-9),
+        "wall_s": state["wall_s"], "device": device,
+        "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__}, **prov,
+    }
+    save_checkpoint(output, visual, arch, state.get("best_logit", 1 / 0.07), card)

@@ -1,0 +1,129 @@
+"""`vitrina finetune`: read the catalogue, hand (image, text, split, label) items to encoders.finetune."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vitrina.config import Config
+from vitrina.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SPLIT_RULE_HASH = "sha256(id) % 10: 0 test (never read), 1 dev, 2-9 train (no split column in the catalogue)"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("finetune", help="train the image tower (LiT) against frozen text embeddings",
+                              description="Train the CLIP image tower on the catalogue's train rows against "
+                                          "frozen text-encoder embeddings; select on dev; never reads test.")
+    p.add_argument("--epochs", type=int, help="override [finetune].epochs")
+    p.add_argument("--batch-size", type=int, help="override [finetune].batch_size")
+    p.add_argument("--lr", type=float, help="override [finetune].lr")
+    p.add_argument("--max-items", type=int, help="override [finetune].max_train_items (0 = all)")
+    p.add_argument("--arch", help="override [image_encoder].arch")
+    p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
+                   help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
+                        "instead of [image_encoder].pretrained / random init")
+    p.add_argument("--output", help="override [finetune].output")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue a partial run (error if there is none)")
+    group.add_argument("--restart", action="store_true", help="ignore any partial run and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
+    """TrainItems for the train and dev rows (test rows are dropped before their image is looked at)."""
+    from encoders.train_data import TrainItem, hash_split
+    from indexer.reader import Product, image_source, read_catalogue
+
+    labels = cfg.finetune.label_fields
+    items: list[TrainItem] = []
+    counts = {"products": 0, "reader_skipped": 0, "test_excluded": 0, "no_local_image": 0, "hash_split": 0}
+    for row in read_catalogue(cfg):
+        if not isinstance(row, Product):
+            counts["reader_skipped"] += 1
+            continue
+        counts["products"] += 1
+        split = row.split
+        if not split:
+            split = hash_split(row.id)
+            counts["hash_split"] += 1
+        if split not in {"train", "dev"}:
+            counts["test_excluded"] += 1
+            continue
+        source = image_source(cfg, row)
+        if not source or source.lower().startswith(("http://", "https://")):
+            counts["no_local_image"] += 1  # training reads local files only
+            continue
+        label = "|".join(str(row.attributes.get(f, "")) for f in labels) if labels else row.category
+        items.append(TrainItem(id=row.id, image=source, text=row.text or row.title, split=split, label=label))
+    return items, counts
+
+
+def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
+    from encoders.finetune import FinetuneSettings
+
+    ft = cfg.finetune
+    return FinetuneSettings(
+        arch=args.arch or cfg.image_encoder.arch, epochs=args.epochs or ft.epochs,
+        batch_size=args.batch_size or ft.batch_size, grad_accum=ft.grad_accum, lr=args.lr or ft.lr,
+        weight_decay=ft.weight_decay, warmup_steps=ft.warmup_steps, seed=ft.seed, workers=ft.workers,
+        patience=ft.patience, max_train_items=ft.max_train_items if args.max_items is None else args.max_items,
+        start_from=args.start_from if args.start_from is not None else cfg.image_encoder.pretrained,
+        device=cfg.runtime.device, threads=cfg.runtime.threads, bf16=cfg.runtime.bf16)
+
+
+def _lazy_text_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
+    """encode(texts) that loads the text tower only when first called (a text cache hit never loads it)."""
+    holder: dict[str, Any] = {}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        if "enc" not in holder:
+            from encoders import create_text_encoder
+
+            holder["enc"] = create_text_encoder(cfg)
+        return holder["enc"].encode(texts)
+    return encode
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from encoders.finetune import finetune
+    from encoders.image import file_sha256
+
+    output = Path(args.output).resolve() if args.output else Path(cfg.finetune.output)
+    if not str(cfg.finetune.output) and not args.output:
+        raise ConfigError("set [finetune].output or pass --output")
+    items, counts = training_items(cfg)
+    log.info("catalogue: %s", counts)
+    settings = settings_for(cfg, args)
+    tc = cfg.text_encoder
+    cat_file = Path(cfg.catalogue.path)
+    provenance = {
+        "trained_on": {
+            "catalogue": str(cat_file), "catalogue_sha256": file_sha256(cat_file),
+            "config": cfg.source, "config_sha256": file_sha256(cfg.source) if cfg.source else "",
+            "split_rule": SPLIT_RULE_HASH if counts["hash_split"] else f"catalogue column {cfg.catalogue.split!r}",
+            "text_fields": list(cfg.catalogue.text_fields), "label_fields": list(cfg.finetune.label_fields),
+            "text_model": tc.model, "text_max_length": tc.max_length, **counts,
+        },
+        "command": "vitrina " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "settings_source": dataclasses.asdict(cfg.finetune),
+    }
+    resume = "require" if args.resume else "never" if args.restart else "auto"
+    result = finetune(items, _lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", settings, output,
+                      cfg.data_dir / "finetune", provenance=provenance, resume=resume,
+                      progress=not args.no_progress)
+    m = result.best_dev_metrics
+    print(f"wrote {result.output} (best epoch {result.best_epoch}/{result.epochs_run}; dev t2i R@10 "
+          f"{m['t2i_recall@10']:.3f}, t2i P@10 {m['t2i_p@10']:.3f}, i2i P@10 {m['i2i_p@10']:.3f}; "
+          f"{result.skipped} images skipped; {result.train_img_per_s:.0f} img/s; {result.wall_s / 60:.1f} min)")
+    return 0

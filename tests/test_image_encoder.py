@@ -1,0 +1,143 @@
+"""The image tower: checkpoint round trip, encode shape/norm/determinism, clear errors, torch-free status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoders.image import (build_tower, card_path, create_image_encoder, image_tower_status, load_checkpoint,
+                            local_model_configs, model_config, to_tower_pixels)
+from tests.helpers import draw_product, make_config
+from tests.tiny_models import TEST_ARCH, write_tiny_checkpoint
+from vitrina.errors import BadInput, ConfigError, ModelUnavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt")
+    return make_config(tmp_path, image_encoder={"checkpoint": str(ckpt), "arch": TEST_ARCH, "batch_size": 2})
+
+
+def photos() -> list[Image.Image]:
+    return [draw_product("Red", "Tshirts"), draw_product("Blue", "Shoes", (224, 224)),
+            draw_product("Green", "Watches", (60, 60)), draw_product("Black", "Caps")]
+
+
+def test_encode_shape_norm_and_determinism(tiny_cfg) -> None:  # type: ignore[no-untyped-def]
+    enc = create_image_encoder(tiny_cfg)
+    assert enc.dim == 384
+    v = enc.encode(photos())
+    assert v.shape == (4, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(v, enc.encode(photos()))
+    # batch_size 2 splits the batch; one at a time gives the same rows
+    one_by_one = np.concatenate([enc.encode([p]) for p in photos()])
+    np.testing.assert_allclose(v, one_by_one, atol=1e-5)
+    assert not np.allclose(v[0], v[1], atol=1e-3)  # different photos, different vectors
+    assert enc.encode([]).shape == (0, 384)
+
+
+def test_encoder_is_shared_and_thread_safe(tiny_cfg) -> None:  # type: ignore[no-untyped-def]
+    enc = create_image_encoder(tiny_cfg)
+    assert create_image_encoder(tiny_cfg) is enc
+    want = enc.encode(photos())
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(enc.encode(photos()))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4
+    for g in got:
+        np.testing.assert_array_equal(g, want)
+
+
+def test_checkpoint_round_trip_matches_the_saved_tower(tmp_path: Path) -> None:
+    import torch
+
+    from encoders.image import pixels_to_input, save_checkpoint, tower_from_checkpoint
+
+    torch.manual_seed(3)
+    visual = build_tower(TEST_ARCH).eval()
+    path = save_checkpoint(tmp_path / "t.pt", visual, TEST_ARCH, 14.3, {"complete": True})
+    blob = load_checkpoint(path)
+    assert blob["arch"] == TEST_ARCH and blob["embed_dim"] == 384 and blob["image_size"] == [32, 32]
+    assert all(v.dtype == torch.float16 for v in blob["visual"].values() if v.is_floating_point())
+    card = json.loads(card_path(path).read_text())
+    assert card["complete"] is True and card["arch"] == TEST_ARCH and len(card["checkpoint_sha256"]) == 64
+    again = tower_from_checkpoint(blob).eval()
+    x = pixels_to_input(torch.from_numpy(np.stack([to_tower_pixels(p, (32, 32)) for p in photos()])))
+    with torch.inference_mode():
+        a = torch.nn.functional.normalize(visual(x), dim=-1)
+        b = torch.nn.functional.normalize(again(x), dim=-1)
+    assert float((a - b).abs().max()) < 5e-3  # fp16 storage
+
+
+def test_missing_checkpoint_says_run_finetune(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, image_encoder={"checkpoint": str(tmp_path / "none.pt")})
+    with pytest.raises(ModelUnavailable) as e:
+        create_image_encoder(cfg)
+    assert "vitrina finetune" in (e.value.detail or "") and e.value.status == 503
+    st = image_tower_status(cfg)
+    assert st["available"] is False and "vitrina finetune" in st["reason"]
+
+
+def test_pretrained_may_name_a_vitrina_checkpoint(tmp_path: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "elsewhere.pt")
+    cfg = make_config(tmp_path, image_encoder={"checkpoint": str(tmp_path / "none.pt"), "pretrained": str(ckpt)})
+    assert create_image_encoder(cfg).encode(photos()[:1]).shape == (1, 384)
+    assert image_tower_status(cfg)["source"] == "pretrained"
+
+
+def test_corrupt_checkpoint_is_model_unavailable(tmp_path: Path) -> None:
+    bad = tmp_path / "image_tower.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailable):
+        create_image_encoder(make_config(tmp_path, image_encoder={"checkpoint": str(bad)}))
+
+
+def test_bad_arch_name_is_a_clear_config_error() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_tower("no-such-tower")
+    assert "no-such-tower" in e.value.message and TEST_ARCH in (e.value.detail or "")
+    assert {"vitrina-vit-tiny", TEST_ARCH} <= set(local_model_configs())
+    assert model_config("vitrina-vit-tiny")["embed_dim"] == 384  # image vectors live in MiniLM's space
+
+
+def test_encode_rejects_non_images_and_handles_odd_modes(tiny_cfg) -> None:  # type: ignore[no-untyped-def]
+    enc = create_image_encoder(tiny_cfg)
+    with pytest.raises(BadInput):
+        enc.encode(photos()[0])  # type: ignore[arg-type]
+    with pytest.raises(BadInput):
+        enc.encode(["x.jpg"])  # type: ignore[list-item]
+    rgba = Image.new("RGBA", (40, 50), (255, 0, 0, 0))  # fully transparent: becomes white
+    grey = Image.new("L", (60, 80), 128)
+    assert enc.encode([rgba, grey]).shape == (2, 384)
+    np.testing.assert_array_equal(to_tower_pixels(rgba, (8, 8)), np.full((8, 8, 3), 255, np.uint8))
+
+
+def test_status_reads_the_card_without_importing_torch(tiny_cfg) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        "import sys, json\n"
+        "from tests.helpers import make_config\n"
+        "from pathlib import Path\n"
+        "import encoders\n"
+        f"cfg = make_config(Path({str(Path(tiny_cfg.data.dir).parent)!r}), image_encoder="
+        f"{{'checkpoint': {tiny_cfg.image_encoder.checkpoint!r}}})\n"
+        "st = encoders.image_tower_status(cfg)\n"
+        "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch imported'\n"
+        "print(json.dumps(st))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout.strip().splitlines()[-1])
+    assert st["available"] is True and st["arch"] == TEST_ARCH and st["embed_dim"] == 384
