@@ -212,15 +212,19 @@ class SearchService:
         return [(hits[i], explain[i]) for i in order]
 
     # ---- results ----------------------------------------------------------------------------------------
-    def result(self, hit: Hit, explain: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One result in the API's shape: id, score, title, image_url, attributes[, explain]."""
+    def result(self, hit: Hit, explain: dict[str, Any] | None = None, detail: bool = False) -> dict[str, Any]:
+        """One result in the API's shape: id, score, title, image_url, attributes[, explain].
+
+        `detail` (the single-item view) also shows the description among the attributes.
+        """
         p = hit.payload
+        hidden = _HIDDEN - {"description"} if detail else _HIDDEN
         out: dict[str, Any] = {
             "id": hit.id,
             "score": _round(explain["final"] if explain else hit.score),
             "title": p.get("title"),
             "image_url": self.image_url(hit.id, p.get("image")),
-            "attributes": {k: v for k, v in p.items() if k not in _HIDDEN},
+            "attributes": {k: v for k, v in p.items() if k not in hidden},
         }
         if explain is not None:
             out["explain"] = {k: (_round(v) if isinstance(v, float) else v) for k, v in explain.items()}
@@ -243,7 +247,7 @@ class SearchService:
         return hits[0]
 
     def item(self, item_id: str) -> dict[str, Any]:
-        return self.result(self.get_hit(item_id))
+        return self.result(self.get_hit(item_id), detail=True)
 
     def similar(self, item_id: str, k: int, offset: int = 0, filters: Filters | None = None
                 ) -> dict[str, Any]:
