@@ -257,6 +257,8 @@ function renderActiveFilters() {
     box.append(chip);
   }
   $("clear-filters").hidden = !any;
+  const n = box.children.length;
+  $("filters-toggle").textContent = n ? `Filters (${n})` : "Filters";
 }
 
 function syncUrl() {
@@ -347,8 +349,10 @@ function fillDetail(item) {
   $("detail-desc").hidden = !desc;
   const dl = $("detail-attrs");
   dl.replaceChildren();
-  for (const [k, v] of Object.entries(item.attributes || {})) {
+  const attrs = Object.entries(item.attributes || {});
+  for (const [k, v] of attrs) {
     if (v === null || v === "" || k === "description" || k === "price" || typeof v === "object") continue;
+    if (k === "category" && attrs.some(([k2, v2]) => k2 !== k && v2 === v)) continue; // same as another field
     const dt = document.createElement("dt");
     dt.textContent = prettyName(k);
     const dd = document.createElement("dd");
@@ -493,6 +497,11 @@ function wire() {
     }
   }
   $("load-more").addEventListener("click", () => runSearch({ append: true }));
+  $("filters-toggle").addEventListener("click", (e) => {
+    const open = !$("filters").classList.contains("open");
+    $("filters").classList.toggle("open", open);
+    e.currentTarget.setAttribute("aria-expanded", String(open));
+  });
 
   // cards: open, buy, more like this, why
   $("grid").addEventListener("click", (e) => {

@@ -2,19 +2,19 @@
 
 // Score parts the engine reports, in display order. `unit` parts live in [0, 1] (or [-1, 1]) and get a bar.
 const PARTS = [
-  ["relevance_norm", "Relevance", "unit"],
-  ["relevance", "Relevance (raw)", "num"],
-  ["keyword", "Keyword match (BM25)", "num"],
-  ["keyword_rank", "Keyword rank", "rank"],
-  ["vector", "Meaning match (cosine)", "unit"],
-  ["vector_rank", "Meaning rank", "rank"],
+  ["keyword", "Keywords (BM25)", "num"],
+  ["keyword_rank", "Keywords", "rank"],
+  ["vector", "Meaning (cosine)", "unit"],
+  ["vector_rank", "Meaning", "rank"],
   ["dense", "Vector similarity", "unit"],
-  ["dense_rank", "Vector rank", "rank"],
-  ["rrf", "Rank fusion (RRF)", "num"],
+  ["dense_rank", "Vector similarity", "rank"],
+  ["rrf", "Rank fusion", "num"],
+  ["relevance", "Relevance", "num"],
+  ["relevance_norm", "Relevance (scaled)", "unit"],
   ["personal", "Your taste", "unit"],
+  ["blend", "Taste weight", "pct"],
   ["popularity", "Popular now", "unit"],
   ["demotion", "Already bought", "unit"],
-  ["blend", "Weight of your taste", "pct"],
   ["source", "Why it is here", "text"],
 ];
 const KNOWN = new Map(PARTS.map(([key, label, kind]) => [key, { label, kind }]));
@@ -62,8 +62,7 @@ export function buildCard(item, fields) {
   node.querySelector(".card-meta").textContent = metaLine(item, fields);
   const price = priceOf(item);
   const priceEl = node.querySelector(".card-price");
-  if (price === null) priceEl.remove();
-  else priceEl.textContent = formatPrice(price);
+  priceEl.textContent = price === null ? "" : formatPrice(price);
   node.querySelector(".explain").id = `explain-${cssSafe(item.id)}`;
   node.querySelector(".explain-toggle").setAttribute("aria-controls", `explain-${cssSafe(item.id)}`);
   return node;
@@ -83,56 +82,72 @@ export function cssSafe(id) {
   return String(id).replace(/[^A-Za-z0-9_-]/g, (c) => `_${c.charCodeAt(0).toString(16)}`);
 }
 
-// The score breakdown: known parts in a fixed order, bars for parts on a 0..1 scale, ranks as "#n".
+// The score breakdown: one row per part (label, value), with a bar for parts on a 0..1 scale.
+// Ranks are folded into their part ("4.99 · #1"); parts that are zero and say nothing are left out.
 export function renderExplain(container, item) {
   container.replaceChildren();
   const explain = item.explain || {};
-  const keys = [...PARTS.map(([k]) => k).filter((k) => k in explain),
-    ...Object.keys(explain).filter((k) => !KNOWN.has(k) && !HIDDEN_PARTS.has(k))];
-  const list = document.createElement("dl");
-  list.className = "explain-list";
-  const row = (label, text, bar) => {
-    const dt = document.createElement("dt");
-    dt.textContent = label;
-    const dd = document.createElement("dd");
-    if (bar !== null) {
-      const track = document.createElement("span");
-      track.className = "bar";
-      const fill = document.createElement("span");
-      fill.className = bar < 0 ? "bar-fill neg" : "bar-fill";
-      fill.style.width = `${Math.round(Math.min(1, Math.abs(bar)) * 100)}%`;
-      track.append(fill);
-      dd.append(track);
-    }
-    const num = document.createElement("span");
-    num.className = "num";
-    num.textContent = text;
-    dd.append(num);
-    list.append(dt, dd);
-  };
-  if (typeof item.score === "number") row("Score", item.score.toFixed(4), null);
-  for (const key of keys) {
+  const rows = [];
+  const fmt = (v) => (Number.isInteger(v) ? String(v) : Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(3));
+  const consumed = new Set(["final"]);
+  for (const [key, label, kind] of PARTS) {
+    if (!(key in explain) || consumed.has(key)) continue;
+    consumed.add(key);
     const value = explain[key];
-    const { label, kind } = KNOWN.get(key) || { label: prettyName(key), kind: typeof value === "number" ? "num" : "text" };
-    if (value === null || value === undefined) {
-      row(label, "—", null);
-    } else if (typeof value !== "number") {
-      row(label, typeof value === "object" ? JSON.stringify(value) : String(value), null);
-    } else if (kind === "rank") {
-      row(label, `#${value}`, null);
-    } else if (kind === "pct") {
-      row(label, `${Math.round(value * 100)}%`, value);
-    } else {
-      row(label, Number.isInteger(value) ? String(value) : value.toFixed(4), kind === "unit" ? value : null);
+    if (kind === "rank") {
+      rows.push({ label, text: value === null || value === undefined ? "not matched" : `#${value}`, bar: null });
+      continue;
     }
+    if ((key === "popularity" || key === "demotion") && !value) continue;
+    if (key === "relevance" && "relevance_norm" in explain) continue;
+    let text;
+    if (value === null || value === undefined) text = "not matched";
+    else if (typeof value !== "number") text = typeof value === "object" ? JSON.stringify(value) : String(value);
+    else text = kind === "pct" ? `${Math.round(value * 100)}%` : fmt(value);
+    const rankKey = `${key}_rank`;
+    if (rankKey in explain) {
+      consumed.add(rankKey);
+      const rank = explain[rankKey];
+      text = rank === null || rank === undefined ? "not matched" : `${text} · #${rank}`;
+    }
+    const bar = typeof value === "number" && (kind === "unit" || kind === "pct") ? value : null;
+    rows.push({ label, text, bar });
   }
-  if (!keys.length) {
+  for (const [key, value] of Object.entries(explain)) {
+    if (KNOWN.has(key) || consumed.has(key) || HIDDEN_PARTS.has(key) || value === null || value === undefined) continue;
+    rows.push({ label: prettyName(key), text: typeof value === "number" ? fmt(value) : String(value), bar: null });
+  }
+  if (!rows.length) {
     const p = document.createElement("p");
     p.className = "muted small";
     p.textContent = "No breakdown for this result.";
     container.append(p);
     return;
   }
+  const list = document.createElement("dl");
+  list.className = "explain-list";
+  const add = ({ label, text, bar }, cls) => {
+    const div = document.createElement("div");
+    div.className = cls ? `explain-row ${cls}` : "explain-row";
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    dd.textContent = text;
+    div.append(dt, dd);
+    if (bar !== null) {
+      const track = document.createElement("span");
+      track.className = "bar";
+      track.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("span");
+      fill.className = bar < 0 ? "bar-fill neg" : "bar-fill";
+      fill.style.width = `${Math.round(Math.min(1, Math.abs(bar)) * 100)}%`;
+      track.append(fill);
+      div.append(track);
+    }
+    list.append(div);
+  };
+  if (typeof item.score === "number") add({ label: "Score", text: item.score.toFixed(4), bar: null }, "total");
+  rows.forEach((r) => add(r));
   container.append(list);
 }
 
