@@ -296,6 +296,11 @@ class ProfileStore:
         """Every derived signal as plain data (tests, and checking a rebuild)."""
         return dict(self._locked_read(signals.dump))
 
+    def latest_ts(self) -> float | None:
+        """Time of the newest event in the log (the shop's clock), or None when the log is empty."""
+        value = self._read("SELECT MAX(ts) FROM events")[0][0]
+        return None if value is None else float(value)
+
     def count_events(self, user_id: str | None = None) -> int:
         """Rows in the event log (for one shopper, or all)."""
         if user_id is None:

@@ -1,0 +1,217 @@
+"""Recommendations: a shopper's blend of vector neighbours, co-bought, buy-again and popular items; also-bought."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from search.personal import Event, decay, event_weight
+from search.store import DenseQuery, Filters, Hit
+
+if TYPE_CHECKING:
+    from search.engine import SearchService
+
+SOURCES = ("similar", "co_bought", "buy_again", "popular")
+_MAX_SEEN = 1000  # most already-seen items the vector query over-fetches to skip
+_POPULAR_PAGES = 20  # pages of the popularity list read to satisfy narrow filters
+
+
+def matches(payload: Mapping[str, Any], filters: Filters | None) -> bool:
+    """Whether an item's payload passes the filters (exact match on any value, inclusive ranges)."""
+    if not filters:
+        return True
+    for name, values in filters.equals.items():
+        have = payload.get(name)
+        have_all = have if isinstance(have, (list, tuple)) else [have]
+        if not any(str(h) in values for h in have_all if h is not None):
+            return False
+    for name, (low, high) in filters.ranges.items():
+        try:
+            value = float(payload.get(name))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            return False
+    return True
+
+
+def blend(parts: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The final score: sum over sources of weight * the source's score in [0, 1]."""
+    return float(sum(weights[s] * parts.get(s, 0.0) for s in SOURCES))
+
+
+def buy_again_scores(history: Sequence[Event], events: Sequence[str], top_weight: float, now: float,
+                     cfg: Any) -> dict[str, float]:
+    """Items the shopper bought before: decayed event weight / one fresh purchase's, capped at 1."""
+    raw: dict[str, float] = defaultdict(float)
+    for e in history:
+        if e.event in events:
+            raw[e.item_id] += event_weight(e.event, cfg) * decay(now - e.ts, cfg)
+    return {item: min(1.0, r / top_weight) for item, r in raw.items() if r > 0}
+
+
+def recent_bought(history: Sequence[Event], events: Sequence[str], limit: int) -> list[tuple[str, float]]:
+    """The shopper's most recently bought distinct items, newest first, with their last time."""
+    last: dict[str, float] = {}
+    for e in history:
+        if e.event in events:
+            last[e.item_id] = max(last.get(e.item_id, e.ts), e.ts)
+    return sorted(last.items(), key=lambda t: (-t[1], t[0]))[:limit]
+
+
+class Recommender:
+    """Candidates from four sources, each scored in [0, 1], blended with the [recommend] weights."""
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+        self.cfg = service.cfg
+
+    @property
+    def weights(self) -> dict[str, float]:
+        rc = self.cfg.recommend
+        return {"similar": rc.similar, "co_bought": rc.co_bought, "buy_again": rc.buy_again, "popular": rc.popular}
+
+    # ----- sources -----
+
+    def _similar(self, vector: np.ndarray, filters: Filters | None, skip: set[str], limit: int
+                 ) -> dict[str, tuple[float, Hit]]:
+        """Nearest items to a vector in the fused space, leaving out `skip`: item -> (cosine >= 0, hit)."""
+        norm = float(np.linalg.norm(vector))
+        if norm == 0 or not math.isfinite(norm) or limit <= 0:
+            return {}
+        fetch = limit + min(len(skip), _MAX_SEEN)
+        hits = self.service.store.query(self.service.alias, DenseQuery(np.asarray(vector / norm, np.float32),
+                                                                       "fused"), filters, limit=fetch)
+        out: dict[str, tuple[float, Hit]] = {}
+        for h in hits:
+            if h.id not in skip and len(out) < limit:
+                out[h.id] = (max(0.0, min(1.0, float(h.score))), h)
+        return out
+
+    def _popular(self, filters: Filters | None, skip: set[str], limit: int, now: float
+                 ) -> tuple[dict[str, tuple[float, Hit]], float]:
+        """The most popular items passing the filters: item -> (popularity / the top item's, hit), and the top."""
+        out: dict[str, tuple[float, Hit]] = {}
+        top = 0.0
+        page: list[tuple[str, float]] = []
+        pages = 0
+
+        def flush() -> None:
+            hits = {h.id: h for h in self.service.store.retrieve(self.service.alias, [i for i, _ in page])}
+            for item, score in page:
+                h = hits.get(item)
+                if h is not None and len(out) < limit and matches(h.payload, filters):
+                    out[item] = (score / top if top > 0 else 0.0, h)
+
+        for item, score in self.service.profiles.popular(now=now):
+            top = top or score
+            if item in skip or score <= 0:
+                continue
+            page.append((item, score))
+            if len(page) >= 2 * limit:
+                flush()
+                page, pages = [], pages + 1
+                if len(out) >= limit or pages >= _POPULAR_PAGES:
+                    break
+        if page and len(out) < limit:
+            flush()
+        return out, top
+
+    def _hits(self, ids: Iterable[str], filters: Filters | None, known: Mapping[str, Hit]) -> dict[str, Hit]:
+        """Payloads of candidates (from `known` or the store) that exist in the index and pass the filters."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in known]
+        found = dict(known)
+        if wanted:
+            found.update({h.id: h for h in self.service.store.retrieve(self.service.alias, wanted)})
+        return {i: h for i, h in found.items() if matches(h.payload, filters)}
+
+    # ----- the two lists -----
+
+    def for_user(self, user_id: str, k: int, filters: Filters | None = None, exclude_purchased: bool | None = None,
+                 now: float | None = None) -> dict[str, Any]:
+        """Top-k for a shopper; an unknown shopper gets the popular list (narrowed by the filters).
+
+        Freshness is measured against `now`, by default the newest event in the log (never later than
+        the wall clock), so a shopper idle for long leans on popularity while a replayed log still works.
+        """
+        t0 = time.perf_counter()
+        rc, pc = self.cfg.recommend, self.cfg.personal
+        profiles = self.service.profiles
+        if now is None:  # the shop's clock: a replayed or idle log is scored as of its newest event
+            now = min(time.time(), profiles.latest_ts() or time.time())
+        exclude_purchased = rc.exclude_purchased if exclude_purchased is None else exclude_purchased
+        history = list(profiles.events(user_id=user_id))
+        seen = {e.item_id for e in history}
+        banned = {e.item_id for e in history if e.event == "purchase"} if exclude_purchased else set()
+        top_weight = max(event_weight(e, pc) for e in pc.cooc_events) or 1.0
+        parts: dict[str, dict[str, float]] = defaultdict(dict)
+        known: dict[str, Hit] = {}
+
+        for item, score in buy_again_scores(history, pc.cooc_events, top_weight, now, pc).items():
+            if item not in banned:
+                parts[item]["buy_again"] = score
+        co: dict[str, float] = defaultdict(float)
+        for item, at in recent_bought(history, pc.cooc_events, rc.recent_items):
+            fresh = decay(now - at, pc)
+            for other, score, _ in profiles.neighbours(item, rc.pool, rc.shrink):
+                if other not in seen:
+                    co[other] += fresh * score
+        for item, score in sorted(co.items(), key=lambda t: -t[1])[:rc.pool]:
+            parts[item]["co_bought"] = min(1.0, score)
+        state = profiles.get(user_id)
+        if state is not None and rc.similar > 0:
+            fresh = decay(now - state.updated_at, pc)
+            for item, (cos, hit) in self._similar(state.vector, filters, seen | banned, rc.pool).items():
+                parts[item]["similar"] = cos * fresh
+                known[item] = hit
+        popular, top = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again
+        for item, (score, hit) in popular.items():
+            parts[item]["popular"] = score
+            known[item] = hit
+        nominated = {item: sorted(p) for item, p in parts.items()}
+        hits = self._hits(parts, filters, known)
+        prior = profiles.popularity([i for i in hits if "popular" not in parts[i]], now=now)
+        for item, pop in prior.items():  # the popularity prior applies to every candidate
+            if pop > 0 and top > 0:
+                parts[item]["popular"] = min(1.0, pop / top)
+        return self._answer(hits, parts, nominated, k, t0)
+
+    def also_bought(self, item_id: str, k: int, filters: Filters | None = None) -> dict[str, Any]:
+        """Items co-bought with this one (normalised, see signals.neighbours); vector neighbours fill up."""
+        t0 = time.perf_counter()
+        rc = self.cfg.recommend
+        item = self.service.get_hit(item_id, with_vectors=True)  # NotFound for an unknown item
+        parts: dict[str, dict[str, float]] = {}
+        for other, score, _ in self.service.profiles.neighbours(item_id, max(rc.pool, 4 * k), rc.shrink):
+            if other != item_id:
+                parts[other] = {"co_bought": min(1.0, score)}
+        hits = self._hits(parts, filters, {})
+        ranked = sorted(hits, key=lambda i: (-parts[i]["co_bought"], i))[:k]
+        results = [self.service.result(hits[i], {"sources": ["co_bought"], **parts[i],
+                                                 "final": parts[i]["co_bought"]}) for i in ranked]
+        vec = item.vectors.get("fused")
+        if len(results) < k and rc.similar_fallback and vec is not None:
+            floor = min((parts[i]["co_bought"] for i in ranked), default=1.0)
+            skip = set(ranked) | {item_id}
+            for other, (cos, hit) in self._similar(np.asarray(vec, np.float32), filters, skip,
+                                                   k - len(results)).items():
+                results.append(self.service.result(hit, {"sources": ["similar"], "similar": cos,
+                                                         "final": floor * cos}))
+        return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
+
+    def _answer(self, hits: Mapping[str, Hit], parts: Mapping[str, dict[str, float]],
+                nominated: Mapping[str, list[str]], k: int, t0: float) -> dict[str, Any]:
+        w = self.weights
+        final = {i: blend(parts[i], w) for i in hits}
+        ranked = sorted(hits, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))[:k]
+        results = []
+        for i in ranked:
+            explain: dict[str, Any] = {"sources": nominated.get(i, [])}
+            explain.update({s: parts[i].get(s, 0.0) for s in SOURCES})
+            explain["final"] = final[i]
+            results.append(self.service.result(hits[i], explain))
+        return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}

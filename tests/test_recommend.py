@@ -1,0 +1,247 @@
+"""Recommendations and also-bought end to end: real edge store, real Flask app, feedback through the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from search.profiles import FILENAME, ProfileStore
+from search.recommend import SOURCES, matches
+from search.store import Filters, ItemRecord, open_store
+from tests.helpers import make_config, product_rows
+from vitrina.config import Config
+
+DIM = 32
+T0 = "2020-05-01T00:00:00Z"
+
+
+def clustered_vectors(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:
+    """One centre per article type plus a little noise: items of a type are each other's neighbours."""
+    rng = np.random.default_rng(seed)
+    centres = {a: rng.normal(size=DIM) for a in sorted({r["articleType"] for r in rows})}
+    out = {}
+    for r in rows:
+        v = centres[r["articleType"]] + 0.35 * rng.normal(size=DIM)
+        out[r["id"]] = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, Any, list[dict[str, Any]]]]:
+    folder = tmp_path_factory.mktemp("recommend")
+    rows = product_rows(48)
+    cfg = make_config(folder, None)
+    vecs = clustered_vectors(rows)
+    store = open_store(cfg)
+    store.create_collection("items_v1", {"text": DIM, "fused": DIM}, cfg.catalogue.filterable, ())
+    store.upsert("items_v1", [ItemRecord(
+        id=r["id"], vectors={"text": vecs[r["id"]], "fused": vecs[r["id"]]}, keywords=r["title"],
+        payload={"title": r["title"], "price": float(r["price"]), "gender": r["gender"],
+                 "articleType": r["articleType"], "baseColour": r["baseColour"]}) for r in rows])
+    store.flush("items_v1")
+    store.set_alias(cfg.store.alias, "items_v1")
+    yield cfg, store, rows
+    store.close()
+
+
+@pytest.fixture
+def app_cfg(indexed: Any, tmp_path: Path) -> Config:
+    """The shared index, with profiles (and signals) of this test only."""
+    return indexed[0].replace(data={"dir": str(tmp_path / "var")})
+
+
+@pytest.fixture
+def client(indexed: Any, app_cfg: Config) -> FlaskClient:
+    from web import create_app
+
+    return create_app(app_cfg, store=indexed[1], TESTING=True).test_client()
+
+
+@pytest.fixture
+def rows(indexed: Any) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in indexed[2]}
+
+
+def feed(client: FlaskClient, events: list[tuple[str, str, str]], ts: str = T0) -> None:
+    body = [{"user_id": u, "item_id": i, "event": e, "ts": ts} for u, i, e in events]
+    resp = client.post("/api/feedback", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json() == {"accepted": len(events)}
+
+
+def recs(client: FlaskClient, user: str, **params: Any) -> list[dict[str, Any]]:
+    resp = client.get(f"/api/users/{user}/recommendations", query_string=params)
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert set(body) >= {"results", "total", "took_ms"} and body["total"] == len(body["results"])
+    return body["results"]
+
+
+def also(client: FlaskClient, item: str, **params: Any) -> list[dict[str, Any]]:
+    resp = client.get(f"/api/items/{item}/also-bought", query_string=params)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["results"]
+
+
+def test_matches_filters() -> None:
+    payload = {"gender": "Men", "price": 20.0, "tags": ["a", "b"]}
+    assert matches(payload, None) and matches(payload, Filters())
+    assert matches(payload, Filters(equals={"gender": ("Women", "Men")}, ranges={"price": (10, 20)}))
+    assert not matches(payload, Filters(equals={"gender": ("Women",)}))
+    assert not matches(payload, Filters(ranges={"price": (None, 19.9)}))
+    assert not matches(payload, Filters(ranges={"missing": (0, None)}))
+    assert matches(payload, Filters(equals={"tags": ("b",)}))
+
+
+def test_unknown_shopper_gets_popular_items_narrowed_by_filters(client: FlaskClient, rows: dict) -> None:
+    ids = list(rows)
+    feed(client, [(f"s{u}", ids[0], "purchase") for u in range(3)] + [(f"s{u}", ids[1], "click") for u in range(3)]
+         + [("s9", ids[2], "view")])
+    got = recs(client, "nobody", k=3)
+    assert [r["id"] for r in got] == ids[:3]
+    assert all(r["explain"]["sources"] == ["popular"] for r in got)
+    assert got[0]["explain"]["popular"] == pytest.approx(1.0)
+    assert set(got[0]) >= {"id", "score", "title", "image_url", "attributes", "explain"}
+    women = recs(client, "nobody", **{"filter.gender": "Women", "k": 5})
+    assert women and all(rows[r["id"]]["gender"] == "Women" for r in women)
+    assert [r["id"] for r in women] == [i for i in ids[:3] if rows[i]["gender"] == "Women"]
+
+
+def test_cold_start_with_no_events_at_all_is_empty_not_an_error(client: FlaskClient) -> None:
+    assert recs(client, "nobody") == []
+
+
+def test_one_event_gives_more_like_it(client: FlaskClient, rows: dict) -> None:
+    item = list(rows)[13]
+    feed(client, [("fresh", item, "click")])
+    got = recs(client, "fresh", k=5)
+    similar = client.get(f"/api/items/{item}/similar", query_string={"k": 5}).get_json()["results"]
+    assert [r["id"] for r in got] == [r["id"] for r in similar]  # the nearest items to what was clicked
+    assert item not in {r["id"] for r in got}
+    assert all("similar" in r["explain"]["sources"] for r in got)
+    assert all(rows[r["id"]]["articleType"] == rows[item]["articleType"] for r in got)
+
+
+def test_new_item_with_no_feedback_is_recommended_on_content(client: FlaskClient, rows: dict) -> None:
+    ids = list(rows)
+    item = ids[20]
+    others = [i for i in ids if rows[i]["articleType"] == rows[item]["articleType"] and i != item]
+    feed(client, [("u", item, "purchase")] + [(f"pop{k}", ids[0], "purchase") for k in range(5)])
+    got = [r["id"] for r in recs(client, "u", k=6)]
+    assert set(others) & set(got[:4])  # never-bought items like the purchase rank above the best-seller
+    assert got.index(ids[0]) > 2 if ids[0] in got else True
+
+
+def test_buy_again_and_exclude_purchased(client: FlaskClient, rows: dict) -> None:
+    item = list(rows)[5]
+    feed(client, [("buyer", item, "purchase")])
+    got = recs(client, "buyer", k=5)
+    assert got[0]["id"] == item and "buy_again" in got[0]["explain"]["sources"]
+    assert item not in {r["id"] for r in recs(client, "buyer", k=5, exclude_purchased="true")}
+    resp = client.get("/api/users/buyer/recommendations", query_string={"exclude_purchased": "maybe"})
+    assert resp.status_code == 400
+
+
+def test_co_bought_with_recent_items(client: FlaskClient, rows: dict) -> None:
+    ids = list(rows)
+    a, b = ids[0], ids[30]  # different article types: only co-occurrence links them
+    assert rows[a]["articleType"] != rows[b]["articleType"]
+    feed(client, [(f"pair{u}", x, "purchase") for u in range(3) for x in (a, b)])
+    feed(client, [("newbie", a, "purchase")])
+    got = recs(client, "newbie", k=5)
+    by_id = {r["id"]: r for r in got}
+    assert b in by_id and "co_bought" in by_id[b]["explain"]["sources"]
+    assert [r["id"] for r in got].index(b) <= 1  # right after buy-again of a
+    cfg_weights = {"similar": 0.3, "co_bought": 0.6, "buy_again": 1.0, "popular": 0.2}
+    for r in got:  # the final score is the weighted sum of the per-source parts
+        e = r["explain"]
+        assert set(e) >= set(SOURCES) | {"sources", "final"}
+        assert e["final"] == pytest.approx(sum(cfg_weights[s] * e[s] for s in SOURCES), abs=1e-5)
+        assert r["score"] == pytest.approx(e["final"], abs=1e-6)
+
+
+def test_also_bought_is_normalised_and_falls_back_to_vectors(client: FlaskClient, rows: dict) -> None:
+    ids = list(rows)
+    a, x, best = ids[2], ids[40], ids[7]
+    feed(client, [(f"all{u}", best, "purchase") for u in range(20)])
+    feed(client, [(f"all{u}", y, "purchase") for u in range(3) for y in (a, x)])
+    got = also(client, a, k=4)
+    assert [r["id"] for r in got[:2]] == [x, best]  # the best-seller does not win just by selling most
+    assert got[0]["explain"]["sources"] == ["co_bought"]
+    assert all(r["explain"]["sources"] == ["similar"] for r in got[2:]) and len(got) == 4
+    scores = [r["score"] for r in got]
+    assert scores == sorted(scores, reverse=True)
+    lonely = ids[44]
+    fallback = also(client, lonely, k=3)
+    similar = client.get(f"/api/items/{lonely}/similar", query_string={"k": 3}).get_json()["results"]
+    assert [r["id"] for r in fallback] == [r["id"] for r in similar]
+    filtered = also(client, a, k=10, **{"filter.gender": rows[best]["gender"]})
+    assert all(rows[r["id"]]["gender"] == rows[best]["gender"] for r in filtered)
+
+
+def test_deleted_shopper_disappears_from_recommendation_signals(client: FlaskClient, rows: dict) -> None:
+    ids = list(rows)
+    a, b = ids[3], ids[33]
+    feed(client, [("only", a, "purchase"), ("only", b, "cart")])
+    assert b in [r["id"] for r in also(client, a, k=3)]
+    assert also(client, a, k=3)[0]["explain"]["sources"] == ["co_bought"]
+    assert client.delete("/api/users/only/profile").get_json()["deleted"] is True
+    after = also(client, a, k=3)
+    assert all(r["explain"]["sources"] == ["similar"] for r in after)
+    assert recs(client, "someone-else") == []  # popularity forgot them too
+
+
+def test_bad_requests_are_4xx(client: FlaskClient, rows: dict) -> None:
+    item = list(rows)[0]
+    for path, params in [("/api/users/u/recommendations", {"k": 0}), ("/api/users/u/recommendations", {"k": "x"}),
+                         ("/api/users/u/recommendations", {"k": 101}), ("/api/users/u/recommendations", {"zz": 1}),
+                         ("/api/users/u/recommendations", {"filter.nope": "x"}),
+                         ("/api/users/bad%20id/recommendations", {}),
+                         (f"/api/items/{item}/also-bought", {"k": -1}),
+                         (f"/api/items/{item}/also-bought", {"exclude_purchased": "true"})]:
+        resp = client.get(path, query_string=params)
+        assert resp.status_code == 400, (path, params, resp.get_json())
+        assert set(resp.get_json()) >= {"error", "detail"}
+    resp = client.get("/api/items/no-such-item/also-bought")
+    assert resp.status_code == 404
+
+
+def test_openapi_lists_the_endpoints(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "/api/users/{user_id}/recommendations" in paths and "/api/items/{item_id}/also-bought" in paths
+
+
+def test_rebuild_signals_command_restores_wiped_signals(client: FlaskClient, app_cfg: Config, rows: dict) -> None:
+    from scripts.cmd_signals import rebuild_signals
+
+    ids = list(rows)
+    feed(client, [(f"r{u}", ids[u % 5], "purchase") for u in range(12)] + [("r0", ids[9], "cart")])
+    store = ProfileStore(app_cfg.data_dir / FILENAME, app_cfg.personal)
+    before = store.dump_signals()
+    conn = store._conn()
+    for table in ("popularity", "cooc", "item_buyers"):
+        conn.execute(f"DELETE FROM {table}")
+    assert rebuild_signals(app_cfg, argparse.Namespace()) == 0
+    after = store.dump_signals()
+    assert after["cooc"] == before["cooc"] and after["buyers"] == before["buyers"]
+    assert {k: pytest.approx(v[0]) for k, v in after["popularity"].items()} == \
+        {k: v[0] for k, v in before["popularity"].items()}
+
+
+def test_rebuild_signals_cli_entry(app_cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts.cli import main
+
+    ProfileStore(app_cfg.data_dir / FILENAME, app_cfg.personal).close()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[data]\ndir = "{app_cfg.data_dir}"\n', encoding="utf-8")
+    assert main(["--config", str(conf), "rebuild-signals"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"] == 0
+    missing = tmp_path / "m.toml"
+    missing.write_text(f'[data]\ndir = "{tmp_path / "none"}"\n', encoding="utf-8")
+    assert main(["--config", str(missing), "rebuild-signals"]) == 2

@@ -1,0 +1,93 @@
+"""`/api/users/<id>/recommendations` and `/api/items/<id>/also-bought` (issue 6), same result shape as search."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from search.recommend import Recommender
+from search.request import parse_filters, parse_item_id, parse_user_id
+from vitrina.errors import BadInput
+from web.deps import args_lists, get_config, get_service
+from web.openapi import Param, spec
+
+bp = Blueprint("recommend", __name__, url_prefix="/api")
+
+_K = Param("k", "how many (default 12)", "integer", minimum=1, maximum=100)
+_FILTER = Param("filter.<field>", "exact match on a filterable field (repeat = any of)", repeated=True)
+_MIN = Param("price_min", "lower price bound (also <numeric field>_min)", "number")
+_MAX = Param("price_max", "upper price bound (also <numeric field>_max)", "number")
+_RESULTS = {"$ref": "#/components/schemas/Results"}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+DEFAULT_K = 12
+
+
+def recommender() -> Recommender:
+    """One Recommender per app, over the app's SearchService (made on first use)."""
+    found = current_app.extensions.get("vitrina_recommender")
+    if found is None:
+        found = current_app.extensions.setdefault("vitrina_recommender", Recommender(get_service()))
+    return found
+
+
+def _params(allowed: tuple[str, ...]) -> dict[str, list[str]]:
+    params = args_lists()
+    unknown = [k for k in params if k not in allowed and not k.startswith(("filter.", "_"))
+               and not k.endswith(("_min", "_max"))]
+    if unknown:
+        raise BadInput(f"unknown parameter(s) {unknown}",
+                       f"known: {', '.join(allowed)}, filter.<field>, <numeric>_min/_max")
+    for key in allowed:
+        if len(params.get(key, [])) > 1:
+            raise BadInput(f"parameter {key!r} given {len(params[key])} times", f"give '{key}' at most once")
+    return params
+
+
+def _k() -> int:
+    raw = request.args.get("k", "").strip()
+    high = get_config().search.max_k
+    if not raw:
+        return min(DEFAULT_K, high)
+    try:
+        k = int(raw)
+    except ValueError as e:
+        raise BadInput("'k' must be an integer", f"got {raw!r}; allowed 1..{high}") from e
+    if not 1 <= k <= high:
+        raise BadInput("'k' out of range", f"got {k}; allowed 1..{high}")
+    return k
+
+
+def _flag(name: str) -> bool | None:
+    raw = request.args.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise BadInput(f"'{name}' must be true or false", f"got {raw!r}")
+
+
+@bp.get("/users/<user_id>/recommendations")
+@spec("Recommendations for a shopper", (Param("user_id", "shopper id", where="path", required=True), _K,
+                                         Param("exclude_purchased", "leave out items the shopper bought",
+                                               "boolean"), _FILTER, _MIN, _MAX),
+      responses={200: _RESULTS, 400: None}, tag="recommend")
+def recommendations(user_id: str) -> ResponseReturnValue:
+    """Vector neighbours of the shopper's taste, co-bought with their recent items, buy-again and popular,
+    blended; each result's explain lists the sources that nominated it. Unknown shoppers get popular items."""
+    uid = parse_user_id(user_id)
+    params = _params(("k", "exclude_purchased"))
+    filters = parse_filters(params, get_config())
+    return jsonify(recommender().for_user(uid, _k(), filters or None, _flag("exclude_purchased")))
+
+
+@bp.get("/items/<item_id>/also-bought")
+@spec("Shoppers who bought this also bought", (Param("item_id", "external item id", where="path",
+                                                     required=True), _K, _FILTER, _MIN, _MAX),
+      responses={200: _RESULTS, 400: None, 404: None}, tag="recommend")
+def also_bought(item_id: str) -> ResponseReturnValue:
+    """Items co-bought (cart or purchase) with this one, normalised by each item's buyers so best-sellers do
+    not win everything; vector neighbours fill the list when the item has little history."""
+    iid = parse_item_id(item_id)
+    params = _params(("k",))
+    filters = parse_filters(params, get_config())
+    return jsonify(recommender().also_bought(iid, _k(), filters or None))
