@@ -18,6 +18,7 @@ from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError
 
 if TYPE_CHECKING:
+    from search.personal import UserState
     from search.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -124,84 +125,94 @@ class SearchService:
 
     # ---- search -----------------------------------------------------------------------------------------
     def search(self, req: SearchRequest) -> dict[str, Any]:
-        """Ranked results for a validated request: {"results", "total", "took_ms"[, "facets"]}."""
+        """Ranked results for a validated request: {"results", "total", "took_ms"[, "facets"]}.
+
+        Facets count the items matching the request's filters (the store's facets are filter-based; a
+        dense query matches every item, so "the current query" is its filter set).
+        """
         t0 = time.perf_counter()
         s = self.cfg.search
         photo = self.photo_vector(req) if req.has_photo else None  # bad photos fail before any search
         text_vec = self.text_vector(req.q) if req.q and req.mode != "keyword" else None
         qvec = self.query_vector(text_vec, photo, req.image_weight)
+        user = self.profiles.get(req.user_id) if req.user_id is not None else None
+        rerank = user is not None or self.cfg.personal.popularity_weight > 0
         pool = max(s.candidates, req.offset + req.k)
-        hits, explain = self._retrieve(req, qvec, pool)
-        ranked = self._rank(hits, explain, req.user_id, qvec)
+        hits, explain = self._retrieve(req, qvec, pool, with_vectors=rerank)
+        ranked = self._rank(hits, explain, user, req.user_id) if rerank else self._plain(hits, explain)
         page = ranked[req.offset:req.offset + req.k]
+        self._add_cosines(page, qvec)
         out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
         if req.facets:
             out["facets"] = self.store.facets(self.alias, list(req.facets), req.filters or None)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         return out
 
-    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int
+    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int, with_vectors: bool
                   ) -> tuple[list[Hit], list[dict[str, Any]]]:
         """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses."""
-        s, filters = self.cfg.search, req.filters or None
-        st = self.store
+        s, filters, st, wv = self.cfg.search, req.filters or None, self.store, with_vectors
         if req.mode == "keyword":
-            hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=True)
+            hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv)
             return hits, [{"keyword": h.score, "keyword_rank": i + 1, "relevance": h.score}
                           for i, h in enumerate(hits)]
         if qvec is None:
             raise BadInput("nothing to search with", "give 'q' and/or an image")
         if req.mode in ("vector", "text", "image"):
             using = "fused" if req.mode == "vector" else req.mode
-            hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool, with_vectors=True)
+            hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool, with_vectors=wv)
             return hits, [{"dense": h.score, "dense_rank": i + 1, "relevance": h.score}
                           for i, h in enumerate(hits)]
         # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine
-        fetch = max(pool, s.candidates)
-        dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=fetch, with_vectors=True)
-        keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=fetch, with_vectors=True) \
+        dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool, with_vectors=wv)
+        keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv) \
             if req.q else []
         fused = rrf([[h.id for h in keyword], [h.id for h in dense]], [s.keyword_weight, s.vector_weight],
                     s.rrf_k)
-        by_id = {h.id: h for h in dense}
-        by_id.update({h.id: h for h in keyword if h.id not in by_id or not by_id[h.id].vectors})
+        by_id = {h.id: h for h in keyword}
+        by_id.update({h.id: h for h in dense})
         kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
-        dn = {h.id: i + 1 for i, h in enumerate(dense)}
+        dn = {h.id: (i + 1, h.score) for i, h in enumerate(dense)}
         hits, explain = [], []
         for item_id, score in list(fused.items())[:pool]:
             hits.append(by_id[item_id])
             k_rank, k_score = kw.get(item_id, (None, None))
-            explain.append({"keyword": k_score, "keyword_rank": k_rank, "vector_rank": dn.get(item_id),
+            d_rank, d_score = dn.get(item_id, (None, None))
+            explain.append({"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
                             "rrf": score, "relevance": score})
         return hits, explain
 
-    def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user_id: str | None,
-              qvec: np.ndarray | None) -> list[tuple[Hit, dict[str, Any]]]:
-        """Add the fused-space cosine, then the personal rerank (cold start keeps the engine's order)."""
-        fused_vectors = [h.vectors.get("fused") for h in hits]
-        for e, cos in zip(explain, cosines(qvec, fused_vectors)):
-            e["vector"] = cos
-        relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
-        pc = self.cfg.personal
-        if not hits or (user_id is None and pc.popularity_weight <= 0):
-            for e in explain:
-                e.update(personal=0.0, popularity=0.0, blend=0.0, final=e["relevance"])
-            return list(zip(hits, explain))
+    @staticmethod
+    def _plain(hits: list[Hit], explain: list[dict[str, Any]]) -> list[tuple[Hit, dict[str, Any]]]:
+        """No shopper (or a cold-start one) and no popularity prior: the engine's order and scores."""
+        for e in explain:
+            e.update(personal=0.0, popularity=0.0, blend=0.0, final=e["relevance"])
+        return list(zip(hits, explain))
+
+    def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user: UserState | None,
+              user_id: str | None) -> list[tuple[Hit, dict[str, Any]]]:
+        """The personal rerank of the candidates (search.personal.rerank); parts go into explain."""
+        if not hits:
+            return []
         from search.personal import blend_weight, evidence_at, rerank
 
-        now = time.time()
-        user = self.profiles.get(user_id) if user_id is not None else None
+        pc, now = self.cfg.personal, time.time()
         ids = [h.id for h in hits]
         purchased = None
-        if user is not None and pc.purchased == "demote":
-            bought = self.profiles.purchased(user_id) if user_id is not None else set()
+        if user is not None and user_id is not None and pc.purchased == "demote":
+            bought = self.profiles.purchased(user_id)
             purchased = np.array([i in bought for i in ids], dtype=bool)
         popularity = None
         if pc.popularity_weight > 0:
             pop = self.profiles.popularity(ids, now=now)
             popularity = np.array([pop.get(i, 0.0) for i in ids], dtype=np.float64)
-        dim = next((len(v) for v in fused_vectors if v is not None), self.cfg.text_encoder.dim)
+        dim = next((len(h.vectors["fused"]) for h in hits if "fused" in h.vectors), self.cfg.text_encoder.dim)
+        if user is not None and user.vector.shape != (dim,):  # profile from another model: start over
+            log.info("profile of %r has %s dims, the index %d: treated as cold start", user_id,
+                     user.vector.shape, dim)
+            user = None
         matrix = vector_matrix([h.vectors for h in hits], "fused", dim)
+        relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
         final, parts = rerank(relevance, matrix, user, pc, purchased=purchased, popularity=popularity, now=now)
         blend = blend_weight(evidence_at(user, now, pc), pc) if user is not None else 0.0
         for i, e in enumerate(explain):
@@ -210,6 +221,20 @@ class SearchService:
                      blend=blend, final=float(final[i]))
         order = sorted(range(len(hits)), key=lambda i: -final[i])  # stable: ties keep the engine's order
         return [(hits[i], explain[i]) for i in order]
+
+    def _add_cosines(self, page: list[tuple[Hit, dict[str, Any]]], qvec: np.ndarray | None) -> None:
+        """explain["vector"]: cosine of each shown item's stored fused vector to the query's fused vector."""
+        if qvec is None:
+            for _, e in page:
+                e["vector"] = None
+            return
+        missing = [h.id for h, _ in page if "fused" not in h.vectors]
+        fetched = {h.id: h.vectors for h in self.store.retrieve(self.alias, missing, with_vectors=True)} \
+            if missing else {}
+        vectors = [h.vectors.get("fused") if "fused" in h.vectors else fetched.get(h.id, {}).get("fused")
+                   for h, _ in page]
+        for (_, e), cos in zip(page, cosines(qvec, vectors)):
+            e["vector"] = cos
 
     # ---- results ----------------------------------------------------------------------------------------
     def result(self, hit: Hit, explain: dict[str, Any] | None = None, detail: bool = False) -> dict[str, Any]:
