@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from scripts.eval_report import format_report
 
     opts = options_from_args(args)
-    report = run_evaluation(cfg, opts)
+    report = {"command": " ".join(["vitrina"] + sys.argv[1:]), **run_evaluation(cfg, opts)}
     out = opts.out or cfg.data_dir / "eval"
     written = write_report(report, out, chart=opts.chart)
     print(format_report(report))

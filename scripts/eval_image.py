@@ -45,8 +45,7 @@ def thumbnail(path: Path) -> np.ndarray | None:
     """The image as a flat float32 vector of PIXELS x PIXELS RGB values in [0, 1]; None when unreadable."""
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (PIXELS * 2, PIXELS * 2))
-            small = img.convert("RGB").resize((PIXELS, PIXELS), Image.Resampling.BILINEAR)
+            small = img.convert("RGB").resize((PIXELS, PIXELS), Image.Resampling.BOX)  # area average
     except (OSError, UnidentifiedImageError, ValueError) as e:
         log.warning("pixel baseline: skipping %s: %s", path, e)
         return None
@@ -75,19 +74,22 @@ def pixel_matrix(catalogue: Catalogue, image_column: str, cache: Path | None) ->
     return [i for i, good in zip(ids, ok) if good], pixels
 
 
-def pixel_neighbours(ids: Sequence[str], pixels: np.ndarray, queries: Sequence[str], k: int) -> dict[str, list[str]]:
+def pixel_neighbours(ids: Sequence[str], pixels: np.ndarray, queries: Sequence[str], k: int,
+                     batch: int = 256) -> dict[str, list[str]]:
     """Nearest neighbours by Euclidean distance between raw thumbnails (numpy), query item left out."""
     index = {item: n for n, item in enumerate(ids)}
+    rows = [index[q] for q in queries if q in index]
     norms = (pixels * pixels).sum(1)
+    k = min(k, len(ids) - 1)
     out: dict[str, list[str]] = {}
-    for q in queries:
-        if q not in index:
-            continue
-        v = pixels[index[q]]
-        dist = norms - 2.0 * pixels @ v
-        dist[index[q]] = np.inf
-        top = np.argpartition(dist, min(k, len(dist) - 1))[:k]
-        out[q] = [ids[j] for j in top[np.argsort(dist[top])]]
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        dist = norms[None, :] - 2.0 * (pixels[chunk] @ pixels.T)  # + |q|^2, the same for every candidate
+        dist[np.arange(len(chunk)), chunk] = np.inf
+        top = np.argpartition(dist, k, axis=1)[:, :k]
+        for r, q in enumerate(chunk):
+            best = top[r][np.argsort(dist[r, top[r]], kind="stable")]
+            out[ids[q]] = [ids[j] for j in best]
     return out
 
 

@@ -105,7 +105,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path:
     if "warm" in personal:
         w = personal["warm"]
         names = [n for n in ("base", "personal", "naive") if n in w]
-        panels.append(("H&M later purchases, shoppers with history: HR@10", names,
+        panels.append(("Later purchases, shoppers with history: HR@10", names,
                        [w[n]["hr@10"] for n in names], None))
     if not panels:
         panels.append(("nothing measured", [], [], None))
