@@ -41,7 +41,7 @@ def matches(payload: Mapping[str, Any], filters: Filters | None) -> bool:
 
 def blend(parts: Mapping[str, float], weights: Mapping[str, float]) -> float:
     """The final score: sum over sources of weight * the source's score in [0, 1]."""
-    return float(sum(weights[s] * parts.get(s, 0.0) for s in SOURCES))
+    return float(sum(weights.get(s, 0.0) * parts.get(s, 0.0) for s in SOURCES))
 
 
 def buy_again_scores(history: Sequence[Event], events: Sequence[str], top_weight: float, now: float,
@@ -132,12 +132,17 @@ class Recommender:
     # ----- the two lists -----
 
     def for_user(self, user_id: str, k: int, filters: Filters | None = None, exclude_purchased: bool | None = None,
-                 now: float | None = None) -> dict[str, Any]:
+                 now: float | None = None, sources: Sequence[str] | None = None) -> dict[str, Any]:
         """Top-k for a shopper; an unknown shopper gets the popular list (narrowed by the filters).
 
         Freshness is measured against `now`, by default the newest event in the log (never later than
         the wall clock), so a shopper idle for long leans on popularity while a replayed log still works.
+        `sources` keeps only some of SOURCES (each alone is how the evaluation compares them).
         """
+        use = tuple(s for s in SOURCES if sources is None or s in sources)
+        weights = {s: self.weights[s] for s in use}
+        if sources is not None and not any(weights.values()):
+            weights = {s: 1.0 for s in use}  # a source switched off in the config can still be asked alone
         t0 = time.perf_counter()
         rc, pc = self.cfg.recommend, self.cfg.personal
         profiles = self.service.profiles
@@ -152,10 +157,11 @@ class Recommender:
         known: dict[str, Hit] = {}
 
         for item, score in buy_again_scores(history, pc.cooc_events, top_weight, now, pc).items():
-            if item not in banned:
+            if item not in banned and "buy_again" in use:
                 parts[item]["buy_again"] = score
         co: dict[str, float] = defaultdict(float)
-        for item, at in recent_bought(history, pc.cooc_events, rc.recent_items):
+        recent = recent_bought(history, pc.cooc_events, rc.recent_items) if "co_bought" in use else []
+        for item, at in recent:
             fresh = decay(now - at, pc)
             for other, score, _ in profiles.neighbours(item, rc.pool, rc.shrink):
                 if other not in seen:
@@ -163,22 +169,24 @@ class Recommender:
         for item, score in sorted(co.items(), key=lambda t: -t[1])[:rc.pool]:
             parts[item]["co_bought"] = min(1.0, score)
         state = profiles.get(user_id)
-        if state is not None and rc.similar > 0:
+        if state is not None and weights.get("similar", 0.0) > 0:
             fresh = decay(now - state.updated_at, pc)
             for item, (cos, hit) in self._similar(state.vector, filters, seen | banned, rc.pool).items():
                 parts[item]["similar"] = cos * fresh
                 known[item] = hit
-        popular, top = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again
-        for item, (score, hit) in popular.items():
-            parts[item]["popular"] = score
-            known[item] = hit
+        if "popular" in use:
+            popular, top = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again
+            for item, (score, hit) in popular.items():
+                parts[item]["popular"] = score
+                known[item] = hit
         nominated = {item: sorted(p) for item, p in parts.items()}
         hits = self._hits(parts, filters, known)
-        prior = profiles.popularity([i for i in hits if "popular" not in parts[i]], now=now)
-        for item, pop in prior.items():  # the popularity prior applies to every candidate
-            if pop > 0 and top > 0:
-                parts[item]["popular"] = min(1.0, pop / top)
-        return self._answer(hits, parts, nominated, k, t0)
+        if "popular" in use:
+            prior = profiles.popularity([i for i in hits if "popular" not in parts[i]], now=now)
+            for item, pop in prior.items():  # the popularity prior applies to every candidate
+                if pop > 0 and top > 0:
+                    parts[item]["popular"] = min(1.0, pop / top)
+        return self._answer(hits, parts, nominated, weights, k, t0)
 
     def also_bought(self, item_id: str, k: int, filters: Filters | None = None) -> dict[str, Any]:
         """Items co-bought with this one (normalised, see signals.neighbours); vector neighbours fill up."""
@@ -204,9 +212,9 @@ class Recommender:
         return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
 
     def _answer(self, hits: Mapping[str, Hit], parts: Mapping[str, dict[str, float]],
-                nominated: Mapping[str, list[str]], k: int, t0: float) -> dict[str, Any]:
-        w = self.weights
-        final = {i: blend(parts[i], w) for i in hits}
+                nominated: Mapping[str, list[str]], weights: Mapping[str, float], k: int, t0: float
+                ) -> dict[str, Any]:
+        final = {i: blend(parts[i], weights) for i in hits}
         ranked = sorted(hits, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))[:k]
         results = []
         for i in ranked:

@@ -245,3 +245,47 @@ def test_rebuild_signals_cli_entry(app_cfg: Config, tmp_path: Path, capsys: pyte
     missing = tmp_path / "m.toml"
     missing.write_text(f'[data]\ndir = "{tmp_path / "none"}"\n', encoding="utf-8")
     assert main(["--config", str(missing), "rebuild-signals"]) == 2
+
+
+def test_eval_baselines_by_hand() -> None:
+    from scripts.eval_data import Purchase
+    from scripts.eval_recommend import buy_again_then_popular, popular_last_days, split, summarise
+
+    ps = [Purchase("2020-03-01", "a", "old"), Purchase("2020-04-10", "a", "x"), Purchase("2020-04-11", "b", "x"),
+          Purchase("2020-04-20", "b", "y"), Purchase("2020-04-25", "c", "z"), Purchase("2020-05-03", "a", "y"),
+          Purchase("2020-05-04", "d", "x"), Purchase("2020-06-02", "a", "late")]
+    history, targets = split(ps, "2020-05-01", "2020-06-01")
+    assert len(history) == 5 and targets == {"a": {"y"}, "d": {"x"}}
+    popular = popular_last_days(history, "2020-05-01", 30, 12)
+    assert popular == ["x", "z", "y"]  # x twice; then z and y once, the most recent first; "old" is too old
+    runs = buy_again_then_popular(history, ["a", "d"], popular, 3)
+    assert runs == {"a": ["x", "old", "z"], "d": ["x", "z", "y"]}
+    got = summarise({"b": runs}, targets, ["a", "d"], 12)["b"]
+    assert got["map@12"] == pytest.approx((0 + 1) / 2) and got["hr@12"] == pytest.approx(0.5)
+
+
+def test_eval_report_runs_through_the_api(indexed: Any, tmp_path: Path) -> None:
+    from scripts.eval_client import InProcessClient
+    from scripts.eval_recommend import run_recommend_report
+    from tests.helpers import write_catalogue
+
+    cfg0, store, rows = indexed
+    catalogue = write_catalogue(tmp_path / "shop", rows, images=False)
+    cfg = cfg0.replace(data={"dir": str(tmp_path / "var")}, catalogue={"path": str(catalogue)})
+    ids = [r["id"] for r in rows]
+    lines = ["t_dat,customer_id,article_id"]
+    for u in range(8):  # everyone buys a pair of related items before the cutoff, the next one after it
+        lines += [f"2020-04-{10 + u},c{u},{ids[u]}", f"2020-04-{11 + u},c{u},{ids[u + 24]}"]
+        lines.append(f"2020-05-0{1 + u % 9},c{u},{ids[u + 1]}")
+    (tmp_path / "shop" / "transactions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from web import create_app
+
+    app = create_app(cfg, store=store, TESTING=True)
+    client = InProcessClient.__new__(InProcessClient)
+    client.app, client.client, client.headers = app, app.test_client(), {}
+    report = run_recommend_report(cfg, client, "2020-05-01")
+    assert report["history_events"] == 16 and report["shoppers"] == 8 and report["warm_shoppers"] == 8
+    for run in ("blend", *SOURCES, "popular_30d", "buy_again_then_popular"):
+        assert 0.0 <= report["all"][run]["map@12"] <= 1.0 and 0.0 <= report["all"][run]["hr@12"] <= 1.0
+    resp = app.test_client().get("/api/users/evalrec.c0/profile")
+    assert resp.status_code == 404  # evaluation shoppers are forgotten afterwards

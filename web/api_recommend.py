@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.recommend import Recommender
+from search.recommend import SOURCES, Recommender
 from search.request import parse_filters, parse_item_id, parse_user_id
 from vitrina.errors import BadInput
 from web.deps import args_lists, get_config, get_service
@@ -57,6 +57,17 @@ def _k() -> int:
     return k
 
 
+def _sources() -> tuple[str, ...] | None:
+    raw = request.args.get("sources", "").strip()
+    if not raw:
+        return None
+    names = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
+    unknown = [s for s in names if s not in SOURCES]
+    if unknown or not names:
+        raise BadInput(f"unknown source(s) {unknown}", f"choose from {', '.join(SOURCES)}")
+    return names
+
+
 def _flag(name: str) -> bool | None:
     raw = request.args.get(name, "").strip().lower()
     if not raw:
@@ -69,15 +80,18 @@ def _flag(name: str) -> bool | None:
 @bp.get("/users/<user_id>/recommendations")
 @spec("Recommendations for a shopper", (Param("user_id", "shopper id", where="path", required=True), _K,
                                          Param("exclude_purchased", "leave out items the shopper bought",
-                                               "boolean"), _FILTER, _MIN, _MAX),
+                                               "boolean"),
+                                         Param("sources", "only these sources, comma-separated: "
+                                               + ", ".join(SOURCES)), _FILTER, _MIN, _MAX),
       responses={200: _RESULTS, 400: None}, tag="recommend")
 def recommendations(user_id: str) -> ResponseReturnValue:
     """Vector neighbours of the shopper's taste, co-bought with their recent items, buy-again and popular,
     blended; each result's explain lists the sources that nominated it. Unknown shoppers get popular items."""
     uid = parse_user_id(user_id)
-    params = _params(("k", "exclude_purchased"))
+    params = _params(("k", "exclude_purchased", "sources"))
     filters = parse_filters(params, get_config())
-    return jsonify(recommender().for_user(uid, _k(), filters or None, _flag("exclude_purchased")))
+    return jsonify(recommender().for_user(uid, _k(), filters or None, _flag("exclude_purchased"),
+                                          sources=_sources()))
 
 
 @bp.get("/items/<item_id>/also-bought")
