@@ -114,7 +114,7 @@ class QdrantStore:
         if unknown or not dims:
             raise StoreError(f"dims must name some of {DENSE_VECTORS}, got {sorted(dims)}")
         with self._call(f"create {name}"):
-            if self.client.collection_exists(name) or name in self.list_aliases():
+            if name in {c.name for c in self.client.get_collections().collections} or name in self.list_aliases():
                 raise StoreError(f"collection or alias {name!r} already exists")
             self.client.create_collection(
                 name,
@@ -131,7 +131,7 @@ class QdrantStore:
 
     def drop_collection(self, name: str) -> None:
         with self._call(f"drop {name}"):
-            if not self.client.collection_exists(name):
+            if name not in {c.name for c in self.client.get_collections().collections}:
                 raise NotFound(f"collection {name!r} does not exist")
             for alias, target in self.list_aliases().items():
                 if target == name:
@@ -158,9 +158,10 @@ class QdrantStore:
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` atomically: a search sees the old or the new, never neither."""
         with self._call(f"alias {alias} -> {collection}"):
-            if not self.client.collection_exists(collection):
+            names = {c.name for c in self.client.get_collections().collections}
+            if collection not in names:
                 raise NotFound(f"collection {collection!r} does not exist")
-            if self.client.collection_exists(alias):
+            if alias in names:
                 raise StoreError(f"{alias!r} is a collection; an alias cannot have its name")
             ops: list[Any] = []
             if alias in self.list_aliases():

@@ -1,0 +1,468 @@
+"""One Store suite run against both backends (edge shard on disk, qdrant-client in memory), congruence
+between them, and the edge backend's process, alias-file, persistence and thread behaviour."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from search.store import (DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Store, open_store,
+                          point_id)
+from search.store_edge import EdgeStore
+from search.store_qdrant import QdrantStore
+from tests.helpers import make_config
+from vitrina.config import StoreConfig
+from vitrina.errors import BadInput, NotFound, StoreError
+
+DIM = 8
+DIMS = {"text": DIM, "image": DIM, "fused": DIM}
+FILTERABLE = ("gender", "colour", "article")
+COLOURS = ("red", "blue", "black", "white")
+ARTICLES = ("shoes", "shirt", "watch", "handbag", "jeans")
+N = 40
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def make_items(n: int = N, seed: int = 0) -> list[ItemRecord]:
+    """n items; every 5th has no image vector; keyword documents have distinct lengths (no BM25 ties)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        gender, colour, article = ("men", "women")[i % 2], COLOURS[i % 4], ARTICLES[(i // 4) % 5]
+        words = f"{gender} {colour} {article} item{i} " + "plain " * i
+        if i == 7:
+            words += "suede loafers"
+        vectors = {"text": _unit(rng), "fused": _unit(rng)}
+        if i % 5 != 4:
+            vectors["image"] = _unit(rng)
+        payload = {"title": f"{colour} {article} {i}", "gender": gender, "colour": colour, "article": article,
+                   "price": float(round(rng.uniform(5, 200), 2)), "rank": np.int64(i)}
+        items.append(ItemRecord(id=f"sku-{i:03d}", vectors=vectors, keywords=words, payload=payload))
+    return items
+
+
+ITEMS = make_items()
+BY_ID = {it.id: it for it in ITEMS}
+
+
+def new_store(kind: str, root: Path) -> Store:
+    if kind == "edge":
+        return EdgeStore(root / "store", timeout_s=0.2)
+    return QdrantStore.from_config(StoreConfig(backend="qdrant", path=":memory:"))
+
+
+@pytest.fixture
+def fast_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder on tmpfs when there is one: every edge shard flush fsyncs, ~0.25 s each on this disk.
+    (test_edge_persists_across_reopen stays on the real disk.)"""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="vitrina-store-test-", dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["edge", "qdrant"])
+def store(request: pytest.FixtureRequest, fast_dir: Path) -> Iterator[Store]:
+    s = new_store(request.param, fast_dir)
+    yield s
+    s.close()
+
+
+def load(s: Store, name: str = "c1", items: list[ItemRecord] = ITEMS) -> str:
+    s.create_collection(name, DIMS, FILTERABLE, numeric=("rank",))
+    s.upsert(name, items)
+    s.finalize(name)
+    return name
+
+
+@pytest.fixture
+def loaded(store: Store) -> Store:
+    load(store)
+    return store
+
+
+def ids(hits: list[Hit]) -> list[str]:
+    return [h.id for h in hits]
+
+
+def brute(using: str, q: np.ndarray, keep: set[str] | None = None) -> list[tuple[str, float]]:
+    """The numpy oracle: exact cosine ranking of the items that have vector `using` (and pass `keep`)."""
+    rows = [(it.id, float(it.vectors[using] @ q)) for it in ITEMS
+            if using in it.vectors and (keep is None or it.id in keep)]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def matching(f: Filters) -> set[str]:
+    out = set()
+    for it in ITEMS:
+        ok = all(it.payload[k] in vals for k, vals in f.equals.items())
+        ok &= all((lo is None or it.payload[k] >= lo) and (hi is None or it.payload[k] <= hi)
+                  for k, (lo, hi) in f.ranges.items())
+        if ok and it.id not in f.exclude_ids:
+            out.add(it.id)
+    return out
+
+
+# ---- the shared suite ------------------------------------------------------------------------------
+
+def test_create_list_info_drop(store: Store) -> None:
+    store.create_collection("a", DIMS, FILTERABLE, ())
+    store.create_collection("b", {"fused": DIM}, (), ())
+    assert store.list_collections() == ["a", "b"]
+    info = store.collection_info("b")
+    assert (info.name, info.points, info.dims) == ("b", 0, {"fused": DIM})
+    with pytest.raises(StoreError):
+        store.create_collection("a", DIMS, FILTERABLE, ())
+    store.drop_collection("a")
+    assert store.list_collections() == ["b"]
+    with pytest.raises(NotFound):
+        store.drop_collection("a")
+    with pytest.raises(NotFound):
+        store.count("a")
+
+
+def test_upsert_is_idempotent(store: Store) -> None:
+    store.create_collection("c", DIMS, FILTERABLE, ())
+    first = ITEMS[0]
+    changed = ItemRecord(first.id, first.vectors, first.keywords, {**first.payload, "price": 1.5})
+    store.upsert("c", [first])
+    store.upsert("c", [first, changed])  # again, and twice in one batch: the last wins
+    assert store.count("c") == 1
+    hit = store.retrieve("c", [first.id])[0]
+    assert hit.id == first.id and hit.payload["price"] == 1.5 and hit.payload["item_id"] == first.id
+    assert hit.payload["rank"] == 0 and isinstance(hit.payload["rank"], int)  # numpy scalar stored plainly
+
+
+def test_upsert_rejects_wrong_vectors(store: Store) -> None:
+    store.create_collection("c", {"fused": DIM}, (), ())
+    bad = ItemRecord("x", {"fused": np.ones(DIM + 1, np.float32)}, "x", {})
+    with pytest.raises(StoreError, match="shape"):
+        store.upsert("c", [bad])
+    with pytest.raises(StoreError, match="unknown vector"):
+        store.upsert("c", [ItemRecord("x", {"text": np.ones(DIM, np.float32)}, "x", {})])
+    assert store.count("c") == 0
+
+
+def test_delete(loaded: Store) -> None:
+    assert loaded.delete("c1", [ITEMS[0].id, ITEMS[1].id, "no-such-id", ITEMS[0].id]) == 2
+    assert loaded.count("c1") == N - 2
+    assert ids(loaded.retrieve("c1", [ITEMS[0].id, ITEMS[2].id])) == [ITEMS[2].id]
+    assert loaded.delete("c1", [ITEMS[0].id]) == 0
+
+
+@pytest.mark.parametrize("f", [
+    Filters(equals={"colour": ("red",)}),
+    Filters(equals={"colour": ("red", "blue"), "gender": ("women",)}),
+    Filters(ranges={"price": (50.0, 120.0)}),
+    Filters(ranges={"price": (None, 60.0)}, equals={"article": ("shoes", "watch")}),
+    Filters(exclude_ids=("sku-000", "sku-005")),
+    Filters(ranges={"rank": (10, 19)}),
+])
+def test_count_with_filters(loaded: Store, f: Filters) -> None:
+    assert loaded.count("c1", f) == len(matching(f)) > 0
+
+
+def test_retrieve_with_vectors(loaded: Store) -> None:
+    wanted = ["sku-004", "sku-001", "missing"]
+    hits = loaded.retrieve("c1", wanted, with_vectors=True)
+    assert ids(hits) == ["sku-004", "sku-001"]  # request order, unknown ids skipped
+    assert set(hits[0].vectors) == {"text", "fused"}  # sku-004 has no image
+    assert set(hits[1].vectors) == {"text", "image", "fused"}
+    for h in hits:
+        for name, v in h.vectors.items():
+            np.testing.assert_allclose(v, BY_ID[h.id].vectors[name], atol=1e-5)
+    assert loaded.retrieve("c1", ["sku-001"])[0].vectors == {}
+
+
+@pytest.mark.parametrize("using", ["text", "image", "fused"])
+def test_dense_query_per_named_vector(loaded: Store, using: str) -> None:
+    q = BY_ID["sku-013"].vectors[using] if using in BY_ID["sku-013"].vectors else None
+    assert q is not None
+    hits = loaded.query("c1", DenseQuery(q, using), limit=8)
+    expected = brute(using, q)[:8]
+    assert ids(hits) == [i for i, _ in expected]
+    assert hits[0].id == "sku-013" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], atol=1e-4)
+    if using == "image":  # items without an image vector are never image hits
+        all_hits = loaded.query("c1", DenseQuery(q, using), limit=100)
+        assert len(all_hits) == sum("image" in it.vectors for it in ITEMS)
+
+
+def test_dense_query_rejects_bad_vector(loaded: Store) -> None:
+    with pytest.raises(BadInput):
+        loaded.query("c1", DenseQuery(np.ones(DIM + 2, np.float32), "fused"))
+    with pytest.raises(BadInput):
+        loaded.query("c1", DenseQuery(np.ones(DIM, np.float32), "nope"))
+
+
+def test_keyword_query_ranks_the_matching_doc_first(loaded: Store) -> None:
+    hits = loaded.query("c1", KeywordQuery("Suede loafer"), limit=5)  # stemmed: loafer ~ loafers
+    assert ids(hits) == ["sku-007"]
+    red = loaded.query("c1", KeywordQuery("red"), limit=100)
+    assert {h.id for h in red} == {it.id for it in ITEMS if it.payload["colour"] == "red"}
+    scores = [h.score for h in red]
+    assert scores == sorted(scores, reverse=True)
+    assert red[0].id == "sku-000"  # the shortest red document wins (BM25 length normalisation)
+    assert loaded.query("c1", KeywordQuery("the and of"), limit=5) == []  # stopwords only
+
+
+def test_hybrid_query_is_weighted_rrf(loaded: Store) -> None:
+    q = BY_ID["sku-022"].vectors["fused"]
+    kw = ids(loaded.query("c1", KeywordQuery("black watch"), limit=20))
+    dense = ids(loaded.query("c1", DenseQuery(q, "fused"), limit=20))
+    for weights in [(1.0, 1.0), (3.0, 1.0), (1.0, 3.0)]:
+        hq = HybridQuery((KeywordQuery("black watch"), DenseQuery(q, "fused")), weights=weights, rrf_k=10,
+                         candidates=20)
+        hits = loaded.query("c1", hq, limit=10)
+        oracle: dict[str, float] = {}
+        for ranking, w in zip((kw, dense), weights):
+            for r, i in enumerate(ranking):
+                oracle[i] = oracle.get(i, 0.0) + 1.0 / ((r + 1) / w + 10 - 1)
+        for h in hits:
+            assert h.score == pytest.approx(oracle[h.id], rel=1e-4)
+        np.testing.assert_allclose([h.score for h in hits], sorted(oracle.values(), reverse=True)[:10], rtol=1e-4)
+    with pytest.raises(BadInput):
+        loaded.query("c1", HybridQuery((KeywordQuery("x"), DenseQuery(q, "fused")), weights=(1.0,)))
+    only_dense = loaded.query("c1", HybridQuery((KeywordQuery("the"), DenseQuery(q, "fused"))), limit=3)
+    assert ids(only_dense) == dense[:3]  # a part with no indexable word drops out
+
+
+@pytest.mark.parametrize("f", [
+    Filters(equals={"colour": ("red", "white")}),
+    Filters(ranges={"price": (40.0, 150.0)}, equals={"gender": ("men",)}),
+    Filters(exclude_ids=("sku-013", "sku-001")),
+])
+def test_filters_restrict_every_query_kind(loaded: Store, f: Filters) -> None:
+    keep = matching(f)
+    q = BY_ID["sku-013"].vectors["fused"]
+    dense = loaded.query("c1", DenseQuery(q, "fused"), filters=f, limit=10)
+    assert ids(dense) == [i for i, _ in brute("fused", q, keep)[:10]]
+    kw = loaded.query("c1", KeywordQuery("red shoes plain"), filters=f, limit=50)
+    hy = loaded.query("c1", HybridQuery((KeywordQuery("red shoes"), DenseQuery(q, "fused"))), filters=f, limit=50)
+    for hits in (kw, hy):
+        assert hits and {h.id for h in hits} <= keep
+
+
+def test_offset_paging(loaded: Store) -> None:
+    q = BY_ID["sku-003"].vectors["text"]
+    top = ids(loaded.query("c1", DenseQuery(q, "text"), limit=15))
+    pages = [ids(loaded.query("c1", DenseQuery(q, "text"), limit=5, offset=o)) for o in (0, 5, 10)]
+    assert sum(pages, []) == top
+    hq = HybridQuery((KeywordQuery("blue jeans"), DenseQuery(q, "text")))
+    assert ids(loaded.query("c1", hq, limit=4, offset=4)) == ids(loaded.query("c1", hq, limit=8))[4:]
+
+
+def test_facets(loaded: Store) -> None:
+    got = loaded.facets("c1", ["colour", "gender"])
+    assert got["colour"] == dict(Counter(it.payload["colour"] for it in ITEMS))
+    assert got["gender"] == {"men": N // 2, "women": N // 2}
+    f = Filters(equals={"gender": ("men",)}, ranges={"price": (None, 100.0)})
+    expected = Counter(BY_ID[i].payload["article"] for i in matching(f))
+    got = loaded.facets("c1", ["article"], filters=f)["article"]
+    assert got == dict(expected)
+    assert list(got.values()) == sorted(got.values(), reverse=True)  # most frequent first
+    assert len(loaded.facets("c1", ["article"], limit=2)["article"]) == 2
+
+
+def test_scroll(loaded: Store) -> None:
+    seen = list(loaded.scroll("c1", batch=7))
+    assert sorted(ids(seen)) == sorted(BY_ID) and len(seen) == N
+    with_vec = list(loaded.scroll("c1", batch=100, with_vectors=True))
+    assert all(set(h.vectors) == set(BY_ID[h.id].vectors) for h in with_vec)
+
+
+def test_alias_swap(store: Store) -> None:
+    load(store, "v1", ITEMS[:20])
+    load(store, "v2", ITEMS[20:])
+    assert store.get_alias("live") is None
+    store.set_alias("live", "v1")
+    assert store.get_alias("live") == "v1" and store.list_aliases() == {"live": "v1"}
+    assert store.count("live") == 20 and store.collection_info("live").name == "v1"
+    assert store.retrieve("live", ["sku-001"])[0].id == "sku-001"
+    store.set_alias("live", "v2")
+    assert store.get_alias("live") == "v2"
+    q = BY_ID["sku-001"].vectors["fused"]
+    assert {h.id for h in store.query("live", DenseQuery(q, "fused"), limit=50)} == {it.id for it in ITEMS[20:]}
+    with pytest.raises(NotFound):
+        store.set_alias("live", "nope")
+    with pytest.raises(StoreError):
+        store.set_alias("v1", "v2")  # a collection's name cannot be an alias
+    with pytest.raises(StoreError):
+        store.create_collection("live", DIMS, (), ())  # nor an alias's name a collection
+    store.drop_collection("v2")  # dropping the target removes its aliases
+    assert store.get_alias("live") is None
+    store.set_alias("old", "v1")
+    assert store.drop_alias("old") is True and store.drop_alias("old") is False
+    assert store.list_collections() == ["v1"]
+
+
+def test_open_store_picks_the_backend(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    edge = open_store(cfg)
+    assert isinstance(edge, EdgeStore) and edge.root == tmp_path / "var" / "store"
+    edge.close()
+    qd = open_store(cfg.replace(store={"backend": "qdrant", "path": ":memory:"}))
+    assert isinstance(qd, QdrantStore)
+    qd.close()
+
+
+# ---- congruence: same data and queries, same answers ------------------------------------------------
+
+def _congruent(a: list[Hit], b: list[Hit]) -> None:
+    """Same scores, and the same ids in the same order, except that equal scores may come in any order
+    (and a tie cut by the limit may keep different members)."""
+    assert len(a) == len(b)
+    np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-4, atol=1e-6)
+    start = 0
+    while start < len(a):
+        end = start + 1
+        while end < len(a) and abs(a[end].score - a[start].score) <= 1e-6 * max(1.0, abs(a[start].score)):
+            end += 1
+        if end < len(a):
+            assert set(ids(a[start:end])) == set(ids(b[start:end])), (ids(a), ids(b))
+        start = end
+
+
+def test_backends_agree(fast_dir: Path) -> None:
+    edge, qd = new_store("edge", fast_dir), new_store("qdrant", fast_dir)
+    for s in (edge, qd):  # no deletes here: edge (like a Qdrant server) counts deleted points in BM25's
+        load(s)           # IDF until their segment is vacuumed, while local mode recounts at once
+    rng = np.random.default_rng(7)
+    queries = [DenseQuery(_unit(rng), u) for u in ("text", "image", "fused")]
+    queries += [KeywordQuery(t) for t in ("red shoes", "women watch plain", "blue handbag item12")]
+    queries += [HybridQuery((KeywordQuery("black jeans"), DenseQuery(_unit(rng), "fused")), weights=(2.0, 1.0)),
+                HybridQuery((KeywordQuery("white shirt"), DenseQuery(_unit(rng), "text"),
+                             DenseQuery(_unit(rng), "image")), rrf_k=5, candidates=15)]
+    filters = [None, Filters(equals={"gender": ("women",)}, ranges={"price": (20.0, 180.0)},
+                             exclude_ids=("sku-002",))]
+    for q in queries:
+        for f in filters:
+            for offset in (0, 3):
+                _congruent(edge.query("c1", q, filters=f, limit=8, offset=offset),
+                           qd.query("c1", q, filters=f, limit=8, offset=offset))
+        assert edge.count("c1", f) == qd.count("c1", f)
+        assert edge.facets("c1", FILTERABLE, f) == qd.facets("c1", FILTERABLE, f)
+    assert [ids(r) for r in edge.query_batch("c1", queries, limit=5)] == \
+        [ids(r) for r in qd.query_batch("c1", queries, limit=5)]
+    edge.close()
+    qd.close()
+
+
+# ---- edge only: processes, alias files, persistence, threads ----------------------------------------
+
+def test_edge_alias_swap_by_another_instance_is_seen(fast_dir: Path) -> None:
+    server, indexer = EdgeStore(fast_dir, timeout_s=0.2), EdgeStore(fast_dir, timeout_s=0.2)
+    load(indexer, "v1", ITEMS[:20])
+    indexer.set_alias("live", "v1")  # also releases the indexer's handle on v1
+    assert server.count("live") == 20  # the server opens v1
+    load(indexer, "v2", ITEMS[20:])
+    indexer.set_alias("live", "v2")
+    assert server.count("live") == 20 and server.retrieve("live", ["sku-025"])[0].id == "sku-025"
+    assert server.get_alias("live") == "v2"
+    indexer.drop_collection("v1")  # possible only because the server let go of v1 on the swap
+    assert server.list_collections() == ["v2"]
+    server.close()
+    indexer.close()
+
+
+def test_edge_lock_conflict_names_the_holder(fast_dir: Path) -> None:
+    first, second = EdgeStore(fast_dir, timeout_s=0.2), EdgeStore(fast_dir, timeout_s=0.2)
+    load(first)
+    with pytest.raises(StoreError, match=r"another process \(pid \d+"):
+        second.count("c1")
+    first.close()
+    assert second.count("c1") == N  # free once the holder closes
+    second.close()
+
+
+def test_edge_lock_held_by_another_process(fast_dir: Path) -> None:
+    setup = EdgeStore(fast_dir)
+    load(setup)
+    setup.close()
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from search.store_edge import EdgeStore
+        s = EdgeStore(Path({str(fast_dir)!r}))
+        s.count("c1")
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        mine = EdgeStore(fast_dir, timeout_s=0.2)
+        with pytest.raises(StoreError, match=f"pid {child.pid} "):
+            mine.count("c1")
+    finally:
+        child.communicate("\n", timeout=30)
+    assert mine.count("c1") == N
+    mine.close()
+
+
+def test_edge_persists_across_reopen(tmp_path: Path) -> None:
+    s = EdgeStore(tmp_path)
+    load(s)
+    s.set_alias("live", "c1")
+    s.delete("c1", ["sku-000"])
+    s.close()
+    with pytest.raises(StoreError):
+        s.count("c1")
+    again = EdgeStore(tmp_path)
+    assert again.list_collections() == ["c1"] and again.get_alias("live") == "c1"
+    assert again.count("live") == N - 1
+    q = BY_ID["sku-009"].vectors["text"]
+    assert again.query("live", DenseQuery(q, "text"), limit=1)[0].id == "sku-009"
+    assert again.query("live", KeywordQuery("suede loafers"), limit=1)[0].id == "sku-007"
+    again.close()
+
+
+def test_edge_concurrent_queries_from_8_threads(fast_dir: Path) -> None:
+    s, other = EdgeStore(fast_dir), EdgeStore(fast_dir)
+    load(s, "v1")
+    s.set_alias("live", "v1")
+    load(other, "v2")
+    other.finalize("v2")
+    targets = [ITEMS[i % N] for i in range(400)]
+    swapped = threading.Event()
+
+    def one(k: int) -> bool:
+        if k == 200:  # half way, another instance swaps the alias under the running searches
+            other.set_alias("live", "v2")
+            swapped.set()
+        it = targets[k]
+        hits = s.query("live", DenseQuery(it.vectors["fused"], "fused"), limit=3)
+        kw = s.query("live", KeywordQuery(f"item{k % N}"), limit=1, filters=Filters(equals={"gender": (
+            it.payload["gender"],)}))
+        return hits[0].id == it.id and kw[0].id == it.id
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(400)))
+    assert all(results) and swapped.is_set()
+    assert s.get_alias("live") == "v2" and s.count("live") == N
+    s.close()
+    other.close()
+
+
+def test_point_id_is_stable_and_distinct() -> None:
+    assert point_id("sku-001") == point_id("sku-001") != point_id("sku-002")
