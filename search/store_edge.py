@@ -86,7 +86,8 @@ class _Handle:
     def __init__(self, shard: qe.EdgeShard, lock_fd: int, meta: dict[str, Any]) -> None:
         self.shard, self.lock_fd, self.meta = shard, lock_fd, meta
         self.users = 0
-        self.retired = False
+        self.retired = False  # no longer in the store's map: close when the last user is done
+        self.closed = False
 
     def close(self) -> None:
         try:
@@ -109,7 +110,9 @@ class EdgeStore:
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._handles: dict[str, _Handle] = {}
-        self._aliases: dict[str, tuple[tuple[int, int], str | None]] = {}  # alias -> (stat key, target)
+        self._openers: dict[str, threading.Lock] = {}
+        self._moved_from: set[str] = set()  # collections an alias of this process moved away from
+        self._aliases: dict[str, tuple[tuple[int, int], str]] = {}  # alias -> (stat key, target)
         self._closed = False
 
     # ---- paths, locks, handles -------------------------------------------------------------------
@@ -162,23 +165,65 @@ class EdgeStore:
         except FileNotFoundError:
             with self._lock:
                 old = self._aliases.pop(name, None)
-            if old and old[1]:
-                self._retire(old[1])
+            if old:
+                self._moved_away(old[1])
             return name
         key = (st.st_ino, st.st_mtime_ns)
         with self._lock:
             cached = self._aliases.get(name)
-            if cached and cached[0] == key and cached[1]:
+            if cached and cached[0] == key:
                 return cached[1]
         target = path.read_text().strip()
         with self._lock:
             old = self._aliases.get(name)
             self._aliases[name] = (key, target)
-            still_used = {t for _, t in self._aliases.values()}
-        if old and old[1] and old[1] != target and old[1] not in still_used:
+            self._moved_from.discard(target)
+        if old and old[1] != target:
             log.info("alias %r moved %s -> %s: releasing the old shard", name, old[1], target)
-            self._retire(old[1])
+            self._moved_away(old[1])
         return target
+
+    def _moved_away(self, name: str) -> None:
+        """An alias stopped pointing at `name`: close it once idle, and after each later use, until an
+        alias points at it again (so a search that resolved the alias just before the swap cannot
+        leave the old shard open in this process, where it would block the indexer from dropping it)."""
+        with self._lock:
+            if name in {t for _, t in self._aliases.values()}:
+                return
+            self._moved_from.add(name)
+        self._retire(name)
+
+    def _acquire(self, target: str) -> _Handle:
+        """Count a user on the open handle of `target`, opening it first (outside the store lock)."""
+        with self._lock:
+            handle = self._handles.get(target)
+            if handle is not None:
+                handle.users += 1
+                return handle
+            opener = self._openers.setdefault(target, threading.Lock())
+        with opener:  # one opener per collection; others wait for it rather than fight over the flock
+            with self._lock:
+                handle = self._handles.get(target)
+                if handle is not None:
+                    handle.users += 1
+                    return handle
+            handle = self._open(target)
+            with self._lock:
+                self._handles[target] = handle
+                handle.users += 1
+                return handle
+
+    def _release(self, target: str, handle: _Handle) -> None:
+        with self._lock:
+            handle.users -= 1
+            idle = handle.users == 0
+            if idle and target in self._moved_from and self._handles.get(target) is handle:
+                del self._handles[target]
+                handle.retired = True
+            closing = idle and handle.retired and not handle.closed
+            handle.closed = handle.closed or closing
+        if closing:
+            handle.close()
 
     @contextmanager
     def _use(self, name: str) -> Iterator[_Handle]:
@@ -186,11 +231,7 @@ class EdgeStore:
         if self._closed:
             raise StoreError("the store is closed")
         target = self.resolve(_check_name(name))
-        with self._lock:
-            handle = self._handles.get(target)
-            if handle is None:
-                handle = self._handles[target] = self._open(target)
-            handle.users += 1
+        handle = self._acquire(target)
         try:
             yield handle
         except (StoreError, NotFound, BadInput):
@@ -198,10 +239,7 @@ class EdgeStore:
         except Exception as e:  # engine errors arrive as plain Exception
             raise StoreError(f"edge store: {target}: {e}") from e
         finally:
-            with self._lock:
-                handle.users -= 1
-                if handle.retired and handle.users == 0:
-                    handle.close()
+            self._release(target, handle)
 
     def _retire(self, name: str) -> None:
         """Close this process's handle on `name` now, or when the last running call on it ends."""
@@ -210,8 +248,10 @@ class EdgeStore:
             if handle is None:
                 return
             handle.retired = True
-            if handle.users == 0:
-                handle.close()
+            closing = handle.users == 0 and not handle.closed
+            handle.closed = handle.closed or closing
+        if closing:
+            handle.close()
 
     # ---- collections and aliases ------------------------------------------------------------------
     def create_collection(self, name: str, dims: dict[str, int], filterable: Sequence[str],

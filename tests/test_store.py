@@ -378,7 +378,8 @@ def test_edge_alias_swap_by_another_instance_is_seen(fast_dir: Path) -> None:
     indexer.set_alias("live", "v2")
     assert server.count("live") == 20 and server.retrieve("live", ["sku-025"])[0].id == "sku-025"
     assert server.get_alias("live") == "v2"
-    indexer.drop_collection("v1")  # possible only because the server let go of v1 on the swap
+    assert server.count("v1") == 20  # a late use of the old target (e.g. resolved just before the swap)
+    indexer.drop_collection("v1")  # possible only because the server lets go of v1 after the swap
     assert server.list_collections() == ["v2"]
     server.close()
     indexer.close()
@@ -466,3 +467,17 @@ def test_edge_concurrent_queries_from_8_threads(fast_dir: Path) -> None:
 
 def test_point_id_is_stable_and_distinct() -> None:
     assert point_id("sku-001") == point_id("sku-001") != point_id("sku-002")
+
+
+def test_qdrant_local_folder_persists_and_is_single_process(tmp_path: Path) -> None:
+    cfg = StoreConfig(backend="qdrant", path=str(tmp_path / "qdrant"))
+    s = QdrantStore.from_config(cfg)
+    load(s)
+    s.set_alias("live", "c1")
+    with pytest.raises(StoreError, match="cannot open"):
+        QdrantStore.from_config(cfg)  # the folder is locked by `s`
+    s.close()
+    again = QdrantStore.from_config(cfg)
+    assert again.get_alias("live") == "c1" and again.count("live") == N
+    assert again.query("live", KeywordQuery("suede loafers"), limit=1)[0].id == "sku-007"
+    again.close()
