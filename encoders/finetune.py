@@ -177,9 +177,6 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
 
     train = [it for it in items if it.split == TRAIN]
     dev = [it for it in items if it.split == DEV]
-    if settings.max_train_items and len(train) > settings.max_train_items:
-        pick = np.random.default_rng(settings.seed).choice(len(train), settings.max_train_items, replace=False)
-        train = [train[i] for i in sorted(pick)]
     if not train or not dev:
         raise ConfigError(f"finetune needs train and dev items, got {len(train)} train and {len(dev)} dev")
     cache_dir = work_dir.parent / "cache"
@@ -191,6 +188,9 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         log.warning("skipped %d items whose image did not decode (e.g. %s)", len(skipped), skipped[0].image)
     n_tr = len(train)
     tr_idx = np.flatnonzero(ok[:n_tr])
+    if settings.max_train_items and len(tr_idx) > settings.max_train_items:  # a subset; the cache holds all
+        pick = np.random.default_rng(settings.seed).choice(len(tr_idx), settings.max_train_items, replace=False)
+        tr_idx = tr_idx[np.sort(pick)]
     dv_idx = n_tr + np.flatnonzero(ok[n_tr:])
     if len(tr_idx) < 2 or len(dv_idx) < 2:
         raise ConfigError("too few decodable train/dev images to train on")
@@ -266,7 +266,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     logit_scale.clamp_(0.0, math.log(100.0))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             seen += len(idx)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
         bar.close()
@@ -277,17 +277,17 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         metrics = retrieval_metrics(dev_img, text_emb[dv_idx], dev_labels)
         score = selection_score(metrics)
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "img_per_s": seen / max(train_s, 1e-9),
-               "seconds": train_s, "temperature": float(1 / logit_scale.exp()), **metrics, "score": score}
+               "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
         state["history"].append(row)
         log.info("epoch %d: loss %.3f, %.0f img/s, dev %s", epoch, row["loss"], row["img_per_s"],
                  {k: round(v, 4) for k, v in metrics.items()})
         if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch, best_logit=float(logit_scale.exp()),
+            state.update(best_score=score, best_epoch=epoch, best_logit=float(logit_scale.detach().exp()),
                          best_visual={k: v.detach().cpu().clone() for k, v in visual.state_dict().items()})
             bad_epochs = 0
         else:
             bad_epochs += 1
-        state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale), opt=opt.state_dict(),
+        state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale.detach()), opt=opt.state_dict(),
                      sched=sched.state_dict(), wall_s=wall_before + time.time() - t_start)
         _save_state(state_path, state)
         _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped,

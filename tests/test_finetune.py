@@ -1,0 +1,176 @@
+"""`vitrina finetune` on the tiny catalogue: the loss falls, checkpoint + card, resume, bad images, no test rows."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import encoders.finetune as ft
+import encoders.train_data as td
+from encoders.finetune import FinetuneSettings, finetune, retrieval_metrics
+from encoders.image import card_path, create_image_encoder
+from encoders.train_data import TrainItem, hash_split
+from scripts.cmd_finetune import register, training_items
+from tests.helpers import make_config, product_rows, write_catalogue
+from tests.tiny_models import TEST_ARCH
+from vitrina.errors import ConfigError
+
+SETTINGS = FinetuneSettings(arch=TEST_ARCH, epochs=3, batch_size=8, lr=3e-3, warmup_steps=2, workers=1,
+                            patience=0, device="cpu", threads=2)
+
+
+def fake_text(texts: list[str]) -> np.ndarray:
+    """A stand-in frozen text tower: each word hashes to a fixed random direction; rows are normalised."""
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in t.lower().split():
+            seed = int(hashlib.sha256(w.encode()).hexdigest()[:8], 16)
+            out[i] += np.random.default_rng(seed).standard_normal(384).astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+
+def items_for(catalogue: Path) -> list[TrainItem]:
+    rows = product_rows(48)
+    return [TrainItem(r["id"], str(catalogue.parent / r["image"]), f"{r['gender']} {r['baseColour']} "
+                      f"{r['articleType']}", r["split"], f"{r['articleType']}|{r['gender']}") for r in rows]
+
+
+def test_loss_falls_and_checkpoint_and_card_are_written(tmp_path: Path, catalogue: Path) -> None:
+    out = tmp_path / "models" / "tower.pt"
+    res = finetune(items_for(catalogue), fake_text, "fake", FinetuneSettings(**{
+        **SETTINGS.__dict__, "epochs": 8}), out, tmp_path / "work", provenance={"command": "test"},
+        progress=False)
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+    assert res.skipped == 0 and res.train_img_per_s > 0
+    card = json.loads(card_path(out).read_text())
+    assert card["complete"] is True and card["epochs_run"] == 8 and len(card["dev_metrics"]) == 8
+    assert card["trained_on"]["train_items"] == 30 and card["trained_on"]["dev_items"] == 9
+    assert card["command"] == "test" and card["best_epoch"] == res.best_epoch
+    cfg = make_config(tmp_path, image_encoder={"checkpoint": str(out)})
+    from tests.helpers import draw_product
+    assert create_image_encoder(cfg).encode([draw_product("Red", "Shoes")]).shape == (1, 384)
+
+
+def test_resume_continues_after_the_last_saved_epoch(tmp_path: Path, catalogue: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    items, out, work = items_for(catalogue), tmp_path / "t.pt", tmp_path / "work"
+    real = ft.retrieval_metrics
+    evaluated: list[int] = []
+
+    def crash_on_second(*a: Any, **k: Any) -> dict[str, float]:
+        evaluated.append(1)
+        if len(evaluated) == 2:
+            raise KeyboardInterrupt  # the machine dies during epoch 2
+        return real(*a, **k)
+
+    monkeypatch.setattr(ft, "retrieval_metrics", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(items, fake_text, "fake", SETTINGS, out, work, progress=False)
+    first = json.loads(card_path(out).read_text())
+    assert first["complete"] is False and first["epochs_run"] == 1
+    monkeypatch.setattr(ft, "retrieval_metrics", real)
+    calls: list[int] = []
+    monkeypatch.setattr(ft, "retrieval_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = finetune(items, fake_text, "fake", SETTINGS, out, work, resume="require", progress=False)
+    assert len(calls) == 2  # epochs 2 and 3 only
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert res.history[0] == first["dev_metrics"][0]
+    assert json.loads(card_path(out).read_text())["complete"] is True
+    # a finished run resumes to nothing new; --restart trains again
+    calls.clear()
+    finetune(items, fake_text, "fake", SETTINGS, out, work, progress=False)
+    assert calls == []
+    finetune(items, fake_text, "fake", SETTINGS, out, work, resume="never", progress=False)
+    assert len(calls) == 3
+
+
+def test_resume_required_but_absent_is_an_error(tmp_path: Path, catalogue: Path) -> None:
+    with pytest.raises(ConfigError, match="resume"):
+        finetune(items_for(catalogue), fake_text, "fake", SETTINGS, tmp_path / "t.pt", tmp_path / "w",
+                 resume="require", progress=False)
+
+
+def test_bad_image_skipped_and_test_rows_never_read(tmp_path: Path, catalogue: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    items = items_for(catalogue)
+    bad = next(it for it in items if it.split == "train")
+    Path(bad.image).write_bytes(b"\xff\xd8 this is not a jpeg")
+    opened: list[str] = []
+    real = td.decode_image
+    monkeypatch.setattr(td, "decode_image", lambda p, s: opened.append(p) or real(p, s))
+    res = finetune(items, fake_text, "fake", dataclass_replace(epochs=1), tmp_path / "t.pt", tmp_path / "w",
+                   progress=False)
+    assert res.skipped == 1
+    card = json.loads(card_path(tmp_path / "t.pt").read_text())
+    assert card["trained_on"]["skipped_images"] == 1 and card["trained_on"]["skipped_examples"] == [bad.id]
+    test_images = {it.image for it in items if it.split == "test"}
+    assert opened and not test_images & set(opened)
+
+
+def test_cli_reads_train_and_dev_only_and_trains(tmp_path: Path, catalogue: Path) -> None:
+    for r in product_rows(48):  # a test row's image is broken: reading it would count a skip
+        if r["split"] == "test":
+            (catalogue.parent / r["image"]).write_bytes(b"broken")
+    cfg = make_config(tmp_path, catalogue, image_encoder={"arch": TEST_ARCH},
+                      finetune={"epochs": 1, "batch_size": 8, "workers": 1, "label_fields": ("articleType",)})
+    items, counts = training_items(cfg)
+    assert counts["test_excluded"] == 9 and {it.split for it in items} == {"train", "dev"}
+    assert {it.label for it in items} <= {"Tshirts", "Shoes", "Watches", "Handbags", "Jeans", "Caps"}
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["finetune", "--no-progress"])
+    assert args.func(cfg, args) == 0
+    card = json.loads(card_path(cfg.finetune.output).read_text())
+    assert card["trained_on"]["skipped_images"] == 0 and card["trained_on"]["test_excluded"] == 9
+    assert len(card["trained_on"]["catalogue_sha256"]) == 64
+
+
+def test_hash_split_follows_the_myntra_rule() -> None:
+    # ids and splits as published in the fashion catalogue (split = sha256(id) % 10: 0 test, 1 dev, else train)
+    known = {"1163": "train", "1164": "train", "1528": "dev", "1552": "dev", "1549": "test", "1563": "test"}
+    assert {i: hash_split(i) for i in known} == known
+    counts = {s: 0 for s in ("train", "dev", "test")}
+    for i in range(5000):
+        counts[hash_split(f"{i:010d}")] += 1
+    assert 350 < counts["test"] < 650 and 350 < counts["dev"] < 650
+
+
+def test_catalogue_without_split_column_uses_the_hash_split(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in r.items() if k != "split"} for r in product_rows(40)]
+    cat = write_catalogue(tmp_path / "hm", rows)
+    cfg = make_config(tmp_path, cat).replace(catalogue={"split": ""})
+    items, counts = training_items(cfg)
+    assert counts["hash_split"] == 40
+    assert all(it.split == hash_split(it.id) != "test" for it in items)
+    assert counts["test_excluded"] == sum(hash_split(r["id"]) == "test" for r in rows)
+
+
+def test_retrieval_metrics_against_a_naive_oracle() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((60, 8)).astype(np.float32)
+    txt = img + 0.8 * rng.standard_normal((60, 8)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    labels = [str(i % 4) for i in range(60)]
+    got = retrieval_metrics(img, txt, labels)
+    r, tp, ip = 0.0, 0.0, 0.0
+    for q in range(60):
+        t_rank = sorted(range(60), key=lambda j: -float(txt[q] @ img[j]))[:10]
+        i_rank = sorted((j for j in range(60) if j != q), key=lambda j: -float(img[q] @ img[j]))[:10]
+        r += q in t_rank
+        tp += sum(labels[j] == labels[q] for j in t_rank) / 10
+        ip += sum(labels[j] == labels[q] for j in i_rank) / 10
+    assert got == pytest.approx({"t2i_recall@10": r / 60, "t2i_p@10": tp / 60, "i2i_p@10": ip / 60})
+
+
+def dataclass_replace(**changes: Any) -> FinetuneSettings:
+    import dataclasses
+
+    return dataclasses.replace(SETTINGS, **changes)
