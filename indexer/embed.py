@@ -68,7 +68,10 @@ class Embedder:
 
     def __init__(self, cfg: Config, image_encoder: Any | None, timer: StageTimer | None = None) -> None:
         self.cfg = cfg
+        from encoders.runtime import configure_threads
+
         self.text_encoder = create_text_encoder(tower_runtime(cfg))
+        configure_threads(tower_runtime(cfg).runtime)  # cached encoders may have been built with other settings
         self.image_encoder = image_encoder
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)

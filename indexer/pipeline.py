@@ -173,7 +173,8 @@ def _start(cfg: Config, store: Store, fresh: bool, fp: dict[str, Any], dims: dic
         if state.fingerprint != fp:
             raise VitrinaError(
                 f"an unfinished reindex into {state.collection} was started with a different catalogue, "
-                "settings or image tower", detail="rerun with --fresh to discard it and start over")
+                "settings or image tower: rerun with --fresh to discard it and start over",
+                detail=f"then: {state.fingerprint}; now: {fp}")
         if state.collection not in store.list_collections():
             store.create_collection(state.collection, dims, cfg.catalogue.filterable, cfg.catalogue.numeric)
             state.position, state.indexed, state.skipped = 0, 0, []
