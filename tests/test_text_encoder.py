@@ -12,7 +12,7 @@ import pytest
 
 import encoders
 from encoders.text import TextEncoder, resolve_model_path
-from vitrina.config import RuntimeConfig, TextEncoderConfig, load_config
+from vitrina.config import Config, RuntimeConfig, TextEncoderConfig, load_config
 from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 pytestmark = pytest.mark.slow  # loads the real MiniLM (a few seconds)
@@ -167,3 +167,21 @@ def test_imports_stay_torch_free() -> None:
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bench_text_smoke(cfg: Config, tmp_path: Path) -> None:
+    """scripts/bench_text.py runs on a small catalogue and reports a throughput row per setting."""
+    import argparse
+    import json
+
+    from scripts import bench_text
+
+    parser = argparse.ArgumentParser()
+    bench_text.add_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["--n", "20", "--precisions", "fp32", "--batch-sizes", "8", "--max-lengths", "32",
+                              "--repeats", "1", "--json-out", str(out)])
+    assert bench_text.run(cfg, args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["texts_per_s"] > 0 and rows[0]["batch_size"] == 8
+    assert len(bench_text.catalogue_texts(cfg, 5)) == 5

@@ -1,0 +1,138 @@
+"""Text-encoder throughput benchmark: texts/s on real catalogue texts for fp32 vs bf16, batch sizes, max_length."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):  # run as `python scripts/bench_text.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vitrina.config import Config, load_config  # noqa: E402
+from vitrina.errors import BadInput, ConfigError, VitrinaError  # noqa: E402
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=3000, help="catalogue texts to encode (default 3000)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
+    parser.add_argument("--batch-sizes", type=_ints, default=[32, 128], help="comma-separated (default 32,128)")
+    parser.add_argument("--max-lengths", type=_ints, default=[32, 64], help="comma-separated (default 32,64)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per setting; the best counts")
+    parser.add_argument("--catalogue", help="catalogue file (default [catalogue].path)")
+    parser.add_argument("--json-out", help="write the rows as JSON here")
+
+
+def catalogue_texts(cfg: Config, n: int, path: str | None = None) -> list[str]:
+    """The first n texts exactly as the indexer composes them ([catalogue].text_fields)."""
+    try:
+        from indexer.reader import Product, read_catalogue
+    except ImportError:  # indexer not part of this build: join the fields plainly
+        file = Path(path or cfg.catalogue.path)
+        if not file.is_file():
+            raise BadInput(f"catalogue file not found: {file}") from None
+        with file.open(newline="", encoding="utf-8") as f:
+            rows = [r for _, r in zip(range(n), csv.DictReader(f))]
+        return [", ".join(str(r.get(k) or "") for k in cfg.catalogue.text_fields if r.get(k)) for r in rows]
+    texts: list[str] = []
+    for item in read_catalogue(cfg, path):
+        if isinstance(item, Product):
+            texts.append(item.text)
+            if len(texts) >= n:
+                break
+    return texts
+
+
+def _measure(encoder: Any, texts: list[str], batch_size: int, repeats: int) -> tuple[float, Any]:
+    encoder.encode(texts[: min(len(texts), 2 * batch_size)], batch_size=batch_size)  # warm-up
+    times, vectors = [], None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        vectors = encoder.encode(texts, batch_size=batch_size)
+        times.append(time.perf_counter() - t0)
+    return min(times), vectors
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    """Encode the same texts under every setting; print texts/s and bf16-vs-fp32 cosine; 0 on success."""
+    import numpy as np
+
+    from encoders.runtime import bf16_supported, resolve_device
+    from encoders.text import TextEncoder
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        raise BadInput(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
+    runtime = dataclasses.replace(cfg.runtime, threads=args.threads)
+    device = resolve_device(runtime)
+    texts = catalogue_texts(cfg, args.n, args.catalogue)
+    if not texts:
+        raise BadInput("no texts to encode (empty catalogue?)")
+    print(f"{len(texts)} texts from {args.catalogue or cfg.catalogue.path}; device {device}, threads {args.threads}, "
+          f"native bf16: {bf16_supported(device)}")
+    print(f"example: {texts[0]!r}")
+    rows: list[dict[str, Any]] = []
+    reference: dict[int, Any] = {}
+    for max_length in args.max_lengths:
+        for precision in precisions:
+            tc = dataclasses.replace(cfg.text_encoder, max_length=max_length, precision=precision)
+            encoder = TextEncoder(tc, runtime)
+            if precision == precisions[0]:
+                lengths = [len(x) for x in encoder._tokenizer(texts, truncation=False)["input_ids"]]
+                cut = sum(length > max_length for length in lengths)
+                print(f"tokens per text: mean {statistics.mean(lengths):.1f}, max {max(lengths)}; "
+                      f"{cut} of {len(texts)} cut at max_length {max_length}")
+            if precision == "bf16" and not encoder.bf16:
+                print("bf16 requested but not supported on this device: skipped")
+                continue
+            for batch_size in args.batch_sizes:
+                seconds, vectors = _measure(encoder, texts, batch_size, args.repeats)
+                row: dict[str, Any] = {"precision": precision, "max_length": max_length, "batch_size": batch_size,
+                                       "texts_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 3)}
+                if precision == "fp32":
+                    reference.setdefault(max_length, vectors)
+                elif max_length in reference:
+                    c = (np.asarray(vectors) * reference[max_length]).sum(axis=1)
+                    row["cos_vs_fp32_min"], row["cos_vs_fp32_mean"] = round(float(c.min()), 6), round(float(c.mean()), 6)
+                rows.append(row)
+                extra = f"  cos vs fp32 min {row['cos_vs_fp32_min']:.6f}" if "cos_vs_fp32_min" in row else ""
+                print(f"{precision:>5} max_length {max_length:>3} batch {batch_size:>4}: "
+                      f"{row['texts_per_s']:>8.1f} texts/s{extra}", flush=True)
+    if args.json_out:
+        out = {"n": len(texts), "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count(),
+               "rows": rows}
+        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="bench_text", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $VITRINA_CONFIG, else ./config.toml)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(load_config(args.config), args)
+    except (BadInput, ConfigError, VitrinaError) as e:
+        print(f"bench_text: error: {e.message}" + (f"\n  {e.detail}" if e.detail else ""), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
