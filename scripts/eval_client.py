@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
+import json as jsonlib
 import os
 import urllib.error
 import urllib.parse
@@ -30,11 +30,14 @@ class ApiError(VitrinaError):
 
 
 class ApiClient(Protocol):
-    """What evaluation code calls; every method returns the decoded JSON body or raises ApiError."""
+    """What evaluation code calls (the shape of `requests`: params for GET, json or data + files for POST);
+    every method returns the decoded JSON body or raises ApiError (status, body)."""
 
     def get(self, path: str, params: Params | None = None) -> Any: ...
-    def post(self, path: str, json_body: Any = None, form: Params | None = None,
-             files: Files | None = None) -> Any: ...
+    def post(self, path: str, json: Any = None, data: Params | None = None,
+             files: Files | None = None, json_body: Any = None, form: Params | None = None) -> Any:
+        """json_body and form are older spellings of json and data, still accepted."""
+        ...
     def delete(self, path: str) -> Any: ...
     def close(self) -> None: ...
 
@@ -70,18 +73,19 @@ class InProcessClient:
     def get(self, path: str, params: Params | None = None) -> Any:
         return self._answer(self.client.get(path, query_string=_pairs(params), headers=self.headers), path)
 
-    def post(self, path: str, json_body: Any = None, form: Params | None = None,
-             files: Files | None = None) -> Any:
-        if files is not None or form is not None:
+    def post(self, path: str, json: Any = None, data: Params | None = None,
+             files: Files | None = None, json_body: Any = None, form: Params | None = None) -> Any:
+        json, data = (json if json is not None else json_body), (data if data is not None else form)
+        if files is not None or data is not None:
             from werkzeug.datastructures import MultiDict
 
-            data = MultiDict(_pairs(form))
+            form = MultiDict(_pairs(data))
             for field, (name, blob) in (files or {}).items():
-                data.add(field, (io.BytesIO(blob), name))
-            response = self.client.post(path, data=data, content_type="multipart/form-data",
+                form.add(field, (io.BytesIO(blob), name))
+            response = self.client.post(path, data=form, content_type="multipart/form-data",
                                         headers=self.headers)
         else:
-            response = self.client.post(path, json=json_body, headers=self.headers)
+            response = self.client.post(path, json=json, headers=self.headers)
         return self._answer(response, path)
 
     def delete(self, path: str) -> Any:
@@ -132,7 +136,7 @@ class HttpClient:
         except (urllib.error.URLError, OSError) as e:
             raise VitrinaError(f"cannot reach {self.base}: {e}") from e
         try:
-            decoded: Any = json.loads(raw) if raw else None
+            decoded: Any = jsonlib.loads(raw) if raw else None
         except ValueError:
             decoded = raw.decode("utf-8", "replace")
         if status >= 400:
@@ -142,12 +146,13 @@ class HttpClient:
     def get(self, path: str, params: Params | None = None) -> Any:
         return self._send("GET", path, params=params)
 
-    def post(self, path: str, json_body: Any = None, form: Params | None = None,
-             files: Files | None = None) -> Any:
-        if files is not None or form is not None:
-            body, content_type = _multipart(form, files)
+    def post(self, path: str, json: Any = None, data: Params | None = None,
+             files: Files | None = None, json_body: Any = None, form: Params | None = None) -> Any:
+        json, data = (json if json is not None else json_body), (data if data is not None else form)
+        if files is not None or data is not None:
+            body, content_type = _multipart(data, files)
             return self._send("POST", path, body, content_type)
-        return self._send("POST", path, json.dumps(json_body).encode("utf-8"), "application/json")
+        return self._send("POST", path, jsonlib.dumps(json).encode("utf-8"), "application/json")
 
     def delete(self, path: str) -> Any:
         return self._send("DELETE", path)

@@ -104,7 +104,7 @@ def run_image_report(client: ApiClient, catalogue: Catalogue, queries: Sequence[
             path = catalogue.image_path(q, image_column)
             assert path is not None
             try:
-                body = client.post("/api/search", form={"k": 11, "mode": mode},
+                body = client.post("/api/search", data={"k": 11, "mode": mode},
                                    files={"image": (path.name, path.read_bytes())})
             except ApiError as e:
                 if e.status >= 500:  # e.g. 503: no image tower; the mode cannot be measured

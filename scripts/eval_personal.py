@@ -46,13 +46,13 @@ def feed_history(client: ApiClient, history: Sequence[Purchase], shift_s: float)
     for start in range(0, len(events), BATCH):
         batch = events[start:start + BATCH]
         try:
-            accepted += int(client.post("/api/feedback", json_body=batch).get("accepted", 0))
+            accepted += int(client.post("/api/feedback", json=batch).get("accepted", 0))
         except ApiError as e:
             if e.status != 404:
                 raise
             for event in batch:  # an item missing from the index: send one by one, skip the unknown
                 try:
-                    accepted += int(client.post("/api/feedback", json_body=event).get("accepted", 0))
+                    accepted += int(client.post("/api/feedback", json=event).get("accepted", 0))
                 except ApiError as one:
                     if one.status != 404:
                         raise

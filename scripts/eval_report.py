@@ -69,14 +69,36 @@ def format_report(report: dict[str, Any]) -> str:
     recommend = report.get("recommend")
     if recommend:
         out.append("")
-        out.append("recommendations: " + (f"skipped ({recommend['skipped']})" if "skipped" in recommend
-                                          else _flat(recommend)))
+        out += _nested("recommendations", recommend)
     out.append("")
     out.append("targets (issue 5):")
     out += _table(["target", "at least", "value", "status"],
                   [[t["target"], t["at_least"], t["value"],
                     t["status"] + (f" by {t['gap']:.4f}" if t.get("gap") else "")] for t in report["targets"]])
     return "\n".join(out)
+
+
+def _is_table(node: Any) -> bool:
+    """{row: {column: number}}: a block another section (e.g. recommendations) reports per run."""
+    return isinstance(node, dict) and bool(node) and all(
+        isinstance(v, dict) and v and all(isinstance(x, (int, float)) or x is None for x in v.values())
+        for v in node.values())
+
+
+def _nested(title: str, section: dict[str, Any]) -> list[str]:
+    """A section of unknown shape: its scalars on one line, each {run: {metric: value}} block as a table."""
+    if "skipped" in section:
+        return [f"{title}: skipped ({section['skipped']})"]
+    scalars = {k: v for k, v in section.items() if not isinstance(v, dict) and k != "seconds"}
+    lines = [f"{title}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())]
+    for key, node in section.items():
+        if _is_table(node):
+            columns = list(dict.fromkeys(c for row in node.values() for c in row))
+            lines += [f"  {key}:"] + ["  " + line for line in _table(
+                ["run"] + columns, [[name] + [row.get(c) for c in columns] for name, row in node.items()])]
+        elif isinstance(node, dict):
+            lines.append(f"  {key}: {_flat(node)}")
+    return lines
 
 
 def _flat(node: Any, prefix: str = "") -> str:
@@ -107,10 +129,20 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path:
         names = [n for n in ("base", "personal", "naive") if n in w]
         panels.append(("Later purchases, shoppers with history: HR@10", names,
                        [w[n]["hr@10"] for n in names], None))
+    recommend = report.get("recommend") or {}
+    table = next((v for k, v in recommend.items() if _is_table(v)), None)
+    if table:
+        metric = next(iter(next(iter(table.values()))))
+        names = [n for n, row in table.items() if isinstance(row.get(metric), (int, float))]
+        panels.append((f"Recommendations: {metric}", names, [float(table[n][metric]) for n in names], None))
     if not panels:
         panels.append(("nothing measured", [], [], None))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    for ax, (title, names, values, target) in zip(axes[0], panels):
+    cols = len(panels) if len(panels) <= 2 else 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, names, values, target) in zip(axes.flat, panels):
         colours = ["#888888" if _is_baseline(report, n) else "#3b6ea5" for n in names]
         bars = ax.bar(range(len(names)), values, color=colours)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import subprocess
@@ -174,7 +175,11 @@ def _recommend(cfg: Config, opts: EvalOptions, client: ApiClient) -> dict[str, A
         if e.name == "scripts.eval_recommend":
             return {"skipped": "scripts/eval_recommend.py is not part of this build"}
         raise
-    return module.run_recommend_report(cfg, client, opts.cutoff)
+    wanted = {"end": opts.end, "limit": opts.limit, "keep_profiles": opts.keep_profiles,
+              "transactions": opts.transactions}
+    accepted = inspect.signature(module.run_recommend_report).parameters
+    return module.run_recommend_report(cfg, client, opts.cutoff,
+                                       **{k: v for k, v in wanted.items() if k in accepted})
 
 
 def run_evaluation(cfg: Config, opts: EvalOptions, client: ApiClient | None = None) -> dict[str, Any]:
