@@ -391,12 +391,12 @@ class EdgeStore:
         return [found[i] for i in wanted if i in found]
 
     def _request(self, query: Query, flt: qe.Filter | None, limit: int, offset: int,
-                 with_vectors: list[str] | bool) -> qe.QueryRequest | None:
+                 with_vectors: list[str] | bool, dims: dict[str, int]) -> qe.QueryRequest | None:
         params = qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
         if isinstance(query, HybridQuery):
             if query.weights and len(query.weights) != len(query.parts):
                 raise BadInput(f"HybridQuery has {len(query.parts)} parts but {len(query.weights)} weights")
-            pairs = [(self._scoring(p), w) for p, w in
+            pairs = [(self._scoring(p, dims), w) for p, w in
                      zip(query.parts, query.weights or (1.0,) * len(query.parts))]
             pairs = [(s, w) for s, w in pairs if s is not None]  # a keyword part with no indexable word
             if not pairs:
@@ -405,17 +405,16 @@ class EdgeStore:
             fusion = qe.Fusion.Rrf(k=query.rrf_k, weights=[float(w) for _, w in pairs])
             return qe.QueryRequest(limit=limit, offset=offset, query=fusion, prefetches=prefetches, filter=flt,
                                    with_payload=True, with_vector=with_vectors)
-        scoring = self._scoring(query)
+        scoring = self._scoring(query, dims)
         if scoring is None:
             return None
         return qe.QueryRequest(limit=limit, offset=offset, query=scoring, filter=flt, params=params,
                                with_payload=True, with_vector=with_vectors)
 
     @staticmethod
-    def _scoring(part: DenseQuery | KeywordQuery) -> qe.Query | None:
+    def _scoring(part: DenseQuery | KeywordQuery, dims: dict[str, int]) -> qe.Query | None:
         if isinstance(part, DenseQuery):
-            if part.using not in DENSE_VECTORS:
-                raise BadInput(f"unknown vector {part.using!r}; use one of {DENSE_VECTORS}")
+            check_query_vector(part, dims)
             return qe.Query.Nearest(_dense(part.vector).tolist(), using=part.using)
         if isinstance(part, KeywordQuery):
             sparse = keywords.query_vector(part.text)
@@ -435,21 +434,13 @@ class EdgeStore:
             return [[] for _ in queries]
         flt = edge_filter(filters)
         with self._use(collection) as h:
-            self._check_dims(queries, h.meta["dims"])
             vectors = list(h.meta["dims"]) if with_vectors else False
-            requests = [self._request(q, flt, limit, max(0, offset), vectors) for q in queries]
+            requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"]) for q in queries]
             live = [r for r in requests if r is not None]
             results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
                            else [h.shard.query(r) for r in live])
             return [[_hit(p, p.score, with_vectors) for p in next(results)] if r is not None else []
                     for r in requests]
-
-    @staticmethod
-    def _check_dims(queries: Sequence[Query], dims: dict[str, int]) -> None:
-        for q in queries:
-            for part in q.parts if isinstance(q, HybridQuery) else (q,):
-                if isinstance(part, DenseQuery):
-                    check_query_vector(part, dims)
 
     def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,
                limit: int = 20) -> dict[str, dict[str, int]]:
