@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
 from tests.helpers import make_config, product_rows, write_catalogue
@@ -258,3 +259,29 @@ def test_screenshot(page: Any, server: Server) -> None:
     out = Path(os.environ.get("VITRINA_SCREENSHOT_DIR", tempfile.gettempdir())) / "vitrina-page.png"
     page.screenshot(path=str(out))
     assert out.stat().st_size > 10_000
+
+
+def test_bench_http_against_live_server(server: Server, tmp_path: Path) -> None:
+    """scripts/bench_http drives the same live server: every phase runs and reports figures."""
+    import argparse
+
+    from scripts import bench_http
+
+    queries = tmp_path / "queries.csv"
+    queries.write_text("query_id,query\nq1,red shoes\nq2,black watches\nq3,blue jeans\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    bench_http.add_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["--url", server.url, "--clients", "2", "--requests", "12", "--image-requests", "6",
+                              "--warmup", "2", "--photos", "3", "--queries", str(queries), "--api-key", KEY,
+                              "--json", str(out)])
+    assert bench_http.run(server.cfg, args) == 0
+    rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"text", "text+user", "image"}
+    assert rows["text"]["ok"] == 12 and rows["image"]["ok"] == 6 and not any(r["errors"] for r in rows.values())
+    assert 0 < rows["text"]["p50_ms"] <= rows["text"]["p95_ms"] <= rows["text"]["max_ms"]
+    values = [float(v) for v in (7, 1, 3, 3, 9, 12, 0.5)]
+    for q in (0, 50, 95, 99, 100):
+        assert bench_http.percentile(sorted(values), q) == pytest.approx(np.percentile(values, q))
+    with pytest.raises(bench_http.BadInput):
+        bench_http.loopback_target("http://10.1.2.3:8000")  # never aimed at another machine
