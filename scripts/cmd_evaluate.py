@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from scripts.evaluate import SECTIONS, EvalOptions, run_evaluation, write_report
 from vitrina.config import Config
 from vitrina.errors import BadInput
+
+log = logging.getLogger(__name__)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -50,6 +54,15 @@ def register(sub: Any) -> None:
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
     if args.limit < 0 or args.image_queries < 1:
         raise BadInput("--limit must be >= 0 and --image-queries >= 1")
+    for name in ("cutoff", "end"):
+        try:
+            datetime.strptime(getattr(args, name), "%Y-%m-%d")
+        except ValueError as e:
+            raise BadInput(f"--{name} must be a day as YYYY-MM-DD", f"got {getattr(args, name)!r}") from e
+    if not args.cutoff < args.end:
+        raise BadInput("--cutoff must be before --end", f"got {args.cutoff} and {args.end}")
+    if args.image_split == "test":
+        log.warning("photo queries from the test split: report these figures, never tune on them")
     return EvalOptions(
         sections=_csv(args.sections), out=args.out, url=args.url, api_key=args.api_key, limit=args.limit,
         seed=args.seed, queries=args.queries, qrels=args.qrels, modes=_csv(args.modes),

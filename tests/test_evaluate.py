@@ -200,11 +200,19 @@ def test_cli_writes_json_and_png(shop: Any, tmp_path: Path, monkeypatch: pytest.
     assert (tmp_path / "out" / "evaluate.png").stat().st_size > 1000
 
 
-def test_unknown_section_is_refused(shop: Any) -> None:
+def test_bad_options_are_refused(shop: Any) -> None:
+    import argparse
+
+    from scripts import cmd_evaluate
     from vitrina.errors import BadInput
 
     with pytest.raises(BadInput):
         run_evaluation(shop[0], EvalOptions(sections=("nope",)))
+    parser = argparse.ArgumentParser()
+    cmd_evaluate.register(parser.add_subparsers())
+    for bad in (["--cutoff", "2020-13-01"], ["--cutoff", "2020-06-01", "--end", "2020-05-01"], ["--limit", "-1"]):
+        with pytest.raises(BadInput):
+            cmd_evaluate.options_from_args(parser.parse_args(["evaluate", *bad]))
 
 
 # ---- pure helpers ---------------------------------------------------------------------------------------
