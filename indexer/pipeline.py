@@ -151,8 +151,10 @@ class _Writer(threading.Thread):
 def _progress(total: int | None, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="item", dynamic_ncols=True, disable=not enabled,
-                smoothing=0.1, file=sys.stderr, desc="reindex")
+    tty = sys.stderr.isatty()  # in a log file: a line every 30 s instead of a live bar
+    return tqdm(total=total, initial=initial, unit="item", dynamic_ncols=tty, disable=not enabled,
+                smoothing=0.1, file=sys.stderr, desc="reindex", mininterval=0.5 if tty else 30.0,
+                ascii=not tty)
 
 
 def _count_rows(cfg: Config) -> int:

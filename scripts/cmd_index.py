@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from vitrina.config import Config
@@ -44,7 +43,7 @@ def cmd_reindex(cfg: Config, args: argparse.Namespace) -> int:
         raise BadInput("--limit and --batch-size must be >= 0")
     if args.batch_size:
         cfg = cfg.replace(indexer={"batch_size": args.batch_size})
-    summary = reindex(cfg, fresh=args.fresh, limit=args.limit, progress=not args.no_progress and sys.stderr.isatty())
+    summary = reindex(cfg, fresh=args.fresh, limit=args.limit, progress=not args.no_progress)
     print("\n".join(summary.lines()))
     return 0
 
