@@ -138,15 +138,19 @@ class PersonalConfig:
 
 @dataclass(frozen=True)
 class RecommendConfig:
-    similar: float = 0.3  # blend weight: items nearest the shopper's vector in the fused space
-    co_bought: float = 0.6  # blend weight: items co-bought with the shopper's recent items
+    similar: float = 0.6  # blend weight: nearest items to the shopper's vector and latest items (fused space)
+    co_bought: float = 0.3  # blend weight: items co-bought with the shopper's recent items
     buy_again: float = 1.0  # blend weight: items the shopper bought (or carted) before
-    popular: float = 0.2  # blend weight: recency-weighted popularity prior (the cold-start list)
+    popular: float = 0.1  # blend weight: recency-weighted popularity prior (the cold-start list)
     recent_items: int = 20  # the shopper's recent bought items whose co-bought neighbours are used
     pool: int = 100  # candidates each source nominates
     shrink: float = 1.0  # co-occurrence score c_ij / (sqrt(n_i * n_j) + shrink): damps one-off pairs
     exclude_purchased: bool = False  # default of the request parameter of the same name
     similar_fallback: bool = True  # also-bought: fill up with vector neighbours when history is short
+    similar_items: int = 30  # the shopper's latest items whose own vector neighbours are nominated too
+    similar_per_item: int = 10  # neighbours nominated per such item
+    similar_power: float = 8.0  # cosine ** power: > 1 favours near-duplicates (the same product in a new colour)
+    half_life_days: float = 120.0  # freshness of the shopper's items here (0 = [personal].half_life_days)
 
 
 @dataclass(frozen=True)
