@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -9,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from search.personal import Event, decay, event_weight
+from search.personal import EVENTS, Event, decay, event_weight
 from search.store import DenseQuery, Filters, Hit
+from vitrina.config import PersonalConfig
 
 if TYPE_CHECKING:
     from search.engine import SearchService
@@ -71,6 +73,13 @@ class Recommender:
         self.cfg = service.cfg
 
     @property
+    def clock(self) -> PersonalConfig:
+        """The personal settings with the half-life that freshness uses here ([recommend].half_life_days)."""
+        pc = self.cfg.personal
+        days = self.cfg.recommend.half_life_days
+        return dataclasses.replace(pc, half_life_days=days) if days > 0 else pc
+
+    @property
     def weights(self) -> dict[str, float]:
         rc = self.cfg.recommend
         return {"similar": rc.similar, "co_bought": rc.co_bought, "buy_again": rc.buy_again, "popular": rc.popular}
@@ -90,6 +99,33 @@ class Recommender:
         for h in hits:
             if h.id not in skip and len(out) < limit:
                 out[h.id] = (max(0.0, min(1.0, float(h.score))), h)
+        return out
+
+    def _similar_to_user(self, user_id: str, history: Sequence[Event], filters: Filters | None, skip: set[str],
+                         now: float) -> dict[str, tuple[float, Hit]]:
+        """Nearest items to the shopper's taste vector and to each of their latest items (the best of the
+        two counts): cosine ** similar_power * freshness of what it is near."""
+        rc, pc = self.cfg.recommend, self.clock
+        out: dict[str, tuple[float, Hit]] = {}
+
+        def add(found: Mapping[str, tuple[float, Hit]], fresh: float) -> None:
+            for item, (cos, hit) in found.items():
+                score = cos ** rc.similar_power * fresh
+                if item not in out or score > out[item][0]:
+                    out[item] = (score, hit)
+
+        state = self.service.profiles.get(user_id)
+        if state is not None:
+            add(self._similar(state.vector, filters, skip, rc.pool), decay(now - state.updated_at, pc))
+        latest = recent_bought(history, EVENTS, rc.similar_items) if rc.similar_items > 0 else []
+        if latest:
+            hits = {h.id: h for h in self.service.store.retrieve(self.service.alias, [i for i, _ in latest],
+                                                                 with_vectors=True)}
+            for item, at in latest:
+                vec = hits[item].vectors.get("fused") if item in hits else None
+                if vec is not None:
+                    add(self._similar(np.asarray(vec, np.float32), filters, skip, rc.similar_per_item),
+                        decay(now - at, pc))
         return out
 
     def _popular(self, filters: Filters | None, skip: set[str], limit: int, now: float
@@ -144,7 +180,7 @@ class Recommender:
         if sources is not None and not any(weights.values()):
             weights = {s: 1.0 for s in use}  # a source switched off in the config can still be asked alone
         t0 = time.perf_counter()
-        rc, pc = self.cfg.recommend, self.cfg.personal
+        rc, pc = self.cfg.recommend, self.clock
         profiles = self.service.profiles
         if now is None:  # the shop's clock: a replayed or idle log is scored as of its newest event
             now = min(time.time(), profiles.latest_ts() or time.time())
@@ -168,11 +204,9 @@ class Recommender:
                     co[other] += fresh * score
         for item, score in sorted(co.items(), key=lambda t: -t[1])[:rc.pool]:
             parts[item]["co_bought"] = min(1.0, score)
-        state = profiles.get(user_id)
-        if state is not None and weights.get("similar", 0.0) > 0:
-            fresh = decay(now - state.updated_at, pc)
-            for item, (cos, hit) in self._similar(state.vector, filters, seen | banned, rc.pool).items():
-                parts[item]["similar"] = cos * fresh
+        if weights.get("similar", 0.0) > 0:
+            for item, (score, hit) in self._similar_to_user(user_id, history, filters, seen | banned, now).items():
+                parts[item]["similar"] = score
                 known[item] = hit
         if "popular" in use:
             popular, top = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again

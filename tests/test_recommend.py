@@ -148,7 +148,7 @@ def test_buy_again_and_exclude_purchased(client: FlaskClient, rows: dict) -> Non
     assert resp.status_code == 400
 
 
-def test_co_bought_with_recent_items(client: FlaskClient, rows: dict) -> None:
+def test_co_bought_with_recent_items(client: FlaskClient, rows: dict, app_cfg: Config) -> None:
     ids = list(rows)
     a, b = ids[0], ids[30]  # different article types: only co-occurrence links them
     assert rows[a]["articleType"] != rows[b]["articleType"]
@@ -157,8 +157,12 @@ def test_co_bought_with_recent_items(client: FlaskClient, rows: dict) -> None:
     got = recs(client, "newbie", k=5)
     by_id = {r["id"]: r for r in got}
     assert b in by_id and "co_bought" in by_id[b]["explain"]["sources"]
-    assert [r["id"] for r in got].index(b) <= 1  # right after buy-again of a
-    cfg_weights = {"similar": 0.3, "co_bought": 0.6, "buy_again": 1.0, "popular": 0.2}
+    assert got[0]["id"] == a and "buy_again" in got[0]["explain"]["sources"]
+    alone = recs(client, "newbie", k=5, sources="co_bought")
+    assert [r["id"] for r in alone] == [b] and alone[0]["explain"]["sources"] == ["co_bought"]
+    assert all(set(r["explain"]["sources"]) <= {"similar"} for r in recs(client, "newbie", sources="similar"))
+    assert client.get("/api/users/newbie/recommendations", query_string={"sources": "magic"}).status_code == 400
+    cfg_weights = {s: getattr(app_cfg.recommend, s) for s in SOURCES}
     for r in got:  # the final score is the weighted sum of the per-source parts
         e = r["explain"]
         assert set(e) >= set(SOURCES) | {"sources", "final"}
