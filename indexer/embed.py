@@ -37,9 +37,9 @@ class StageTimer:
             return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
-def tower_runtime(cfg: Config) -> Config:
-    """cfg with [runtime].threads split between the two towers when they run in parallel threads."""
-    if cfg.indexer.parallel_encode and cfg.runtime.threads > 1:
+def tower_runtime(cfg: Config, two_towers: bool = True) -> Config:
+    """cfg with [runtime].threads split between the two towers when both run, in parallel threads."""
+    if two_towers and cfg.indexer.parallel_encode and cfg.runtime.threads > 1:
         return cfg.replace(runtime={"threads": max(1, cfg.runtime.threads // 2)})
     return cfg
 
@@ -70,14 +70,16 @@ class Embedder:
         self.cfg = cfg
         from encoders.runtime import configure_threads
 
-        self.text_encoder = create_text_encoder(tower_runtime(cfg))
-        configure_threads(tower_runtime(cfg).runtime)  # cached encoders may have been built with other settings
+        two = image_encoder is not None
+        self.text_encoder = create_text_encoder(tower_runtime(cfg, two))
+        configure_threads(tower_runtime(cfg, two).runtime)  # cached encoders may have been built otherwise
         self.image_encoder = image_encoder
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)
         self.dims = {"text": self.text_encoder.dim, "image": self.text_encoder.dim, "fused": self.text_encoder.dim}
         self._decode_pool = ThreadPoolExecutor(max(1, cfg.indexer.decode_workers), thread_name_prefix="decode")
-        self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="text") if cfg.indexer.parallel_encode else None
+        parallel = two and cfg.indexer.parallel_encode
+        self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="text") if parallel else None
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
