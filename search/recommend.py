@@ -56,8 +56,8 @@ def buy_again_scores(history: Sequence[Event], events: Sequence[str], top_weight
     return {item: min(1.0, r / top_weight) for item, r in raw.items() if r > 0}
 
 
-def recent_bought(history: Sequence[Event], events: Sequence[str], limit: int) -> list[tuple[str, float]]:
-    """The shopper's most recently bought distinct items, newest first, with their last time."""
+def recent_items(history: Sequence[Event], events: Sequence[str], limit: int) -> list[tuple[str, float]]:
+    """The shopper's latest distinct items (by events of these types), newest first, with their last time."""
     last: dict[str, float] = {}
     for e in history:
         if e.event in events:
@@ -117,7 +117,7 @@ class Recommender:
         state = self.service.profiles.get(user_id)
         if state is not None:
             add(self._similar(state.vector, filters, skip, rc.pool), decay(now - state.updated_at, pc))
-        latest = recent_bought(history, EVENTS, rc.similar_items) if rc.similar_items > 0 else []
+        latest = recent_items(history, EVENTS, rc.similar_items) if rc.similar_items > 0 else []
         if latest:
             hits = {h.id: h for h in self.service.store.retrieve(self.service.alias, [i for i, _ in latest],
                                                                  with_vectors=True)}
@@ -196,7 +196,7 @@ class Recommender:
             if item not in banned and "buy_again" in use:
                 parts[item]["buy_again"] = score
         co: dict[str, float] = defaultdict(float)
-        recent = recent_bought(history, pc.cooc_events, rc.recent_items) if "co_bought" in use else []
+        recent = recent_items(history, pc.cooc_events, rc.recent_items) if "co_bought" in use else []
         for item, at in recent:
             fresh = decay(now - at, pc)
             for other, score, _ in profiles.neighbours(item, rc.pool, rc.shrink):

@@ -293,3 +293,22 @@ def test_eval_report_runs_through_the_api(indexed: Any, tmp_path: Path) -> None:
         assert 0.0 <= report["all"][run]["map@12"] <= 1.0 and 0.0 <= report["all"][run]["hr@12"] <= 1.0
     resp = app.test_client().get("/api/users/evalrec.c0/profile")
     assert resp.status_code == 404  # evaluation shoppers are forgotten afterwards
+
+
+def test_source_helpers_against_the_formulas() -> None:
+    from search.personal import Event
+    from search.recommend import blend, buy_again_scores, recent_items
+    from vitrina.config import PersonalConfig
+
+    pc = PersonalConfig(half_life_days=10)
+    day = 86_400.0
+    now = 1_600_000_000.0
+    history = [Event("u", "a", "purchase", now - 10 * day), Event("u", "a", "cart", now - 20 * day),
+               Event("u", "b", "click", now), Event("u", "c", "purchase", now), Event("u", "c", "purchase", now)]
+    got = buy_again_scores(history, ("cart", "purchase"), pc.purchase, now, pc)
+    assert got["a"] == pytest.approx((pc.purchase * 0.5 + pc.cart * 0.25) / pc.purchase)
+    assert got["c"] == 1.0 and "b" not in got  # capped at one fresh purchase; clicks are not purchases
+    assert recent_items(history, ("cart", "purchase"), 5) == [("c", now), ("a", now - 10 * day)]
+    assert recent_items(history, ("view", "click", "cart", "purchase"), 2) == [("b", now), ("c", now)]
+    assert blend({"similar": 0.5, "popular": 1.0}, {"similar": 0.6, "co_bought": 1, "buy_again": 1,
+                                                   "popular": 0.1}) == pytest.approx(0.4)
