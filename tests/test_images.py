@@ -303,3 +303,41 @@ def test_redirect_to_loopback_refused(server: str, monkeypatch: pytest.MonkeyPat
     # redirect to loopback is refused at the second hop
     with pytest.raises(FetchError, match="loopback"):
         fetch_url(f"http://public.test:{port}/to-loopback", 2.0, 1_000_000)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """HTTPS on loopback with a self-signed certificate for 'localhost' (made with the openssl CLI)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not available")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://localhost:{httpd.server_address[1]}", cert
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_verifies_certificate(tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    url, cert = tls_server
+    with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+        fetch_url(f"{url}/img.jpg", 5.0, 1_000_000, allow_private=True)  # self-signed: not trusted
+    monkeypatch.setattr(images, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
+    assert fetch_url(f"{url}/img.jpg", 5.0, 1_000_000, allow_private=True) == IMAGE
+    with pytest.raises(FetchError, match="loopback"):
+        fetch_url(f"{url}/img.jpg", 5.0, 1_000_000)

@@ -95,6 +95,11 @@ def _resolve(host: str, port: int, allow_private: bool) -> str:
     return addresses[0]
 
 
+def _tls_context() -> ssl.SSLContext:
+    """TLS for https image URLs: the system trust store, certificate checked against the host name."""
+    return ssl.create_default_context()
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     """HTTP connection to an already vetted IP (no second DNS lookup that could answer differently)."""
 
@@ -113,7 +118,7 @@ class _PinnedHTTPS(_PinnedHTTP):
 
     def connect(self) -> None:
         sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        self.sock = _tls_context().wrap_socket(sock, server_hostname=self.host)
 
 
 def _split(url: str) -> tuple[str, str, int, str]:
