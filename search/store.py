@@ -133,6 +133,11 @@ class Store(Protocol):
     def drop_alias(self, alias: str) -> bool:
         """Remove `alias` (the collection stays); False when there was no such alias."""
         ...
+    def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
+                    limit: int = 10, offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]:
+        """Like `query` for several queries sharing the filters, in one engine call; one list per query
+        (e.g. the parts of a HybridQuery on their own, for a per-part score breakdown)."""
+        ...
 
 
 def check_item(item: ItemRecord, dims: dict[str, int]) -> None:

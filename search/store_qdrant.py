@@ -28,6 +28,7 @@ from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError, VitrinaError
 
 log = logging.getLogger(__name__)
+DIMS_TTL_S = 10.0
 
 
 def qdrant_filter(filters: Filters | None) -> models.Filter | None:
@@ -62,6 +63,7 @@ class QdrantStore:
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef
         self._serial = threading.RLock() if local else None
+        self._dims_cache: dict[str, tuple[float, dict[str, int]]] = {}
 
     @classmethod
     def from_config(cls, store_cfg: StoreConfig) -> QdrantStore:
@@ -69,7 +71,7 @@ class QdrantStore:
         avg_len = getattr(store_cfg, "bm25_avg_len", keywords.DEFAULT_AVG_LEN)
         try:
             if store_cfg.url:
-                api_key = os.environ.get(store_cfg.api_key_env) or None if store_cfg.api_key_env else None
+                api_key = (os.environ.get(store_cfg.api_key_env) or None) if store_cfg.api_key_env else None
                 client = QdrantClient(url=store_cfg.url, api_key=api_key, timeout=max(1, int(store_cfg.timeout_s)))
                 return cls(client, local=False, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len)
             location = store_cfg.path or ":memory:"
@@ -102,10 +104,17 @@ class QdrantStore:
                     raise NotFound(f"{what}: {e}") from e
                 raise StoreError(f"qdrant {what}: {e}") from e
 
-    def _dims(self, name: str) -> dict[str, int]:
-        info = self.client.get_collection(name)
-        vectors = info.config.params.vectors
-        return {k: int(v.size) for k, v in (vectors or {}).items()} if isinstance(vectors, dict) else {}
+    def _dims(self, name: str, fresh: bool = False) -> dict[str, int]:
+        """Dense vector sizes of collection or alias `name`, cached for DIMS_TTL_S (saves a round trip
+        per query; after a swap to a collection of other sizes, the server's own check still applies)."""
+        now = time.monotonic()
+        cached = self._dims_cache.get(name)
+        if cached and not fresh and now - cached[0] < DIMS_TTL_S:
+            return cached[1]
+        vectors = self.client.get_collection(name).config.params.vectors
+        dims = {k: int(v.size) for k, v in (vectors or {}).items()} if isinstance(vectors, dict) else {}
+        self._dims_cache[name] = (now, dims)
+        return dims
 
     # ---- collections and aliases ------------------------------------------------------------------
     def create_collection(self, name: str, dims: dict[str, int], filterable: Sequence[str],
@@ -137,6 +146,7 @@ class QdrantStore:
                 if target == name:
                     self.drop_alias(alias)
             self.client.delete_collection(name)
+            self._dims_cache.clear()
 
     def list_collections(self) -> list[str]:
         with self._call("list collections"):
@@ -146,7 +156,7 @@ class QdrantStore:
         with self._call(f"info {name}"):
             target = self.get_alias(name) or name
             count = self.client.count(target, exact=True).count
-            return CollectionInfo(name=target, points=int(count), dims=self._dims(target))
+            return CollectionInfo(name=target, points=int(count), dims=self._dims(target, fresh=True))
 
     def list_aliases(self) -> dict[str, str]:
         with self._call("list aliases"):
@@ -169,6 +179,7 @@ class QdrantStore:
             ops.append(models.CreateAliasOperation(
                 create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
             self.client.update_collection_aliases(ops)
+            self._dims_cache.pop(alias, None)
 
     def drop_alias(self, alias: str) -> bool:
         with self._call(f"drop alias {alias}"):
@@ -226,9 +237,8 @@ class QdrantStore:
     def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
         wanted = list(dict.fromkeys(ids))
         with self._call(f"retrieve from {collection}"):
-            vectors: Any = list(self._dims(collection)) if with_vectors else False
             records = self.client.retrieve(collection, [point_id(i) for i in wanted], with_payload=True,
-                                           with_vectors=vectors)
+                                           with_vectors=with_vectors)
         found = {hit.id: hit for hit in (_hit(r, 1.0, with_vectors) for r in records)}
         return [found[i] for i in wanted if i in found]
 
@@ -299,9 +309,8 @@ class QdrantStore:
         offset: Any = None
         while True:
             with self._call(f"scroll {collection}"):
-                vectors: Any = list(self._dims(collection)) if with_vectors else False
                 records, offset = self.client.scroll(collection, limit=batch, offset=offset, with_payload=True,
-                                                     with_vectors=vectors)
+                                                     with_vectors=with_vectors)
             for r in records:
                 yield _hit(r, 0.0, with_vectors)
             if offset is None or not records:
