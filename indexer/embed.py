@@ -37,9 +37,9 @@ class StageTimer:
             return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
-def tower_runtime(cfg: Config, two_towers: bool = True) -> Config:
-    """cfg with [runtime].threads split between the two towers when both run, in parallel threads."""
-    if two_towers and cfg.indexer.parallel_encode and cfg.runtime.threads > 1:
+def tower_runtime(cfg: Config) -> Config:
+    """cfg with [runtime].threads split between two encoder threads (one torch thread each on 2 cores)."""
+    if cfg.indexer.parallel_encode and cfg.runtime.threads > 1:
         return cfg.replace(runtime={"threads": max(1, cfg.runtime.threads // 2)})
     return cfg
 
@@ -66,19 +66,27 @@ class Embedder:
     are indexed either way: a missing, truncated or non-image file makes the item Skipped("bad image").
     """
 
-    def __init__(self, cfg: Config, image_encoder: Any | None, timer: StageTimer | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, image_encoder: Any | None, timer: StageTimer | None = None,
+                 bulk: bool = False) -> None:
         from encoders.runtime import configure_threads
 
-        two = image_encoder is not None
-        self.text_encoder = create_text_encoder(tower_runtime(cfg, two))
-        configure_threads(tower_runtime(cfg, two).runtime)  # cached encoders may have been built otherwise
+        self.cfg = cfg
+        run = tower_runtime(cfg)
+        self.text_encoder = create_text_encoder(run)
+        configure_threads(run.runtime)  # cached encoders may have been built with other settings
+        parallel = cfg.indexer.parallel_encode and cfg.runtime.threads > 1
+        # Text only, in bulk: a second copy of the text model takes half of each batch in the main thread
+        # (two threads with one torch thread each beat one torch op on two threads, more so on a busy machine).
+        self._text_twin: Any | None = None
+        if parallel and bulk and image_encoder is None:
+            from encoders.text import TextEncoder
+
+            self._text_twin = TextEncoder(run.text_encoder, run.runtime)
         self.image_encoder = image_encoder
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)
         self.dims = {"text": self.text_encoder.dim, "image": self.text_encoder.dim, "fused": self.text_encoder.dim}
         self._decode_pool = ThreadPoolExecutor(max(1, cfg.indexer.decode_workers), thread_name_prefix="decode")
-        parallel = two and cfg.indexer.parallel_encode
         self._text_pool = ThreadPoolExecutor(1, thread_name_prefix="text") if parallel else None
 
     def close(self) -> None:
@@ -117,10 +125,10 @@ class Embedder:
             self.timer.add("decode", time.perf_counter() - t0)
 
     # ---- the batch ------------------------------------------------------------------------------
-    def _encode_text(self, texts: list[str]) -> np.ndarray:
+    def _encode_text(self, texts: list[str], encoder: Any = None) -> np.ndarray:
         t0 = time.perf_counter()
         try:
-            return self.text_encoder.encode(texts)
+            return (encoder or self.text_encoder).encode(texts)
         finally:
             self.timer.add("text", time.perf_counter() - t0)
 
@@ -131,7 +139,8 @@ class Embedder:
             return [], []
         futures = images if images is not None else self.submit_images(products)
         texts = [p.text for p in products]
-        pending = self._text_pool.submit(self._encode_text, texts) if self._text_pool else None
+        split = len(texts) // 2 if self._text_twin is not None else len(texts)
+        pending = self._text_pool.submit(self._encode_text, texts[:split]) if self._text_pool else None
         t0 = time.perf_counter()
         decoded = [f.result() for f in futures]
         self.timer.add("wait_decode", time.perf_counter() - t0)
@@ -143,8 +152,11 @@ class Embedder:
             t1 = time.perf_counter()
             image_vecs[with_pixels] = self.image_encoder.encode_pixels(np.stack([decoded[i] for i in with_pixels]))
             self.timer.add("image", time.perf_counter() - t1)
+        rest = self._encode_text(texts[split:], self._text_twin) if self._text_twin is not None else None
         t2 = time.perf_counter()
         text_vecs = pending.result() if pending is not None else self._encode_text(texts)
+        if rest is not None:
+            text_vecs = np.concatenate([text_vecs, rest])
         self.timer.add("wait_text", time.perf_counter() - t2)
         t3 = time.perf_counter()
         present = np.zeros(len(products), dtype=bool)

@@ -106,7 +106,7 @@ def index_info(cfg: Config, store: Store | None = None) -> dict[str, Any]:
     from encoders import image_tower_status
 
     own = store is None
-    store = store or open_store(cfg)
+    store = store or open_store(cfg.replace(store={"timeout_s": 1.0}))  # a shard busy elsewhere: say so, fast
     try:
         alias = cfg.store.alias
         target = store.get_alias(alias)

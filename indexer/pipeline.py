@@ -209,7 +209,8 @@ def reindex(cfg: Config, fresh: bool = False, limit: int = 0, progress: bool = T
             if image_encoder is None:
                 log.warning("no trained image tower (%s): indexing TEXT ONLY, no image vectors. "
                             "Run `vitrina finetune`, then reindex.", why)
-            with Embedder(cfg, image_encoder, timer) as embedder:
+            bulk = limit == 0 or limit > 4 * cfg.indexer.batch_size
+            with Embedder(cfg, image_encoder, timer, bulk=bulk) as embedder:
                 state, resumed = _start(cfg, store, fresh, fingerprint(cfg, tower, limit), embedder.dims)
                 summary = _fill(cfg, store, state, embedder, rows, limit, progress, timer)
             summary.resumed, summary.image_tower = resumed, tower or why
