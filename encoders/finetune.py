@@ -30,7 +30,7 @@ STATE_FILE = "state.pt"
 class FinetuneSettings:
     """Everything that decides a training run (a change starts a new run instead of resuming the old one)."""
 
-    arch: str = "vitrina-vit-tiny"
+    arch: str = "vitrina-rn-tiny"
     epochs: int = 10
     batch_size: int = 256
     grad_accum: int = 1
@@ -42,6 +42,7 @@ class FinetuneSettings:
     patience: int = 3
     max_train_items: int = 0
     start_from: str = ""  # "" = random init; a vitrina checkpoint, an open_clip checkpoint file or tag
+    time_budget_min: float = 0.0  # > 0: the cosine schedule also runs on training time and ends at this budget
     device: str = "auto"
     threads: int = 2
     bf16: bool = True
@@ -115,13 +116,12 @@ def _param_groups(visual: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return f
+def lr_factor(step: int, warmup: int, total: int, time_progress: float = 0.0) -> float:
+    """Linear warm-up, then cosine to 0 over the steps, or over the time budget when that runs out first."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = max((step - warmup) / max(1, total - warmup), time_progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _embed_pixels(visual: Any, pixels: np.ndarray, device: Any, bf16: bool, batch: int = 512) -> np.ndarray:
@@ -179,7 +179,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     dev = [it for it in items if it.split == DEV]
     if not train or not dev:
         raise ConfigError(f"finetune needs train and dev items, got {len(train)} train and {len(dev)} dev")
-    cache_dir = work_dir.parent / "cache"
+    cache_dir = work_dir / "cache"
     pixels, ok = image_cache(train + dev, size, cache_dir, workers=settings.workers, progress=progress)
     texts = [it.text for it in train + dev]
     text_emb = text_embeddings(texts, encode_text, text_model_id, cache_dir, progress=progress)
@@ -208,14 +208,14 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     batch = min(settings.batch_size, len(tr_idx))
     steps_per_epoch = max(1, len(tr_idx) // batch // settings.grad_accum)
     total_steps = steps_per_epoch * settings.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(settings.warmup_steps, total_steps // 2),
-                                                              total_steps))
+    warmup = min(settings.warmup_steps, total_steps // 2)
+    budget_s = settings.time_budget_min * 60.0
     data_key = hashlib.sha256(np.asarray([it.id for it in train + dev], dtype=object).tobytes()
                               + json.dumps(texts).encode()).hexdigest()[:16]
     run_dir = work_dir / f"run-{run_key(dataclasses.replace(settings, arch=arch), data_key)}"
     state_path = run_dir / STATE_FILE
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_visual": None,
-                             "train_seconds": 0.0, "train_images": 0, "wall_s": 0.0}
+                             "train_seconds": 0.0, "train_images": 0, "wall_s": 0.0, "step": 0, "out_of_time": False}
     if resume == "require" and not state_path.is_file():
         raise ConfigError(f"--resume: no partial run to resume at {state_path}")
     if resume != "never" and state_path.is_file():
@@ -224,7 +224,6 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         with torch.no_grad():
             logit_scale.fill_(float(saved["logit_scale"]))
         opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
         state = saved
         log.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
     wall_before = float(state["wall_s"])
@@ -239,6 +238,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         if bad_epochs >= settings.patience > 0:
             log.info("early stop: no dev improvement for %d epochs", bad_epochs)
             break
+        if state["out_of_time"]:
+            break
         visual.train()
         gen = torch.Generator().manual_seed(settings.seed * 10_007 + epoch)
         order = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
@@ -247,6 +248,14 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         bar = tqdm(range(n_micro), desc=f"epoch {epoch}/{settings.epochs}", unit="batch", disable=not progress,
                    mininterval=10)
         for m in bar:
+            if m % settings.grad_accum == 0:
+                spent = (state["train_seconds"] + time.time() - t0) / budget_s if budget_s else 0.0
+                if spent >= 1.0:
+                    state["out_of_time"] = True
+                    log.info("time budget of %.0f min reached in epoch %d", settings.time_budget_min, epoch)
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = settings.lr * lr_factor(state["step"], warmup, total_steps, spent)
             idx = np.sort(order[m * batch:(m + 1) * batch])
             x = augment(pixels_to_input(torch.from_numpy(pixels[idx]).to(device)), gen)
             t = text_t[idx]
@@ -262,7 +271,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
             if (m + 1) % settings.grad_accum == 0:
                 torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)
                 opt.step()
-                sched.step()
+                state["step"] += 1
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     logit_scale.clamp_(0.0, math.log(100.0))
@@ -270,13 +279,15 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
             seen += len(idx)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
         bar.close()
+        if seen == 0:  # the budget ran out before this epoch began
+            break
         train_s = time.time() - t0
         state["train_seconds"] += train_s
         state["train_images"] += seen
         dev_img = _embed_pixels(visual, pixels[dv_idx], device, bf16)
         metrics = retrieval_metrics(dev_img, text_emb[dv_idx], dev_labels)
         score = selection_score(metrics)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "img_per_s": seen / max(train_s, 1e-9),
+        row = {"epoch": epoch, "partial": bool(state["out_of_time"]), "loss": float(np.mean(losses or [0.0])), "img_per_s": seen / max(train_s, 1e-9),
                "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
         state["history"].append(row)
         log.info("epoch %d: loss %.3f, %.0f img/s, dev %s", epoch, row["loss"], row["img_per_s"],
@@ -288,7 +299,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         else:
             bad_epochs += 1
         state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale.detach()), opt=opt.state_dict(),
-                     sched=sched.state_dict(), wall_s=wall_before + time.time() - t_start)
+                     wall_s=wall_before + time.time() - t_start)
         _save_state(state_path, state)
         _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped,
                       t_start, complete=False, device=str(device))

@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, help="override [finetune].batch_size")
     p.add_argument("--lr", type=float, help="override [finetune].lr")
     p.add_argument("--max-items", type=int, help="override [finetune].max_train_items (0 = all)")
+    p.add_argument("--time-budget", type=float, metavar="MIN", help="override [finetune].time_budget_min")
     p.add_argument("--arch", help="override [image_encoder].arch")
     p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
                    help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
@@ -79,6 +80,7 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
         weight_decay=ft.weight_decay, warmup_steps=ft.warmup_steps, seed=ft.seed, workers=ft.workers,
         patience=ft.patience, max_train_items=ft.max_train_items if args.max_items is None else args.max_items,
         start_from=args.start_from if args.start_from is not None else cfg.image_encoder.pretrained,
+        time_budget_min=ft.time_budget_min if args.time_budget is None else args.time_budget,
         device=cfg.runtime.device, threads=cfg.runtime.threads, bf16=cfg.runtime.bf16)
 
 

@@ -174,3 +174,19 @@ def dataclass_replace(**changes: Any) -> FinetuneSettings:
     import dataclasses
 
     return dataclasses.replace(SETTINGS, **changes)
+
+
+def test_time_budget_anneals_and_stops_the_run(tmp_path: Path, catalogue: Path) -> None:
+    res = finetune(items_for(catalogue), fake_text, "fake", dataclass_replace(epochs=50, time_budget_min=0.002),
+                   tmp_path / "t.pt", tmp_path / "w", progress=False)
+    assert 1 <= res.epochs_run < 50 and res.history[-1]["partial"] is True
+    assert json.loads(card_path(tmp_path / "t.pt").read_text())["complete"] is True
+
+
+def test_lr_factor_warms_up_then_follows_the_slower_of_steps_and_time() -> None:
+    assert ft.lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert ft.lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert ft.lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert ft.lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert ft.lr_factor(10, 10, 100, time_progress=0.5) == pytest.approx(0.5)
+    assert ft.lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)

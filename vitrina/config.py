@@ -176,6 +176,7 @@ class FinetuneConfig:
     patience: int = 3  # epochs without dev improvement before early stopping
     max_train_items: int = 0  # 0 = all train rows
     label_fields: tuple[str, ...] = ()  # dev metrics: neighbours sharing these attributes count ("" = category)
+    time_budget_min: float = 0.0  # > 0: cosine schedule also anneals on training time and stops at the budget
 
 
 @dataclass(frozen=True)
