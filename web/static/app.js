@@ -32,6 +32,7 @@ const state = {
   userId: "",
   personalise: true,
   dirty: false,           // feedback recorded since the results were fetched
+  profileEvents: 0,       // events behind the shopper's profile (0: results are not personalised yet)
   controller: null,
   detailItem: null,
 };
@@ -196,7 +197,7 @@ function renderResults(before, tookMs) {
       t.textContent = ` · ${Math.round(tookMs)} ms`;
       summary.append(t);
     }
-    if (state.personalise && state.userId) {
+    if (state.personalise && state.userId && state.profileEvents > 0) {
       const p = document.createElement("span");
       p.className = "badge";
       p.textContent = "personalised";
@@ -283,6 +284,7 @@ async function record(item, event) {
   try {
     await api.feedback({ user_id: state.userId, item_id: item.id, event });
     state.dirty = true;
+    state.profileEvents += 1;
     refreshProfile();
     return true;
   } catch (err) {
@@ -305,13 +307,15 @@ async function buy(item) {
 
 async function refreshProfile() {
   const el = $("profile-summary");
-  if (!state.userId) { el.textContent = "No shopper id: results are not personalised."; return; }
+  if (!state.userId) { state.profileEvents = 0; el.textContent = "No shopper id: results are not personalised."; return; }
   try {
     const data = await api.profile(state.userId);
-    const counts = (data && (data.counts || data.events)) || {};
+    const counts = (data && data.counts) || {};
+    state.profileEvents = Object.values(counts).reduce((a, n) => a + (Number(n) || 0), 0);
     const parts = Object.entries(counts).filter(([, n]) => n > 0).map(([e, n]) => `${n} ${e}${n === 1 ? "" : "s"}`);
     el.textContent = parts.length ? `Your activity: ${parts.join(", ")}.` : "No activity yet.";
   } catch (err) {
+    state.profileEvents = 0;
     el.textContent = err.status === 404 ? "No activity yet: click or buy something." : "";
   }
 }
