@@ -14,6 +14,7 @@ import numpy as np
 from search.ranking import cosines, rrf, vector_matrix
 from search.request import FeedbackEvent, SearchRequest
 from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
+from search.understand import AttributeMatcher, match_share
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError
 
@@ -46,7 +47,8 @@ class SearchService:
         self._text: Any = None
         self._image: Any = None
         self._profiles: ProfileStore | None = None
-        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles")}
+        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles", "matcher")}
+        self._matcher: tuple[float, str | None, AttributeMatcher] | None = None
         self._count_cache: tuple[float, int] = (0.0, -1)
 
     # ---- lazily built resources -------------------------------------------------------------------------
@@ -173,14 +175,35 @@ class SearchService:
         by_id.update({h.id: h for h in dense})
         kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
         dn = {h.id: (i + 1, h.score) for i, h in enumerate(dense)}
-        hits, explain = [], []
-        for item_id, score in list(fused.items())[:pool]:
-            hits.append(by_id[item_id])
+        named = self.matcher().match(req.q) if req.q and s.attribute_weight > 0 else {}
+        scale = s.attribute_weight / (s.rrf_k + 1)  # a full match weighs like rank 1 in a list of that weight
+        rows = []
+        for item_id, score in fused.items():
+            hit = by_id[item_id]
             k_rank, k_score = kw.get(item_id, (None, None))
             d_rank, d_score = dn.get(item_id, (None, None))
-            explain.append({"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
-                            "rrf": score, "relevance": score})
-        return hits, explain
+            share = match_share(hit.payload, named)
+            rows.append((hit, {"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
+                               "rrf": score, "attributes": share, "relevance": score + scale * share}))
+        rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
+        rows = rows[:pool]
+        return [h for h, _ in rows], [e for _, e in rows]
+
+    def matcher(self) -> AttributeMatcher:
+        """Attribute values of the collection behind the alias (re-read when the alias moves; checked every 30 s)."""
+        now = time.monotonic()
+        cached = self._matcher
+        if cached is not None and now - cached[0] < 30.0:
+            return cached[2]
+        with self._locks["matcher"]:
+            collection = self.store.get_alias(self.alias)
+            if self._matcher is None or self._matcher[1] != collection:
+                fields = list(self.cfg.catalogue.filterable)
+                values = self.store.facets(self.alias, fields, None, limit=100_000) if fields else {}
+                self._matcher = (now, collection, AttributeMatcher(values))
+            else:
+                self._matcher = (now, collection, self._matcher[2])
+            return self._matcher[2]
 
     @staticmethod
     def _plain(hits: list[Hit], explain: list[dict[str, Any]]) -> list[tuple[Hit, dict[str, Any]]]:

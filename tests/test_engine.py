@@ -226,7 +226,12 @@ def test_image_mode_cross_modal_runs_on_image_vectors(service: Any, indexed: Any
     assert ids(resp) == want
 
 
-def test_hybrid_is_rrf_of_keyword_and_vector(service: Any) -> None:
+def test_hybrid_is_rrf_of_keyword_and_vector(indexed: Any) -> None:
+    from search.engine import SearchService
+
+    cfg, store, _ = indexed
+    service = SearchService(cfg.replace(search={"attribute_weight": 0.0, "rrf_k": 7, "keyword_weight": 2.0}),
+                            store=store)
     s = service.cfg.search
     n = s.candidates
     kw = ids(search(service, q="Men Green Watches", k=min(n, 100), mode="keyword"))
@@ -234,11 +239,48 @@ def test_hybrid_is_rrf_of_keyword_and_vector(service: Any) -> None:
     want = list(naive_rrf([kw, vec], [s.keyword_weight, s.vector_weight], s.rrf_k).items())
     want.sort(key=lambda kv: -kv[1])
     got = search(service, q="Men Green Watches", k=10)
+    assert ids(got) == [i for i, _ in want[:10]] or \
+        [r["explain"]["rrf"] for r in got["results"]] == pytest.approx([v for _, v in want[:10]], abs=1e-9)
     assert [r["explain"]["rrf"] for r in got["results"]] == pytest.approx([v for _, v in want[:10]], abs=1e-6)
     assert set(ids(got)) <= set(kw) | set(vec)
     e = got["results"][0]["explain"]
     assert {"keyword", "vector", "relevance", "personal", "blend", "final"} <= set(e)
     assert e["personal"] == 0 and e["blend"] == 0
+
+
+def test_attribute_matcher() -> None:
+    from search.understand import AttributeMatcher, match_share
+
+    m = AttributeMatcher({"gender": ["Men", "Women"], "baseColour": ["Off White", "White", "Brown"],
+                          "articleType": ["Watches", "Sports Shoes", "Shoes"], "subCategory": ["Watches"]})
+    assert m.match("men brown watches") == {"gender": {"Men"}, "baseColour": {"Brown"},
+                                            "articleType": {"Watches"}, "subCategory": {"Watches"}}
+    assert m.match("WOMEN off-white sports shoes") == {"gender": {"Women"}, "baseColour": {"Off White"},
+                                                       "articleType": {"Sports Shoes"}}
+    assert m.match("a watch for him") == {"articleType": {"Watches"}, "subCategory": {"Watches"}}
+    assert m.match("") == {} and m.match("nothing here") == {}
+    named = m.match("women brown shoes")
+    assert match_share({"gender": "Women", "baseColour": "Brown", "articleType": "Shoes"}, named) == 1.0
+    assert match_share({"gender": "Men", "baseColour": "Brown", "articleType": "Shoes"}, named) == pytest.approx(2 / 3)
+    assert match_share({"gender": "Men"}, {}) == 0.0
+
+
+def test_hybrid_attribute_boost(indexed: Any) -> None:
+    from search.engine import SearchService
+
+    cfg, store, rows = indexed
+    rows = {r["id"]: r for r in rows}
+    on = SearchService(cfg.replace(search={"attribute_weight": 5.0}), store=store)
+    off = SearchService(cfg.replace(search={"attribute_weight": 0.0}), store=store)
+    want = [i for i, r in rows.items() if (r["gender"], r["baseColour"], r["articleType"]) == ("Men", "Black", "Shoes")]
+    got = search(on, q="men black shoes", k=10)
+    assert ids(got)[:len(want)] == want and len(want) >= 1
+    shares = [r["explain"]["attributes"] for r in got["results"]]
+    assert shares[0] == 1.0 and shares == sorted(shares, reverse=True)  # the boost dominates the RRF scores
+    assert all(shares[i] >= 2 / 3 - 1e-9 for i in range(6))  # then two of the three named values
+    plain = search(off, q="men black shoes", k=10)
+    assert all(r["explain"]["attributes"] == 0.0 for r in plain["results"])
+    assert "attributes" not in search(on, q="men black shoes", k=10, mode="keyword")["results"][0]["explain"]
 
 
 def test_explain_vector_is_cosine_in_fused_space(service: Any, indexed: Any) -> None:

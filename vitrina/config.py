@@ -111,6 +111,7 @@ class SearchConfig:
     rrf_k: int = 60
     keyword_weight: float = 1.0  # RRF weight of the keyword prefetch in hybrid mode
     vector_weight: float = 1.0  # RRF weight of the dense prefetch in hybrid mode
+    attribute_weight: float = 5.0  # hybrid: boost of items whose filterable values the query names (0 = off)
     image_weight: float = 0.5  # weight of the photo when a query has text and a photo
     max_query_chars: int = 512
     max_upload_bytes: int = 8_000_000

@@ -1,0 +1,68 @@
+"""Query understanding: words of a query that name a value of a filterable attribute ('brown' -> baseColour=Brown)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any, Iterable, Mapping
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+MAX_PHRASE = 5  # longest attribute value matched, in words
+
+
+def fold(word: str) -> str:
+    """Lower case with a crude plural fold applied alike to queries and values ('watches' ~ 'watch')."""
+    w = word.lower()
+    if len(w) > 4 and w.endswith("es"):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s"):
+        return w[:-1]
+    return w
+
+
+def words(text: str) -> tuple[str, ...]:
+    return tuple(fold(w) for w in _WORD.findall(text))
+
+
+class AttributeMatcher:
+    """Finds attribute values named in a query, longest phrase first, each query word used once.
+
+    Built from the values each filterable field holds (e.g. the store's facet counts). A phrase naming
+    values in several fields (articleType 'Watches' and subCategory 'Watches') matches all of them.
+    """
+
+    def __init__(self, values: Mapping[str, Iterable[str]]) -> None:
+        self.vocab: dict[tuple[str, ...], set[tuple[str, str]]] = defaultdict(set)
+        for field, vals in values.items():
+            for value in vals:
+                key = words(str(value))
+                if key and len(key) <= MAX_PHRASE:
+                    self.vocab[key].add((field, str(value)))
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def match(self, query: str) -> dict[str, set[str]]:
+        """{field: values named in the query}; empty when the query names none."""
+        tokens = words(query)
+        found: dict[str, set[str]] = defaultdict(set)
+        i = 0
+        while i < len(tokens):
+            for n in range(min(MAX_PHRASE, len(tokens) - i), 0, -1):
+                hits = self.vocab.get(tokens[i:i + n])
+                if hits:
+                    for field, value in hits:
+                        found[field].add(value)
+                    i += n
+                    break
+            else:
+                i += 1
+        return dict(found)
+
+
+def match_share(payload: Mapping[str, Any], named: Mapping[str, set[str]]) -> float:
+    """Share of the named fields whose payload value is one of the named values (0 when none named)."""
+    if not named:
+        return 0.0
+    hits = sum(1 for field, values in named.items() if str(payload.get(field, "")) in values)
+    return hits / len(named)
