@@ -86,6 +86,10 @@ def test_bad_rows_and_images_are_skipped_and_reported(tmp_path: Path, caplog: py
         hit = store.retrieve(cfg.store.alias, [rows[0]["id"]], with_vectors=True)[0]
         assert set(hit.vectors) == {"text", "fused"}  # text only: never random image vectors
         np.testing.assert_allclose(hit.vectors["fused"], hit.vectors["text"], atol=1e-5)
+        from encoders import create_text_encoder
+
+        direct = create_text_encoder(cfg).encode([rows[0]["title"]])[0]  # text == title: its words cover the rest
+        assert float(direct @ hit.vectors["text"]) > 0.995  # whichever text-model copy encoded it
         assert hit.payload["title"] == rows[0]["title"] and hit.payload["price"] == float(rows[0]["price"])
     finally:
         store.close()
