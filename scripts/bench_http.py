@@ -37,6 +37,7 @@ class Phase:
 
     name: str
     clients: int
+    server_cpu_s: float | None = None  # CPU the server process used during the phase (with --server-pid)
     latencies_ms: list[float] = field(default_factory=list)
     took_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -52,7 +53,10 @@ class Phase:
                 "rps": self.ok / self.wall_s if self.wall_s > 0 else 0.0,
                 "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
                 "max_ms": lat[-1] if lat else float("nan"),
-                "server_p50_ms": percentile(sorted(self.took_ms), 50), "error_kinds": dict(self.errors)}
+                "server_p50_ms": percentile(sorted(self.took_ms), 50),
+                "cpu_ms_per_req": (1000.0 * self.server_cpu_s / self.ok) if self.server_cpu_s and self.ok
+                else float("nan"),
+                "error_kinds": dict(self.errors)}
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -109,7 +113,8 @@ def multipart(fields: dict[str, str], image: bytes, filename: str) -> tuple[byte
 
 
 def run_phase(name: str, clients: int, make_request: Callable[[int], tuple[str, str, bytes | None, dict[str, str]]],
-              host: str, port: int, max_requests: int, max_seconds: float, timeout: float) -> Phase:
+              host: str, port: int, max_requests: int, max_seconds: float, timeout: float,
+              server_pid: int = 0) -> Phase:
     """`clients` threads, each on its own connection, send requests back to back until the budget is spent."""
     phase = Phase(name, clients)
     lock = threading.Lock()
@@ -152,13 +157,26 @@ def run_phase(name: str, clients: int, make_request: Callable[[int], tuple[str, 
             client.close()
 
     threads = [threading.Thread(target=worker, name=f"bench-{name}-{c}", daemon=True) for c in range(clients)]
+    cpu0 = process_cpu_s(server_pid) if server_pid else None
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     phase.wall_s = time.perf_counter() - t0
+    cpu1 = process_cpu_s(server_pid) if server_pid else None
+    if cpu0 is not None and cpu1 is not None:
+        phase.server_cpu_s = cpu1 - cpu0
     return phase
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds used so far by a local process (Linux /proc), None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _error_text(data: bytes) -> str:
@@ -291,12 +309,12 @@ def forget(host: str, port: int, user: str, key: str) -> None:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ("phase", "clients", "ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "server p50",
-            "target")
+            "cpu ms/req", "target")
     lines = [head]
     for r in rows:
         lines.append((r["phase"], str(r["clients"]), str(r["ok"]), str(r["errors"]), f"{r['rps']:.1f}",
                       f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
-                      f"{r['server_p50_ms']:.1f}", r.get("verdict", "")))
+                      f"{r['server_p50_ms']:.1f}", f"{r['cpu_ms_per_req']:.1f}", r.get("verdict", "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) if i == 0 or i == len(head) - 1 else c.rjust(w)
                      for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
@@ -331,6 +349,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the server to answer /health")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--server-pid", type=int, default=0,
+                        help="pid of the server process: also report its CPU ms per request (load-independent cost)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -381,7 +401,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             if args.warmup:
                 run_phase(f"{name}-warmup", clients, lambda i: make(i + 7919), host, port, args.warmup,
                           args.duration, args.timeout)
-            phase = run_phase(name, clients, make, host, port, budget, args.duration, args.timeout)
+            phase = run_phase(name, clients, make, host, port, budget, args.duration, args.timeout,
+                              args.server_pid)
             row = phase.summary()
             row["verdict"] = verdict(row)
             rows.append(row)
@@ -392,6 +413,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             forget(host, port, user, key)
     print()
     print(format_table(rows))
+    if hasattr(os, "getloadavg"):
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other work here inflates latency)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"url": url, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     if any(r["errors"] or not r["ok"] for r in rows):

@@ -9,6 +9,7 @@ const PARTS = [
   ["dense", "Vector similarity", "unit"],
   ["dense_rank", "Vector similarity", "rank"],
   ["rrf", "Rank fusion", "num"],
+  ["attributes", "Attributes named", "unit"],
   ["relevance", "Relevance", "num"],
   ["relevance_norm", "Relevance (scaled)", "unit"],
   ["personal", "Your taste", "unit"],
@@ -100,6 +101,8 @@ export function renderExplain(container, item) {
     }
     if ((key === "popularity" || key === "demotion") && !value) continue;
     if (key === "relevance" && "relevance_norm" in explain) continue;
+    if (key === "dense" && "vector_rank" in explain) continue; // hybrid: the same cosine as "vector"
+    if (key === "attributes" && !value) continue;
     let text;
     if (value === null || value === undefined) text = "not matched";
     else if (typeof value !== "number") text = typeof value === "object" ? JSON.stringify(value) : String(value);
