@@ -39,7 +39,7 @@ def page_settings(cfg: Config, keys_required: bool | None = None) -> dict[str, A
     return {
         "filterable": list(cat.filterable),
         "has_price": bool(cat.price),
-        "card_fields": card_fields[:4],
+        "card_fields": card_fields[:3],
         "modes": list(_SEARCH_MODES),
         "default_mode": cfg.search.default_mode if cfg.search.default_mode in _SEARCH_MODES else "hybrid",
         "default_k": max(1, min(cfg.search.default_k, cfg.search.max_k)),
