@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, width: int = 70) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."  # the JSON keeps the whole text
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -38,6 +39,9 @@ def format_report(report: dict[str, Any]) -> str:
             rows = [[name] + ([r.get(m) for m in metrics] if "error" not in r else ["error: " + r["error"]]
                               + [None] * (len(metrics) - 1)) for name, r in text["rows"].items()]
             out += _table(["run"] + metrics, rows)
+            empty = {n: r["empty"] for n, r in text["rows"].items() if r.get("empty")}
+            if empty:
+                out.append("  queries with no results: " + ", ".join(f"{n} {c}" for n, c in empty.items()))
     image = report.get("image")
     if image:
         out.append("")

@@ -80,7 +80,8 @@ def run_text_report(client: ApiClient, catalogue: Catalogue, queries: Mapping[st
             rows[mode] = {"kind": "vitrina", "error": e.message}
             continue
         rows[mode] = {"kind": "vitrina", **evaluate_run(run, judged, TEXT_METRICS),
-                      "ms_per_query": 1000 * took / max(len(queries), 1)}
+                      "ms_per_query": 1000 * took / max(len(queries), 1),
+                      "empty": sum(1 for r in run.values() if not r)}  # queries with no result at all
         log.info("text section: %s %s", mode, {m: round(rows[mode][m], 4) for m in TEXT_METRICS})
     baselines = {
         "random": lambda: random_rankings(list(catalogue.rows), queries, k, seed),
