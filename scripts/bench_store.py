@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true",
                         help="keep the edge shard in --dir, and reuse one already there (same points and dim) "
                              "instead of loading and indexing again")
-    parser.add_argument("--hnsw-ef", type=int, default=0, help="HNSW search ef (0 = engine default)")
+    parser.add_argument("--hnsw-ef", type=int, default=None,
+                        help="HNSW search ef (default: [store].hnsw_ef; 0 = engine default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_out", default="", help="also write the figures to this JSON file")
 
@@ -205,7 +206,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             else Path(tempfile.mkdtemp(prefix="bench-store-", dir=base))
         print(f"edge: {args.points} points in {folder} ...", flush=True)
         try:
-            with EdgeStore(folder, hnsw_ef=args.hnsw_ef or None) as store:
+            ef = cfg.store.hnsw_ef if args.hnsw_ef is None else args.hnsw_ef
+            print(f"edge: HNSW search ef = {ef or 'engine default'}", flush=True)
+            with EdgeStore(folder, hnsw_ef=ef or None) as store:
                 results.append(bench_backend("edge", store, args.points, data, args, budget_s=float("inf")))
         finally:
             if not args.keep:

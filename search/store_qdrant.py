@@ -68,12 +68,13 @@ class QdrantStore:
     @classmethod
     def from_config(cls, store_cfg: StoreConfig) -> QdrantStore:
         """`url` (+ API key from $api_key_env) for a server or cluster; else `path`, else in memory."""
-        avg_len = getattr(store_cfg, "bm25_avg_len", keywords.DEFAULT_AVG_LEN)
+        avg_len = store_cfg.bm25_avg_len
+        ef = store_cfg.hnsw_ef or None
         try:
             if store_cfg.url:
                 api_key = (os.environ.get(store_cfg.api_key_env) or None) if store_cfg.api_key_env else None
                 client = QdrantClient(url=store_cfg.url, api_key=api_key, timeout=max(1, int(store_cfg.timeout_s)))
-                return cls(client, local=False, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len)
+                return cls(client, local=False, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef)
             location = store_cfg.path or ":memory:"
             if location == ":memory:":
                 if not store_cfg.path:
@@ -83,7 +84,7 @@ class QdrantStore:
                 client = QdrantClient(path=location)
         except (RuntimeError, ValueError, OSError) as e:  # e.g. the local folder is held by another process
             raise StoreError(f"cannot open the qdrant store: {e}") from e
-        return cls(client, local=True, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len)
+        return cls(client, local=True, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef)
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
@@ -256,7 +257,7 @@ class QdrantStore:
 
     def _request(self, query: Query, flt: models.Filter | None, limit: int, offset: int, vectors: Any,
                  dims: dict[str, int]) -> models.QueryRequest | None:
-        params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
+        params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef and not self.local else None
         common = dict(limit=limit, offset=offset, filter=flt, with_payload=True, with_vector=vectors)
         if isinstance(query, HybridQuery):
             if query.weights and len(query.weights) != len(query.parts):
