@@ -87,6 +87,7 @@ class StoreConfig:
     keep: int = 2  # old collections kept after a swap
     timeout_s: float = 30.0  # qdrant: request timeout; edge: longest wait for a shard another process holds
     bm25_avg_len: float = 16.0  # typical keyword-document length in tokens (BM25 length normalisation)
+    hnsw_ef: int = 128  # HNSW search breadth (0 = engine default); recall vs latency, see `vitrina bench store`
 
 
 @dataclass(frozen=True)
