@@ -304,6 +304,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped,
                       t_start, complete=False, device=str(device))
     state["wall_s"] = wall_before + time.time() - t_start
+    if not state["history"]:
+        raise ConfigError("no epoch was trained: the time budget ran out before the first step")
     _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped, t_start,
                   complete=True, device=str(device))
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
