@@ -18,6 +18,10 @@ Threads. EdgeShard releases the GIL and is safe to query from many threads at on
 another thread writes (checked by tests/test_store.py with 8 threads). The store therefore does not
 serialise searches; it only guards its own maps and reference-counts handles so that a shard is never
 closed under a running search.
+
+Scores. BM25's IDF counts deleted (and overwritten) points until their segment is vacuumed, as a Qdrant
+server does; qdrant-client's local mode recounts at once, so keyword scores of the two backends differ
+slightly after deletes (the ranking rarely does).
 """
 
 from __future__ import annotations
@@ -263,9 +267,12 @@ class EdgeStore:
         if unknown or not dims:
             raise StoreError(f"dims must name some of {DENSE_VECTORS}, got {sorted(dims)}")
         folder = self._dir(name)
-        shutil.rmtree(folder, ignore_errors=True)  # a half-created one (no meta.json) from a crash
-        folder.mkdir(parents=True)
-        fd = self._take_lock(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = self._take_lock(name)  # a concurrent creator of the same name holds it
+        if self._exists(name):
+            os.close(fd)
+            raise StoreError(f"collection {name!r} already exists")
+        shutil.rmtree(folder / "shard", ignore_errors=True)  # a half-created one (no meta.json) from a crash
         numeric_fields = sorted(set(numeric) | {PRICE_FIELD})
         config = qe.EdgeConfig(
             vectors={k: qe.EdgeVectorParams(int(d), qe.Distance.Cosine) for k, d in dims.items()},
@@ -279,8 +286,8 @@ class EdgeStore:
                 shard.update(qe.UpdateOperation.create_field_index(field, qe.FloatIndexParams()))
             shard.flush()
         except Exception as e:
+            shutil.rmtree(folder / "shard", ignore_errors=True)
             os.close(fd)
-            shutil.rmtree(folder, ignore_errors=True)
             raise StoreError(f"cannot create collection {name!r}: {e}") from e
         meta = {"dims": {k: int(d) for k, d in dims.items()}, "filterable": sorted(set(filterable)),
                 "numeric": numeric_fields, "created": time.time()}
