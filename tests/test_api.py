@@ -240,3 +240,42 @@ def test_flask_cli_discovers_the_app() -> None:
     import web
 
     assert callable(web.create_app)
+
+
+def test_vitrina_serve_answers_over_http(tmp_path: Any) -> None:
+    """`vitrina serve` (waitress) starts, answers JSON over a real socket, and stops on SIGTERM."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "VITRINA_DATA__DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "serve", "--port", str(port), "--threads", "2",
+                             "--no-preload"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        body, status = None, 0
+        for _ in range(150):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?q=", timeout=5) as r:
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                status, body = e.code, json.loads(e.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 400 and body is not None and body["error"] == "empty query"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as r:
+            assert "/api/search" in json.loads(r.read())["paths"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
