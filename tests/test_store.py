@@ -482,3 +482,13 @@ def test_qdrant_local_folder_persists_and_is_single_process(tmp_path: Path) -> N
     assert again.get_alias("live") == "c1" and again.count("live") == N
     assert again.query("live", KeywordQuery("suede loafers"), limit=1)[0].id == "sku-007"
     again.close()
+
+
+def test_qdrant_server_unreachable_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITRINA_TEST_QDRANT_KEY", "secret")
+    cfg = StoreConfig(backend="qdrant", url="http://127.0.0.1:9", api_key_env="VITRINA_TEST_QDRANT_KEY", timeout_s=1)
+    with pytest.warns(UserWarning, match="insecure"):  # the key is sent, so the client warns about http://
+        s = QdrantStore.from_config(cfg)
+    assert not s.local
+    with pytest.raises(StoreError, match="refused"):
+        s.count("c1")
