@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,23 @@ def test_index_size_and_health(service: Any, indexed: Any) -> None:
     assert service.index_size(fresh=True) == len(indexed[2])
     h = service.health()
     assert h["status"] == "ok" and h["index"]["points"] == len(indexed[2])
+
+
+def test_purchased_items_demoted_when_configured(indexed: Any) -> None:
+    from search.engine import SearchService
+    from search.request import FeedbackEvent
+
+    cfg, store, _ = indexed
+    keep = SearchService(cfg.replace(personal={"purchased": "keep"}), store=store)
+    demote = SearchService(cfg.replace(personal={"purchased": "demote", "demote_factor": 0.1}), store=store)
+    top = ids(search(keep, q="Women Red Tshirts", k=3))[0]
+    assert keep.record_feedback([FeedbackEvent("buyer-1", top, "purchase", time.time())]) == 1
+    kept = search(keep, q="Women Red Tshirts", k=5, user_id="buyer-1")
+    assert ids(kept)[0] == top  # buying it made it even more like the shopper's taste
+    demoted = search(demote, q="Women Red Tshirts", k=48, user_id="buyer-1")
+    assert ids(demoted).index(top) > 0
+    row = next(r for r in demoted["results"] if r["id"] == top)
+    assert row["explain"]["demotion"] < 0
+    with pytest.raises(NotFound):
+        keep.record_feedback([FeedbackEvent("buyer-1", "no-such-item", "view", 1.7e9)])
+    assert keep.forget("buyer-1") and not keep.forget("buyer-1")
