@@ -484,6 +484,7 @@ def test_qdrant_local_folder_persists_and_is_single_process(tmp_path: Path) -> N
     again.close()
 
 
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
 def test_qdrant_server_unreachable_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VITRINA_TEST_QDRANT_KEY", "secret")
     cfg = StoreConfig(backend="qdrant", url="http://127.0.0.1:9", api_key_env="VITRINA_TEST_QDRANT_KEY", timeout_s=1)
