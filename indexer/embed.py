@@ -59,6 +59,21 @@ def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
     return enc, ""
 
 
+_TWINS: dict[Any, Any] = {}
+_TWINS_LOCK = threading.Lock()
+
+
+def _text_twin(cfg: Config) -> Any:
+    """A second, separately locked copy of the text encoder (cached like create_text_encoder's)."""
+    from encoders.text import TextEncoder
+
+    key = (cfg.text_encoder, cfg.runtime)
+    with _TWINS_LOCK:
+        if key not in _TWINS:
+            _TWINS[key] = TextEncoder(cfg.text_encoder, cfg.runtime)
+        return _TWINS[key]
+
+
 class Embedder:
     """Turns batches of Products into ItemRecords (vectors text, fused and, with a trained tower, image).
 
@@ -79,9 +94,7 @@ class Embedder:
         # (two threads with one torch thread each beat one torch op on two threads, more so on a busy machine).
         self._text_twin: Any | None = None
         if parallel and bulk and image_encoder is None:
-            from encoders.text import TextEncoder
-
-            self._text_twin = TextEncoder(run.text_encoder, run.runtime)
+            self._text_twin = _text_twin(run)
         self.image_encoder = image_encoder
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)

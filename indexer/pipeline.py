@@ -209,10 +209,11 @@ def reindex(cfg: Config, fresh: bool = False, limit: int = 0, progress: bool = T
             if image_encoder is None:
                 log.warning("no trained image tower (%s): indexing TEXT ONLY, no image vectors. "
                             "Run `vitrina finetune`, then reindex.", why)
-            bulk = limit == 0 or limit > 4 * cfg.indexer.batch_size
+            total = limit or _count_rows(cfg)
+            bulk = total > 4 * cfg.indexer.batch_size  # worth a second text-model copy when text only
             with Embedder(cfg, image_encoder, timer, bulk=bulk) as embedder:
                 state, resumed = _start(cfg, store, fresh, fingerprint(cfg, tower, limit), embedder.dims)
-                summary = _fill(cfg, store, state, embedder, rows, limit, progress, timer)
+                summary = _fill(cfg, store, state, embedder, rows, limit, total, progress, timer)
             summary.resumed, summary.image_tower = resumed, tower or why
             summary.image_vectors = image_encoder is not None
             summary.previous, summary.dropped = _swap(cfg, store, state, timer)
@@ -228,17 +229,11 @@ def reindex(cfg: Config, fresh: bool = False, limit: int = 0, progress: bool = T
 
 
 def _fill(cfg: Config, store: Store, state: ReindexState, embedder: Embedder, rows: Iterator[Product | Skipped],
-          limit: int, progress: bool, timer: StageTimer) -> ReindexSummary:
+          limit: int, total: int, progress: bool, timer: StageTimer) -> ReindexSummary:
     """Encode and write every row after the checkpoint's position; returns the counts of the whole build."""
     t0 = time.perf_counter()
     if limit > 0:
         rows = (r for i, r in enumerate(rows) if i < limit)
-    total = limit or None
-    if total is None:
-        try:
-            total = _count_rows(cfg)
-        except VitrinaError:
-            total = None
     writer = _Writer(cfg, store, state, timer, cfg.indexer.checkpoint_every)
     bar = _progress(total, state.position, progress)
     writer.start()
