@@ -81,6 +81,9 @@ def fingerprint(cfg: Config, image_tower: str, limit: int = 0) -> dict[str, Any]
     path = Path(cfg.catalogue.path)
     st = path.stat()
     settings = repr((cfg.catalogue, cfg.text_encoder, cfg.fusion, cfg.image_encoder))
+    tower_file = Path(image_tower) if image_tower else None
+    if tower_file is not None and tower_file.is_file():  # a retrained tower at the same path is a new tower
+        image_tower = f"{image_tower}@{tower_file.stat().st_mtime_ns}"
     return {"catalogue": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "image_tower": image_tower,
             "limit": limit,
             "settings": hashlib.sha256(settings.encode()).hexdigest()[:16]}
