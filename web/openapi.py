@@ -24,7 +24,9 @@ RESULT_SCHEMA = {
 RESULTS_SCHEMA = {
     "type": "object", "required": ["results", "total", "took_ms"],
     "properties": {"results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
-                   "total": {"type": "integer"}, "took_ms": {"type": "number"},
+                   "total": {"type": "integer", "description": "results the ranking holds (pages reach up to "
+                             "it; at most max([search].candidates, offset + k))"},
+                   "took_ms": {"type": "number"},
                    "facets": {"type": "object", "additionalProperties": {
                        "type": "object", "additionalProperties": {"type": "integer"}}}}}
 _STATUS_TEXT = {200: "OK", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
