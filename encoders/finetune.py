@@ -148,6 +148,60 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class _Data:
+    pixels: np.ndarray  # uint8 (n, h, w, 3), train items then dev items
+    text_emb: np.ndarray  # (n, d) frozen text embeddings, same order
+    tid: np.ndarray  # (n,) index of each item's text among the distinct texts
+    tr_idx: np.ndarray  # rows used for training (decodable, maybe subsampled)
+    dv_idx: np.ndarray  # decodable dev rows
+    dev_labels: list[str]
+    skipped: list[TrainItem]
+    key: str  # hash of ids and texts
+
+
+def _prepare_data(items: Sequence[TrainItem], settings: FinetuneSettings, size: tuple[int, int], cache_dir: Path,
+                  encode_text: Callable[[list[str]], np.ndarray], text_model_id: str, progress: bool) -> _Data:
+    """Decoded pixels and text embeddings of the train and dev items (others are dropped unread)."""
+    train = [it for it in items if it.split == TRAIN]
+    dev = [it for it in items if it.split == DEV]
+    if not train or not dev:
+        raise ConfigError(f"finetune needs train and dev items, got {len(train)} train and {len(dev)} dev")
+    both = train + dev
+    pixels, ok = image_cache(both, size, cache_dir, workers=settings.workers, progress=progress)
+    texts = [it.text for it in both]
+    text_emb = text_embeddings(texts, encode_text, text_model_id, cache_dir, progress=progress)
+    skipped = [it for it, good in zip(both, ok) if not good]
+    if skipped:
+        log.warning("skipped %d items whose image did not decode (e.g. %s)", len(skipped), skipped[0].image)
+    n_tr = len(train)
+    tr_idx = np.flatnonzero(ok[:n_tr])
+    if settings.max_train_items and len(tr_idx) > settings.max_train_items:  # a subset; the cache holds all
+        pick = np.random.default_rng(settings.seed).choice(len(tr_idx), settings.max_train_items, replace=False)
+        tr_idx = tr_idx[np.sort(pick)]
+    dv_idx = n_tr + np.flatnonzero(ok[n_tr:])
+    if len(tr_idx) < 2 or len(dv_idx) < 2:
+        raise ConfigError("too few decodable train/dev images to train on")
+    key = hashlib.sha256(json.dumps([[it.id for it in both], texts]).encode("utf-8")).hexdigest()[:16]
+    return _Data(pixels=pixels, text_emb=text_emb, tid=np.unique(np.asarray(texts, dtype=object),
+                                                                 return_inverse=True)[1],
+                 tr_idx=tr_idx, dv_idx=dv_idx, dev_labels=[both[i].label or both[i].id for i in dv_idx],
+                 skipped=skipped, key=key)
+
+
+def contrastive_loss(feats: Any, text: Any, text_ids: Any, logit_scale: Any) -> Any:
+    """Symmetric InfoNCE between image features and frozen text rows; items with identical texts share
+    the target mass instead of being each other's negatives."""
+    import torch
+
+    f = torch.nn.functional.normalize(feats.float(), dim=-1)
+    logits = logit_scale.exp() * f @ text.T
+    same = (text_ids[:, None] == text_ids[None, :]).float()
+    target = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (torch.nn.functional.cross_entropy(logits, target)
+                  + torch.nn.functional.cross_entropy(logits.T, target))
+
+
 def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.ndarray], text_model_id: str,
              settings: FinetuneSettings, output: Path, work_dir: Path, provenance: dict[str, Any] | None = None,
              resume: str = "auto", progress: bool = True) -> FinetuneResult:
@@ -175,31 +229,12 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     visual, arch = _start_tower(settings)
     size = image_size_of(model_config(arch))
 
-    train = [it for it in items if it.split == TRAIN]
-    dev = [it for it in items if it.split == DEV]
-    if not train or not dev:
-        raise ConfigError(f"finetune needs train and dev items, got {len(train)} train and {len(dev)} dev")
-    cache_dir = work_dir / "cache"
-    pixels, ok = image_cache(train + dev, size, cache_dir, workers=settings.workers, progress=progress)
-    texts = [it.text for it in train + dev]
-    text_emb = text_embeddings(texts, encode_text, text_model_id, cache_dir, progress=progress)
-    skipped = [it for it, good in zip(train + dev, ok) if not good]
-    if skipped:
-        log.warning("skipped %d items whose image did not decode (e.g. %s)", len(skipped), skipped[0].image)
-    n_tr = len(train)
-    tr_idx = np.flatnonzero(ok[:n_tr])
-    if settings.max_train_items and len(tr_idx) > settings.max_train_items:  # a subset; the cache holds all
-        pick = np.random.default_rng(settings.seed).choice(len(tr_idx), settings.max_train_items, replace=False)
-        tr_idx = tr_idx[np.sort(pick)]
-    dv_idx = n_tr + np.flatnonzero(ok[n_tr:])
-    if len(tr_idx) < 2 or len(dv_idx) < 2:
-        raise ConfigError("too few decodable train/dev images to train on")
+    data = _prepare_data(items, settings, size, work_dir / "cache", encode_text, text_model_id, progress)
     dim = _output_dim(visual, size)
-    if dim != text_emb.shape[1]:
+    if dim != data.text_emb.shape[1]:
         raise ConfigError(f"image tower {arch!r} gives {dim}-d vectors but the text encoder gives "
-                          f"{text_emb.shape[1]}-d; use an arch whose embed_dim matches")
-    dev_labels = [(train + dev)[i].label or (train + dev)[i].id for i in dv_idx]
-    tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1]
+                          f"{data.text_emb.shape[1]}-d; use an arch whose embed_dim matches")
+    pixels, tr_idx, dv_idx, text_emb, skipped = data.pixels, data.tr_idx, data.dv_idx, data.text_emb, data.skipped
 
     visual = visual.to(device)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
@@ -210,9 +245,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     total_steps = steps_per_epoch * settings.epochs
     warmup = min(settings.warmup_steps, total_steps // 2)
     budget_s = settings.time_budget_min * 60.0
-    data_key = hashlib.sha256(np.asarray([it.id for it in train + dev], dtype=object).tobytes()
-                              + json.dumps(texts).encode()).hexdigest()[:16]
-    run_dir = work_dir / f"run-{run_key(dataclasses.replace(settings, arch=arch), data_key)}"
+    run_dir = work_dir / f"run-{run_key(dataclasses.replace(settings, arch=arch), data.key)}"
     state_path = run_dir / STATE_FILE
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "best_visual": None,
                              "train_seconds": 0.0, "train_images": 0, "wall_s": 0.0, "step": 0, "out_of_time": False}
@@ -232,7 +265,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     from tqdm import tqdm
 
     text_t = torch.from_numpy(text_emb).to(device)
-    tid_t = torch.from_numpy(tid).to(device)
+    tid_t = torch.from_numpy(data.tid).to(device)
     bad_epochs = sum(1 for h in state["history"] if h["epoch"] > state["best_epoch"])
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         if bad_epochs >= settings.patience > 0:
@@ -261,12 +294,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
             t = text_t[idx]
             with autocast(device, bf16):
                 feats = visual(x)
-            f = torch.nn.functional.normalize(feats.float(), dim=-1)
-            logits = logit_scale.exp() * f @ t.T
-            same = (tid_t[idx][:, None] == tid_t[idx][None, :]).float()  # identical texts are not negatives
-            target = same / same.sum(dim=1, keepdim=True)
-            loss = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
-                          + torch.nn.functional.cross_entropy(logits.T, target))
+            loss = contrastive_loss(feats, t, tid_t[idx], logit_scale)
             (loss / settings.grad_accum).backward()
             if (m + 1) % settings.grad_accum == 0:
                 torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)
@@ -285,7 +313,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         state["train_seconds"] += train_s
         state["train_images"] += seen
         dev_img = _embed_pixels(visual, pixels[dv_idx], device, bf16)
-        metrics = retrieval_metrics(dev_img, text_emb[dv_idx], dev_labels)
+        metrics = retrieval_metrics(dev_img, text_emb[dv_idx], data.dev_labels)
         score = selection_score(metrics)
         row = {"epoch": epoch, "partial": bool(state["out_of_time"]), "loss": float(np.mean(losses or [0.0])), "img_per_s": seen / max(train_s, 1e-9),
                "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}

@@ -78,7 +78,8 @@ def test_resume_continues_after_the_last_saved_epoch(tmp_path: Path, catalogue: 
     monkeypatch.setattr(ft, "retrieval_metrics", real)
     calls: list[int] = []
     monkeypatch.setattr(ft, "retrieval_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
-    res = finetune(items, fake_text, "fake", SETTINGS, out, work, resume="require", progress=False)
+    fresh = items_for(catalogue)  # new string objects, as in a new process: the run is found by value
+    res = finetune(fresh, fake_text, "fake", SETTINGS, out, work, resume="require", progress=False)
     assert len(calls) == 2  # epochs 2 and 3 only
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
     assert res.history[0] == first["dev_metrics"][0]
