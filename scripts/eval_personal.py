@@ -90,7 +90,9 @@ def _summary(rankings: Mapping[str, list[list[str]]], targets: Sequence[str], k:
     for name, runs in rankings.items():
         hr = [hit_rate_at_k(r, {t}, k) for r, t in zip(runs, targets)]
         rr = [reciprocal_rank(r, {t}) for r, t in zip(runs, targets)]
-        out[name] = {f"hr@{k}": sum(hr) / len(hr) if hr else 0.0, "mrr": sum(rr) / len(rr) if rr else 0.0}
+        deep = [1.0 if t in r else 0.0 for r, t in zip(runs, targets)]  # the ceiling any rerank of these has
+        out[name] = {f"hr@{k}": sum(hr) / len(hr) if hr else 0.0, "mrr": sum(rr) / len(rr) if rr else 0.0,
+                     "hr@depth": sum(deep) / len(deep) if deep else 0.0}
     base = out.get("base", {}).get(f"hr@{k}", 0.0)
     for name in rankings:
         if name != "base":

@@ -68,8 +68,8 @@ def format_report(report: dict[str, Any]) -> str:
                     if name in g:
                         lift = g.get(f"lift_{name}")
                         rows.append([f"{group} ({g['purchases']}) {name}", g[name]["hr@10"], g[name]["mrr"],
-                                     None if lift is None else f"{100 * lift:+.1f}%"])
-            out += _table(["shoppers / run", "HR@10", "MRR", "HR lift"], rows)
+                                     None if lift is None else f"{100 * lift:+.1f}%", g[name].get("hr@depth")])
+            out += _table(["shoppers / run", "HR@10", "MRR", "HR lift", f"HR@{personal['depth']}"], rows)
     recommend = report.get("recommend")
     if recommend:
         out.append("")
