@@ -219,6 +219,8 @@ def reindex(cfg: Config, fresh: bool = False, limit: int = 0, progress: bool = T
                 summary = _fill(cfg, store, state, embedder, rows, limit, total, progress, timer)
             summary.resumed, summary.image_tower = resumed, tower or why
             summary.image_vectors = image_encoder is not None
+            if state.indexed == 0:
+                write_json_atomic(report_path(cfg), asdict(summary))
             summary.previous, summary.dropped = _swap(cfg, store, state, timer)
             summary.wall_s = round(time.perf_counter() - t_start, 2)
             summary.items_per_s = round(summary.written / max(summary.wall_s, 1e-9), 1)
@@ -291,6 +293,10 @@ def _reason_kind(reason: str) -> str:
 def _swap(cfg: Config, store: Store, state: ReindexState, timer: StageTimer) -> tuple[str | None, list[str]]:
     """Verify the new collection's count, finalize it, point the alias at it, drop versions beyond `keep`."""
     t0 = time.perf_counter()
+    if state.indexed == 0:
+        raise VitrinaError(f"no item of the catalogue could be indexed ({len(state.skipped)} skipped); the alias "
+                           "was NOT moved", detail=f"see the reasons in {report_path(cfg)}; fix the catalogue and "
+                           "rerun with --fresh")
     store.flush(state.collection)
     count = store.count(state.collection)
     if count != state.indexed:

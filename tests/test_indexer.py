@@ -268,3 +268,15 @@ def test_kill_9_mid_reindex_then_rerun_while_searching(tmp_path: Path) -> None:
     assert targets <= {first.collection, half} and first.collection in targets
     assert {c for _, c in seen} == {n}  # never a partial (or empty) collection behind the alias
     assert load_state(cfg) is None
+
+
+def test_a_catalogue_with_nothing_indexable_never_replaces_the_live_index(cfg: Config, tmp_path: Path) -> None:
+    first = reindex(cfg, progress=False)
+    rows = product_rows(5)
+    for r in rows:
+        r["title"] = ""
+    write_catalogue(Path(cfg.catalogue.path).parent, rows, images=False)
+    with pytest.raises(VitrinaError, match="NOT moved"):
+        reindex(cfg, progress=False)
+    assert json.loads(report_path(cfg).read_text())["skipped"] == 5
+    assert stored_ids(cfg) and open_store(cfg).get_alias(cfg.store.alias) == first.collection
