@@ -191,3 +191,21 @@ def test_lr_factor_warms_up_then_follows_the_slower_of_steps_and_time() -> None:
     assert ft.lr_factor(55, 10, 100) == pytest.approx(0.5)
     assert ft.lr_factor(10, 10, 100, time_progress=0.5) == pytest.approx(0.5)
     assert ft.lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_from_an_existing_checkpoint_starts_from_its_weights(tmp_path: Path, catalogue: Path) -> None:
+    from tests.helpers import draw_product
+    from tests.tiny_models import write_tiny_checkpoint
+
+    start = write_tiny_checkpoint(tmp_path / "start.pt", seed=5)
+    out = tmp_path / "out.pt"
+    finetune(items_for(catalogue), fake_text, "fake", dataclass_replace(
+        arch="vitrina-vit-tiny", start_from=str(start), epochs=1, lr=1e-9), out, tmp_path / "w", progress=False)
+    assert json.loads(card_path(out).read_text())["arch"] == TEST_ARCH  # the checkpoint's arch wins
+    photo = [draw_product("Blue", "Caps")]
+    a = create_image_encoder(make_config(tmp_path, image_encoder={"checkpoint": str(start)})).encode(photo)
+    b = create_image_encoder(make_config(tmp_path, image_encoder={"checkpoint": str(out)})).encode(photo)
+    assert float(a[0] @ b[0]) > 0.999
+    fresh = create_image_encoder(make_config(tmp_path, image_encoder={
+        "checkpoint": str(write_tiny_checkpoint(tmp_path / "other.pt", seed=6))})).encode(photo)
+    assert float(a[0] @ fresh[0]) < 0.99  # a different init is told apart
