@@ -165,10 +165,12 @@ class SearchService:
             hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool, with_vectors=wv)
             return hits, [{"dense": h.score, "dense_rank": i + 1, "relevance": h.score}
                           for i, h in enumerate(hits)]
-        # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine
+        # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine. With a
+        # photo the text refines it ("like this, but red"): the fused query vector already holds the text,
+        # and a keyword list would pull in items that merely share a word, so only the dense list is used.
         dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool, with_vectors=wv)
         keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv) \
-            if req.q else []
+            if req.q and not req.has_photo else []
         fused = rrf([[h.id for h in keyword], [h.id for h in dense]], [s.keyword_weight, s.vector_weight],
                     s.rrf_k)
         by_id = {h.id: h for h in keyword}
