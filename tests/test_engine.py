@@ -362,6 +362,7 @@ def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path) -> None:
     both = service.search(parse_search(params(q="red shoes", k=5, image_weight=0.3), service.cfg,
                                        image=buf.getvalue()))
     assert len(both["results"]) == 5
+    assert all(r["explain"]["keyword"] is None for r in both["results"])  # with a photo: dense list only
     # image_weight 0 means the text alone decides: same ranking as the text query
     text_only = search(service, q="red shoes", k=5, mode="vector")
     w0 = service.search(parse_search(params(q="red shoes", k=5, mode="vector", image_weight=0), service.cfg,
