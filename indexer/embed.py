@@ -90,11 +90,13 @@ class Embedder:
         self.text_encoder = create_text_encoder(run)
         configure_threads(run.runtime)  # cached encoders may have been built with other settings
         parallel = cfg.indexer.parallel_encode and cfg.runtime.threads > 1
-        # Text only, in bulk: a second copy of the text model takes half of each batch in the main thread
-        # (two threads with one torch thread each beat one torch op on two threads, more so on a busy machine).
+        # In bulk, a second copy of the text model lets the main thread take a share of each batch's texts:
+        # half when there is no image tower, else what balances its image work against the text thread
+        # (two threads with one torch thread each beat one op on two threads, more so on a busy machine).
         self._text_twin: Any | None = None
-        if parallel and bulk and image_encoder is None:
+        if parallel and bulk:
             self._text_twin = _text_twin(run)
+        self._per_item: dict[str, float] = {}  # moving averages: seconds per item of "text" and "image"
         self.image_encoder = image_encoder
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)
@@ -138,6 +140,29 @@ class Embedder:
             self.timer.add("decode", time.perf_counter() - t0)
 
     # ---- the batch ------------------------------------------------------------------------------
+    def main_text_share(self) -> float:
+        """Fraction of a batch's texts the main thread encodes (with the twin model) besides the images."""
+        if self._text_twin is None:
+            return 0.0
+        if self.image_encoder is None:
+            return 0.5
+        t, i = self._per_item.get("text"), self._per_item.get("image")
+        if not t or i is None:
+            return 0.0
+        return min(0.5, max(0.0, (t - i) / (2 * t)))  # text thread (1-m)t == main thread i + m t
+
+    def _learn(self, what: str, seconds: float, items: int) -> None:
+        if items > 0:
+            old = self._per_item.get(what)
+            now = seconds / items
+            self._per_item[what] = now if old is None else 0.7 * old + 0.3 * now
+
+    def _timed_text(self, texts: list[str]) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self._encode_text(texts)
+        self._learn("text", time.perf_counter() - t0, len(texts))
+        return out
+
     def _encode_text(self, texts: list[str], encoder: Any = None) -> np.ndarray:
         t0 = time.perf_counter()
         try:
@@ -152,8 +177,8 @@ class Embedder:
             return [], []
         futures = images if images is not None else self.submit_images(products)
         texts = [p.text for p in products]
-        split = len(texts) // 2 if self._text_twin is not None else len(texts)
-        pending = self._text_pool.submit(self._encode_text, texts[:split]) if self._text_pool else None
+        split = len(texts) - round(len(texts) * self.main_text_share())
+        pending = self._text_pool.submit(self._timed_text, texts[:split]) if self._text_pool else None
         t0 = time.perf_counter()
         decoded = [f.result() for f in futures]
         self.timer.add("wait_decode", time.perf_counter() - t0)
@@ -165,7 +190,8 @@ class Embedder:
             t1 = time.perf_counter()
             image_vecs[with_pixels] = self.image_encoder.encode_pixels(np.stack([decoded[i] for i in with_pixels]))
             self.timer.add("image", time.perf_counter() - t1)
-        rest = self._encode_text(texts[split:], self._text_twin) if self._text_twin is not None else None
+            self._learn("image", time.perf_counter() - t1, len(with_pixels))
+        rest = self._encode_text(texts[split:], self._text_twin) if split < len(texts) else None
         t2 = time.perf_counter()
         text_vecs = pending.result() if pending is not None else self._encode_text(texts)
         if rest is not None:
