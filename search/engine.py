@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import quote
@@ -47,7 +48,8 @@ class SearchService:
         self._text: Any = None
         self._image: Any = None
         self._profiles: ProfileStore | None = None
-        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles", "matcher")}
+        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles", "matcher", "cache")}
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._matcher: tuple[float, str | None, AttributeMatcher] | None = None
         self._count_cache: tuple[float, int] = (0.0, -1)
 
@@ -60,13 +62,19 @@ class SearchService:
                     self._store = open_store(self.cfg)
         return self._store
 
+    @property
+    def model_cfg(self) -> Config:
+        """The config models are built with: [search].torch_threads intra-op threads when set."""
+        threads = self.cfg.search.torch_threads
+        return self.cfg.replace(runtime={"threads": threads}) if threads > 0 else self.cfg
+
     def text_encoder(self) -> Any:
         if self._text is None:
             with self._locks["text"]:
                 if self._text is None:
                     from encoders import create_text_encoder
 
-                    self._text = create_text_encoder(self.cfg)
+                    self._text = create_text_encoder(self.model_cfg)
         return self._text
 
     def image_encoder(self) -> Any:
@@ -76,7 +84,7 @@ class SearchService:
                 if self._image is None:
                     from encoders import create_image_encoder
 
-                    self._image = create_image_encoder(self.cfg)
+                    self._image = create_image_encoder(self.model_cfg)
         return self._image
 
     @property
@@ -96,7 +104,21 @@ class SearchService:
 
     # ---- query vectors ----------------------------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
-        return np.asarray(self.text_encoder().encode([text])[0], dtype=np.float32)
+        """The query's text embedding, from the LRU cache when the same text was asked recently."""
+        size = self.cfg.search.query_cache
+        with self._locks["cache"]:
+            hit = self._query_cache.get(text)
+            if hit is not None:
+                self._query_cache.move_to_end(text)
+                return hit
+        vec = np.asarray(self.text_encoder().encode([text])[0], dtype=np.float32)
+        vec.setflags(write=False)
+        if size > 0:
+            with self._locks["cache"]:
+                self._query_cache[text] = vec
+                while len(self._query_cache) > size:
+                    self._query_cache.popitem(last=False)
+        return vec
 
     def photo_vector(self, req: SearchRequest) -> np.ndarray:
         """Decode (and fetch) the request's photo, then embed it with the image tower."""

@@ -376,6 +376,22 @@ def test_hybrid_defaults_in_config_are_sane(service: Any) -> None:
     assert s.default_mode in ("hybrid", "vector", "text", "image", "keyword")
 
 
+def test_query_cache_and_model_threads(indexed: Any) -> None:
+    from search.engine import SearchService
+
+    cfg, store, _ = indexed
+    service = SearchService(cfg.replace(search={"query_cache": 2, "torch_threads": 1}), store=store)
+    assert service.model_cfg.runtime.threads == 1
+    a = service.text_vector("red shoes")
+    assert service.text_vector("red shoes") is a and not a.flags.writeable
+    service.text_vector("blue caps")
+    service.text_vector("green bags")
+    assert list(service._query_cache) == ["blue caps", "green bags"]
+    fresh = service.text_vector("red shoes")
+    assert fresh is not a and np.allclose(fresh, a, atol=1e-3)
+    assert SearchService(cfg.replace(search={"torch_threads": 0}), store=store).model_cfg.runtime == cfg.runtime
+
+
 def test_index_size_and_health(service: Any, indexed: Any) -> None:
     assert service.index_size(fresh=True) == len(indexed[2])
     h = service.health()

@@ -119,6 +119,8 @@ class SearchConfig:
     max_image_pixels: int = 40_000_000
     max_offset: int = 1000  # deepest page start a search may ask for
     max_events: int = 1000  # most feedback events in one request
+    torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
+    query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
 
 
 @dataclass(frozen=True)
