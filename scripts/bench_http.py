@@ -215,20 +215,59 @@ def read_queries(path: Path, limit: int) -> list[str]:
     return queries[:limit] if limit > 0 else queries
 
 
+def catalogue_rows(cfg: Config) -> list[dict[str, Any]]:
+    """The catalogue file's rows as dicts (CSV or JSONL), unmapped."""
+    path = Path(cfg.catalogue.path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            if path.suffix == ".jsonl" or cfg.catalogue.format == "jsonl":
+                return [json.loads(line) for line in f if line.strip()]
+            return list(csv.DictReader(f))
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read the catalogue {path}", str(e)) from e
+
+
+class QueryPool:
+    """Hands out each query once (the server caches query embeddings, so repeats would flatter it).
+
+    Real queries first, then catalogue titles (dev rows) when a run needs more; cycles with a warning
+    only when even those run out.
+    """
+
+    def __init__(self, queries: Sequence[str], extra: Sequence[str] = ()) -> None:
+        self.items = list(dict.fromkeys([*queries, *extra]))
+        self.real = len(dict.fromkeys(queries))
+        self.pos = 0
+        self.repeats = 0
+
+    def take(self, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            if self.pos >= len(self.items):
+                self.repeats += 1
+            out.append(self.items[self.pos % len(self.items)])
+            self.pos += 1
+        return out
+
+
+def title_queries(cfg: Config, seed: int) -> list[str]:
+    """Product titles of dev rows (else all rows), lower-cased, as extra shopper-like queries."""
+    cat = cfg.catalogue
+    rows = catalogue_rows(cfg)
+    dev = [r for r in rows if cat.split and r.get(cat.split) == "dev"] or rows
+    titles = [str(r.get(cat.title) or "").strip().lower() for r in dev]
+    titles = [t for t in titles if t]
+    random.Random(seed).shuffle(titles)
+    return titles
+
+
 def read_photos(cfg: Config, count: int, seed: int) -> list[tuple[str, bytes]]:
     """`count` real product photos of the catalogue (dev rows first), as (file name, bytes)."""
     cat = cfg.catalogue
     path = Path(cat.path)
     base = Path(cat.image_base) if cat.image_base else path.parent
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            if path.suffix == ".jsonl" or cat.format == "jsonl":
-                rows = [json.loads(line) for line in f if line.strip()]
-            else:
-                rows = list(csv.DictReader(f))
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot read the catalogue {path}", str(e)) from e
-    rows = [r for r in rows if str(r.get(cat.image) or "") and not str(r[cat.image]).startswith("http")]
+    rows = [r for r in catalogue_rows(cfg)
+            if str(r.get(cat.image) or "") and not str(r[cat.image]).startswith("http")]
     dev = [r for r in rows if cat.split and r.get(cat.split) == "dev"]
     pool = dev if len(dev) >= count else rows
     random.Random(seed).shuffle(pool)
@@ -367,18 +406,23 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     queries_path = Path(args.queries) if args.queries else Path(cfg.catalogue.path).parent / "queries_dev.csv"
     queries = read_queries(queries_path, 0)
     random.Random(args.seed).shuffle(queries)
+    text_phases = [p for p in phases if p != "image"]
+    needed = len(text_phases) * (args.requests + args.warmup) + 4
+    pool = QueryPool(queries, title_queries(cfg, args.seed) if needed > len(queries) else ())
     photos = read_photos(cfg, args.photos, args.seed) if "image" in phases else []
     health = wait_ready(host, port, args.wait)
     print(f"server http://{host}:{port}: {health.get('status')}, index {json.dumps(health.get('index'))}")
-    print(f"{len(queries)} queries from {queries_path}; {len(photos)} photos; client pid {os.getpid()}")
+    print(f"{pool.real} queries from {queries_path} (+{len(pool.items) - pool.real} catalogue titles), "
+          f"each sent once; {len(photos)} photos; client pid {os.getpid()}")
 
     base = {"k": args.k, **({"mode": args.mode} if args.mode else {})}
     user = f"bench-{uuid.uuid4().hex[:10]}"
     key = _api_key(args, cfg)
 
-    def text_request(with_user: bool) -> Callable[[int], tuple[str, str, bytes | None, dict[str, str]]]:
+    def text_request(with_user: bool, texts: Sequence[str]) -> Callable[[int], tuple[str, str, bytes | None,
+                                                                             dict[str, str]]]:
         def make(i: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-            params = {**base, "q": queries[i % len(queries)], **({"user_id": user} if with_user else {})}
+            params = {**base, "q": texts[i % len(texts)], **({"user_id": user} if with_user else {})}
             return "GET", "/api/search?" + urlencode(params), None, {}
         return make
 
@@ -393,13 +437,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         for name in phases:
             if name == "image":
                 make, clients, budget = image_request, args.image_clients or args.clients, args.image_requests
+                warm = image_request
             else:
                 if name == "text+user" and not seeded:
-                    print(f"feedback: {seed_feedback(host, port, user, queries, key, args.k)} events for {user}")
+                    print(f"feedback: {seed_feedback(host, port, user, pool.take(4), key, args.k)} events "
+                          f"for {user}")
                     seeded = True
-                make, clients, budget = text_request(name == "text+user"), args.clients, args.requests
+                warm = text_request(name == "text+user", pool.take(args.warmup))
+                make, clients, budget = text_request(name == "text+user", pool.take(args.requests)), \
+                    args.clients, args.requests
             if args.warmup:
-                run_phase(f"{name}-warmup", clients, lambda i: make(i + 7919), host, port, args.warmup,
+                run_phase(f"{name}-warmup", clients, lambda i: warm(i + 7919), host, port, args.warmup,
                           args.duration, args.timeout)
             phase = run_phase(name, clients, make, host, port, budget, args.duration, args.timeout,
                               args.server_pid)
@@ -411,6 +459,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         if seeded:
             forget(host, port, user, key)
+    if pool.repeats:
+        print(f"warning: {pool.repeats} text queries were repeats (the server's query cache may have served them)")
     print()
     print(format_table(rows))
     if hasattr(os, "getloadavg"):
