@@ -243,7 +243,7 @@ class SearchService:
             return []
         from search.personal import blend_weight, evidence_at, rerank
 
-        pc, now = self.cfg.personal, time.time()
+        pc, now = self.cfg.personal, self.profiles.clock()
         ids = [h.id for h in hits]
         purchased = None
         if user is not None and user_id is not None and pc.purchased == "demote":

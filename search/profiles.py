@@ -301,6 +301,16 @@ class ProfileStore:
         value = self._read("SELECT MAX(ts) FROM events")[0][0]
         return None if value is None else float(value)
 
+    def clock(self) -> float:
+        """The shop's "now" for decay: the wall clock, but never past the newest event in the log.
+
+        For a live shop the two agree; for a replayed history (events from 2020) decay is measured from
+        the end of that history, so old shoppers do not all fade to cold start at today's date.
+        """
+        wall = time.time()
+        latest = self.latest_ts()
+        return wall if latest is None else min(wall, latest)
+
     def count_events(self, user_id: str | None = None) -> int:
         """Rows in the event log (for one shopper, or all)."""
         if user_id is None:

@@ -183,7 +183,7 @@ class Recommender:
         rc, pc = self.cfg.recommend, self.clock
         profiles = self.service.profiles
         if now is None:  # the shop's clock: a replayed or idle log is scored as of its newest event
-            now = min(time.time(), profiles.latest_ts() or time.time())
+            now = profiles.clock()
         exclude_purchased = rc.exclude_purchased if exclude_purchased is None else exclude_purchased
         history = list(profiles.events(user_id=user_id))
         seen = {e.item_id for e in history}

@@ -416,3 +416,20 @@ def test_purchased_items_demoted_when_configured(indexed: Any) -> None:
     with pytest.raises(NotFound):
         keep.record_feedback([FeedbackEvent("buyer-1", "no-such-item", "view", 1.7e9)])
     assert keep.forget("buyer-1") and not keep.forget("buyer-1")
+
+
+def test_replayed_history_still_personalises(indexed: Any) -> None:
+    """Decay runs on the shop's clock (newest logged event), so a replayed 2020 history is not cold start."""
+    from search.engine import SearchService
+    from search.request import FeedbackEvent
+
+    cfg, store, _ = indexed
+    service = SearchService(cfg, store=store)
+    blue = [r["id"] for r in search(service, q="Blue", k=5, mode="keyword")["results"]]
+    t2020 = 1_590_000_000.0  # 2020-05-20
+    events = [FeedbackEvent("replayed", item, "click", t2020 + i) for i, item in enumerate(blue)]
+    assert service.record_feedback(events) == len(blue)
+    assert service.profiles.clock() == pytest.approx(t2020 + len(blue) - 1)
+    row = search(service, q="Tshirts", k=5, user_id="replayed")["results"][0]
+    expected = cfg.personal.blend_max * len(blue) / (len(blue) + cfg.personal.blend_saturation)
+    assert row["explain"]["blend"] == pytest.approx(expected, rel=0.01)
