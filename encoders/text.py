@@ -120,13 +120,13 @@ class TextEncoder:
         if not items:
             return out
         bs = batch_size or self.cfg.batch_size
-        with self._lock:
+        with self._lock:  # the fast tokenizer is not safe to share between threads; the model forward is
             ids = self._tokenizer(items, truncation=True, max_length=self.max_length, padding=False,
                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: less padding
-            for start in range(0, len(items), bs):
-                idx = order[start:start + bs]
-                out[idx] = self._encode_ids([ids[i] for i in idx])
+        order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: less padding
+        for start in range(0, len(items), bs):
+            idx = order[start:start + bs]
+            out[idx] = self._encode_ids([ids[i] for i in idx])
         return out
 
     def _encode_ids(self, batch: list[list[int]]) -> np.ndarray:

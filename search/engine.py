@@ -64,9 +64,11 @@ class SearchService:
 
     @property
     def model_cfg(self) -> Config:
-        """The config models are built with: [search].torch_threads intra-op threads when set."""
-        threads = self.cfg.search.torch_threads
-        return self.cfg.replace(runtime={"threads": threads}) if threads > 0 else self.cfg
+        """The config models are built with: [search].torch_threads intra-op threads when set, and the
+        text encoder at [search].query_precision (one short query at a time runs faster in fp32)."""
+        sc = self.cfg.search
+        runtime = {"threads": sc.torch_threads} if sc.torch_threads > 0 else {}
+        return self.cfg.replace(runtime=runtime, text_encoder={"precision": sc.query_precision})
 
     def text_encoder(self) -> Any:
         if self._text is None:

@@ -120,6 +120,7 @@ class SearchConfig:
     max_offset: int = 1000  # deepest page start a search may ask for
     max_events: int = 1000  # most feedback events in one request
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
+    query_precision: str = "fp32"  # text encoder precision for queries (auto | bf16 | fp32); batch-of-one is faster in fp32
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
 
 
