@@ -25,6 +25,19 @@ def point_id(item_id: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, item_id))
 
 
+# `with_vectors` on reads: False (none), True (all named dense vectors), or the names wanted.
+WithVectors = bool | Sequence[str]
+
+
+def vector_names(with_vectors: WithVectors, dims: Sequence[str]) -> list[str] | bool:
+    """The named vectors a read should return: all of `dims`, the requested subset of them, or False."""
+    if with_vectors is True:
+        return list(dims)
+    if not with_vectors:
+        return False
+    return [name for name in with_vectors if name in dims] or False
+
+
 @dataclass(frozen=True)
 class ItemRecord:
     """One item as written to the store."""
@@ -113,12 +126,12 @@ class Store(Protocol):
 
     # reads; `collection` may be an alias
     def count(self, collection: str, filters: Filters | None = None) -> int: ...
-    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]: ...
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Hit]: ...
     def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: bool = False) -> list[Hit]: ...
+              offset: int = 0, with_vectors: WithVectors = False) -> list[Hit]: ...
     def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,
                limit: int = 20) -> dict[str, dict[str, int]]: ...
-    def scroll(self, collection: str, batch: int = 1000, with_vectors: bool = False) -> Iterator[Hit]: ...
+    def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]: ...
     def close(self) -> None: ...
 
     # added after the first draft
@@ -134,7 +147,7 @@ class Store(Protocol):
         """Remove `alias` (the collection stays); False when there was no such alias."""
         ...
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
-                    limit: int = 10, offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]:
+                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False) -> list[list[Hit]]:
         """Like `query` for several queries sharing the filters, in one engine call; one list per query
         (e.g. the parts of a HybridQuery on their own, for a per-part score breakdown)."""
         ...

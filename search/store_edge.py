@@ -46,7 +46,7 @@ import qdrant_edge as qe
 from search import keywords
 from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                           Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
-                          plain_payload, point_id)
+                          WithVectors, plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _dense(vector: Any) -> np.ndarray:
     return np.asarray(vector, dtype=np.float32)
 
 
-def _hit(point: Any, score: float, with_vectors: bool) -> Hit:
+def _hit(point: Any, score: float, with_vectors: WithVectors) -> Hit:
     payload = dict(point.payload or {})
     vectors = {}
     if with_vectors and point.vector:
@@ -389,10 +389,10 @@ class EdgeStore:
         with self._use(collection) as h:
             return int(h.shard.count(qe.CountRequest(exact=True, filter=edge_filter(filters))))
 
-    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Hit]:
         wanted = list(dict.fromkeys(ids))
         with self._use(collection) as h:
-            vectors = list(h.meta["dims"]) if with_vectors else False
+            vectors = vector_names(with_vectors, h.meta["dims"])
             records = h.shard.retrieve([point_id(i) for i in wanted], with_payload=True, with_vector=vectors)
         found = {hit.id: hit for hit in (_hit(r, 1.0, with_vectors) for r in records)}
         return [found[i] for i in wanted if i in found]
@@ -431,17 +431,17 @@ class EdgeStore:
         raise BadInput(f"not a query: {type(part).__name__}")
 
     def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: bool = False) -> list[Hit]:
+              offset: int = 0, with_vectors: WithVectors = False) -> list[Hit]:
         return self.query_batch(collection, [query], filters, limit, offset, with_vectors)[0]
 
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
-                    limit: int = 10, offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]:
+                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False) -> list[list[Hit]]:
         """Several queries with the same filters in one engine call; one result list per query."""
         if limit <= 0:
             return [[] for _ in queries]
         flt = edge_filter(filters)
         with self._use(collection) as h:
-            vectors = list(h.meta["dims"]) if with_vectors else False
+            vectors = vector_names(with_vectors, h.meta["dims"])
             requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"]) for q in queries]
             live = [r for r in requests if r is not None]
             results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
@@ -460,11 +460,11 @@ class EdgeStore:
                 out[field] = {str(f.value): int(f.count) for f in hits}
         return out
 
-    def scroll(self, collection: str, batch: int = 1000, with_vectors: bool = False) -> Iterator[Hit]:
+    def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]:
         offset: Any = None
         while True:
             with self._use(collection) as h:
-                vectors = list(h.meta["dims"]) if with_vectors else False
+                vectors = vector_names(with_vectors, h.meta["dims"])
                 records, offset = h.shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
                                                                   with_vector=vectors))
             for r in records:

@@ -23,7 +23,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from search import keywords
 from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                           Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
-                          plain_payload, point_id)
+                          WithVectors, plain_payload, point_id, vector_names)
 from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError, VitrinaError
 
@@ -44,7 +44,7 @@ def qdrant_filter(filters: Filters | None) -> models.Filter | None:
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def _hit(point: Any, score: float, with_vectors: bool) -> Hit:
+def _hit(point: Any, score: float, with_vectors: WithVectors) -> Hit:
     payload = dict(point.payload or {})
     vectors = {}
     if with_vectors and isinstance(point.vector, dict):
@@ -235,11 +235,11 @@ class QdrantStore:
         with self._call(f"count {collection}"):
             return int(self.client.count(collection, count_filter=qdrant_filter(filters), exact=True).count)
 
-    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[Hit]:
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Hit]:
         wanted = list(dict.fromkeys(ids))
         with self._call(f"retrieve from {collection}"):
             records = self.client.retrieve(collection, [point_id(i) for i in wanted], with_payload=True,
-                                           with_vectors=with_vectors)
+                                           with_vectors=vector_names(with_vectors, self._dims(collection)))
         found = {hit.id: hit for hit in (_hit(r, 1.0, with_vectors) for r in records)}
         return [found[i] for i in wanted if i in found]
 
@@ -277,18 +277,18 @@ class QdrantStore:
         return models.QueryRequest(query=scoring[0], using=scoring[1], params=params, **common)
 
     def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: bool = False) -> list[Hit]:
+              offset: int = 0, with_vectors: WithVectors = False) -> list[Hit]:
         return self.query_batch(collection, [query], filters, limit, offset, with_vectors)[0]
 
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
-                    limit: int = 10, offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]:
+                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False) -> list[list[Hit]]:
         """Several queries with the same filters in one engine call; one result list per query."""
         if limit <= 0:
             return [[] for _ in queries]
         flt = qdrant_filter(filters)
         with self._call(f"query {collection}"):
             dims = self._dims(collection)
-            vectors: Any = list(dims) if with_vectors else False
+            vectors: Any = vector_names(with_vectors, dims)
             requests = [self._request(q, flt, limit, max(0, offset), vectors, dims) for q in queries]
             live = [r for r in requests if r is not None]
             responses = iter(self.client.query_batch_points(collection, requests=live) if live else [])
@@ -306,7 +306,7 @@ class QdrantStore:
                 out[field] = {str(f.value): int(f.count) for f in hits}
         return out
 
-    def scroll(self, collection: str, batch: int = 1000, with_vectors: bool = False) -> Iterator[Hit]:
+    def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]:
         offset: Any = None
         while True:
             with self._call(f"scroll {collection}"):

@@ -193,6 +193,16 @@ def test_retrieve_with_vectors(loaded: Store) -> None:
     assert loaded.retrieve("c1", ["sku-001"])[0].vectors == {}
 
 
+def test_reads_return_only_the_named_vectors_asked_for(loaded: Store) -> None:
+    hit = loaded.retrieve("c1", ["sku-001"], with_vectors=("fused",))[0]
+    assert set(hit.vectors) == {"fused"}
+    np.testing.assert_allclose(hit.vectors["fused"], BY_ID["sku-001"].vectors["fused"], atol=1e-5)
+    query = DenseQuery(BY_ID["sku-001"].vectors["fused"], "fused")
+    top = loaded.query("c1", query, limit=3, with_vectors=("fused", "image"))
+    assert top[0].id == "sku-001" and set(top[0].vectors) == {"fused", "image"}
+    assert all(set(h.vectors) <= {"fused", "image"} and "fused" in h.vectors for h in top)
+
+
 @pytest.mark.parametrize("using", ["text", "image", "fused"])
 def test_dense_query_per_named_vector(loaded: Store, using: str) -> None:
     q = BY_ID["sku-013"].vectors[using] if using in BY_ID["sku-013"].vectors else None
