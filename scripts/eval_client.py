@@ -9,7 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from vitrina.config import Config
 from vitrina.errors import VitrinaError
@@ -174,3 +174,13 @@ def open_client(cfg: Config, url: str | None = None, api_key: str | None = None)
     """HTTP client for `url` when given, else the app built in-process from cfg."""
     key = api_key_for(cfg, api_key)
     return HttpClient(url, key) if url else InProcessClient(cfg, key)
+
+
+def forget(client: ApiClient, users: Sequence[str]) -> None:
+    """DELETE the evaluation shoppers' profiles (a 404 means there was nothing to forget)."""
+    for user in users:
+        try:
+            client.delete(f"/api/users/{user}/profile")
+        except ApiError as e:
+            if e.status != 404:
+                raise

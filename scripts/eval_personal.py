@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from scripts.eval_client import ApiClient, ApiError
+from scripts.eval_client import ApiClient, ApiError, forget
 from scripts.eval_data import Catalogue, Purchase
 from search.metrics import hit_rate_at_k, reciprocal_rank
 
@@ -26,16 +26,6 @@ def epoch(day: str) -> float:
 
 def eval_user(customer: str) -> str:
     return USER_PREFIX + customer
-
-
-def forget(client: ApiClient, users: Sequence[str]) -> None:
-    """DELETE the evaluation shoppers' profiles (a 404 means there was nothing to forget)."""
-    for user in users:
-        try:
-            client.delete(f"/api/users/{user}/profile")
-        except ApiError as e:
-            if e.status != 404:
-                raise
 
 
 def feed_history(client: ApiClient, history: Sequence[Purchase], shift_s: float) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from scripts.eval_client import ApiClient, ApiError, open_client
+from scripts.eval_client import ApiClient, ApiError, forget, open_client
 from scripts.eval_data import Purchase, load_catalogue, load_purchases
 from search.metrics import average_precision_at_k, hit_rate_at_k
 from search.recommend import SOURCES
@@ -85,15 +85,6 @@ def summarise(runs: Mapping[str, Mapping[str, Sequence[str]]], targets: Mapping[
         n = max(len(users), 1)
         out[name] = {f"map@{k}": sum(aps) / n, f"hr@{k}": sum(hrs) / n}
     return out
-
-
-def forget(client: ApiClient, users: Sequence[str]) -> None:
-    for user in users:
-        try:
-            client.delete(f"/api/users/{user}/profile")
-        except ApiError as e:
-            if e.status != 404:
-                raise
 
 
 def feed(client: ApiClient, history: Sequence[Purchase], shift_s: float) -> tuple[int, int]:

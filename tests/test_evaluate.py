@@ -16,7 +16,7 @@ from scripts.eval_client import ApiError, HttpClient, InProcessClient
 from scripts.eval_data import load_catalogue
 from scripts.eval_image import pixel_neighbours, precision_of
 from scripts.eval_personal import naive_rerank
-from scripts.evaluate import EvalOptions, check_targets, run_evaluation, write_report
+from scripts.evaluate import EvalOptions, run_evaluation, write_report
 from search.store import ItemRecord, open_store
 from tests.helpers import make_config, product_rows, write_catalogue
 from vitrina.config import Config
@@ -149,8 +149,6 @@ def test_in_process_report_is_sane(shop: Any, client: InProcessClient, tmp_path:
 def test_http_client_gives_the_same_numbers(shop: Any, tmp_path: Path) -> None:
     """The same evaluation over HTTP against a live app on loopback matches the in-process run."""
     from werkzeug.serving import make_server
-
-    from web import create_app
 
     cfg, _ = shop
     opts = EvalOptions(sections=("text", "personal"), chart=False, **{k: v for k, v in OPTS.items() if k != "chart"})
