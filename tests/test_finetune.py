@@ -180,7 +180,10 @@ def dataclass_replace(**changes: Any) -> FinetuneSettings:
 def test_time_budget_anneals_and_stops_the_run(tmp_path: Path, catalogue: Path) -> None:
     res = finetune(items_for(catalogue), fake_text, "fake", dataclass_replace(epochs=50, time_budget_min=0.002),
                    tmp_path / "t.pt", tmp_path / "w", progress=False)
-    assert 1 <= res.epochs_run < 50 and res.history[-1]["partial"] is True
+    # stopped by the budget: mid-epoch (that epoch is marked partial) or, on a fast machine, at an epoch boundary
+    assert 1 <= res.epochs_run < 50
+    assert sum(h["seconds"] for h in res.history) >= 0.95 * 0.002 * 60
+    assert all(not h["partial"] for h in res.history[:-1])
     assert json.loads(card_path(tmp_path / "t.pt").read_text())["complete"] is True
 
 
