@@ -91,6 +91,8 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
         "image_encoder": {"checkpoint": str(tmp_path / "models" / "image_tower.pt")},
         "finetune": {"output": str(tmp_path / "models" / "image_tower.pt")},
         "runtime": {"threads": 2, "device": "cpu"},
+        # equal weights for the tiny test towers, whatever the shipped config.toml tunes for its catalogue
+        "fusion": {"image_weight": 0.5, "text_weight": 0.5},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
