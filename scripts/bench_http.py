@@ -22,8 +22,9 @@ from urllib.parse import quote, urlencode, urlsplit
 if __package__ in (None, ""):  # run as `python scripts/bench_http.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitrina.config import Config, load_config  # noqa: E402
-from vitrina.errors import BadInput, ConfigError  # noqa: E402
+from scripts.cmd_bench import standalone  # noqa: E402
+from vitrina.config import Config  # noqa: E402
+from vitrina.errors import BadInput  # noqa: E402
 
 # Targets from issue 4 (4 concurrent clients).
 TEXT_P95_MS = 50.0
@@ -476,15 +477,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_http", description=__doc__)
-    parser.add_argument("--config", help="config file (default: $VITRINA_CONFIG, else ./config.toml)")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(load_config(args.config), args)
-    except (BadInput, ConfigError) as e:
-        print(f"bench_http: error: {e.message}" + (f"\n  {e.detail}" if e.detail else ""), file=sys.stderr)
-        return 2
+    return standalone("http", argv)
 
 
 if __name__ == "__main__":

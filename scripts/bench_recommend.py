@@ -13,7 +13,8 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from scripts.bench_http import Client, format_table, loopback_target, run_phase, wait_ready
-from vitrina.config import Config, load_config
+from scripts.cmd_bench import standalone
+from vitrina.config import Config
 from vitrina.errors import BadInput
 
 P95_MS = 30.0
@@ -103,11 +104,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=None)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(load_config(args.config), args)
+    return standalone("recommend", argv)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as `python scripts/bench_text.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitrina.config import Config, load_config  # noqa: E402
-from vitrina.errors import BadInput, ConfigError, VitrinaError  # noqa: E402
+from scripts.cmd_bench import standalone  # noqa: E402
+from vitrina.config import Config  # noqa: E402
+from vitrina.errors import BadInput  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -127,15 +128,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = argparse.ArgumentParser(prog="bench_text", description=__doc__)
-    parser.add_argument("--config", help="config file (default: $VITRINA_CONFIG, else ./config.toml)")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(load_config(args.config), args)
-    except (BadInput, ConfigError, VitrinaError) as e:
-        print(f"bench_text: error: {e.message}" + (f"\n  {e.detail}" if e.detail else ""), file=sys.stderr)
-        return 2
+    return standalone("text", argv)
 
 
 if __name__ == "__main__":

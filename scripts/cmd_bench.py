@@ -6,7 +6,7 @@ import argparse
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vitrina.config import Config
 from vitrina.errors import BadInput
@@ -40,6 +40,16 @@ def _bench(cfg: Config, args: argparse.Namespace) -> int:
     module.add_arguments(parser)
     bench_args = parser.parse_args(args.bench_args)
     return int(module.run(cfg, bench_args))
+
+
+def standalone(name: str, argv: Sequence[str] | None = None) -> int:
+    """`python scripts/bench_NAME.py [--config F] [options]`: the same as `vitrina [--config F] bench NAME [options]`."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    from scripts.cli import main
+
+    return main((["--config", known.config] if known.config else []) + ["bench", name, *rest])
 
 
 def register(subparsers: Any) -> None:
