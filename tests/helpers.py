@@ -97,3 +97,32 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
     return cfg.replace(**base)
+
+
+def index_vectors(cfg: Config, rows: Sequence[dict[str, Any]], text: Any, image: Any,
+                  collection: str = "items_v1") -> Any:
+    """Write product rows with the given text/image vectors (fused per cfg) into `collection` behind the alias.
+
+    Returns the open store; the caller closes it.
+    """
+    from encoders.fusion import fuse_batch
+    from search.store import ItemRecord, open_store
+
+    cat = cfg.catalogue
+    fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
+    items = [ItemRecord(id=r["id"], vectors={"text": text[i], "image": image[i], "fused": fused[i]},
+                        keywords=" ".join(str(r[f]) for f in cat.keyword_fields),
+                        payload={"title": r["title"], "image": r["image"], "price": float(r["price"]),
+                                 **{a: r[a] for a in cat.attributes}})
+             for i, r in enumerate(rows)]
+    dim = int(text.shape[1])
+    store = open_store(cfg)
+    try:
+        store.create_collection(collection, {"text": dim, "image": dim, "fused": dim}, cat.filterable, cat.numeric)
+        store.upsert(collection, items)
+        store.flush(collection)
+        store.set_alias(cfg.store.alias, collection)
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -14,8 +14,7 @@ import pytest
 
 from search.ranking import cosines, rrf
 from search.request import flatten_json, parse_events, parse_search
-from search.store import ItemRecord, open_store
-from tests.helpers import make_config, product_rows, write_catalogue
+from tests.helpers import index_vectors, make_config, product_rows, write_catalogue
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, PayloadTooLarge
 
@@ -30,7 +29,7 @@ def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[
     modalities agree roughly, as after fine-tuning; fused = fuse(text, image).
     Returns (cfg, store, rows); the alias points at the collection.
     """
-    from encoders import create_text_encoder, fuse_batch
+    from encoders import create_text_encoder
 
     rows = product_rows(n)
     catalogue = write_catalogue(folder / "shop", rows)
@@ -42,17 +41,7 @@ def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[
     noise = rng.normal(size=(n, DIM)).astype(np.float32)
     image = text + noise / np.linalg.norm(noise, axis=1, keepdims=True)
     image /= np.linalg.norm(image, axis=1, keepdims=True)
-    fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
-    items = [ItemRecord(id=r["id"], vectors={"text": text[i], "image": image[i], "fused": fused[i]},
-                        keywords=" ".join(str(r[f]) for f in cat.keyword_fields),
-                        payload={"title": r["title"], "image": r["image"], "price": float(r["price"]),
-                                 **{a: r[a] for a in cat.attributes}})
-             for i, r in enumerate(rows)]
-    store = open_store(cfg)
-    store.create_collection("items_v1", {"text": DIM, "image": DIM, "fused": DIM}, cat.filterable, cat.numeric)
-    store.upsert("items_v1", items)
-    store.flush("items_v1")
-    store.set_alias(cfg.store.alias, "items_v1")
+    store = index_vectors(cfg, rows, text, image)
     return cfg, store, rows
 
 

@@ -17,11 +17,9 @@ from scripts.eval_data import load_catalogue
 from scripts.eval_image import pixel_neighbours, precision_of
 from scripts.eval_personal import naive_rerank
 from scripts.evaluate import EvalOptions, run_evaluation, write_report
-from search.store import ItemRecord, open_store
-from tests.helpers import make_config, product_rows, write_catalogue
+from tests.helpers import index_vectors, make_config, product_rows, write_catalogue
 from vitrina.config import Config
 
-DIM = 384
 N = 48
 
 
@@ -43,7 +41,7 @@ def _judgements(rows: list[dict[str, Any]], gender: str, colour: str, article: s
 def build_shop(folder: Path) -> tuple[Config, list[dict[str, Any]]]:
     """48 products indexed with real MiniLM text vectors, a tiny random image tower, and fused vectors;
     dev queries, graded qrels and purchases written next to the catalogue (where evaluate looks)."""
-    from encoders import create_image_encoder, create_text_encoder, fuse_batch
+    from encoders import create_image_encoder, create_text_encoder
     from tests.tiny_models import write_tiny_checkpoint
 
     rows = product_rows(N)
@@ -56,20 +54,7 @@ def build_shop(folder: Path) -> tuple[Config, list[dict[str, Any]]]:
     text = create_text_encoder(cfg).encode([" ".join(str(r[f]) for f in cat.text_fields) for r in rows])
     images = [Image.open(catalogue.parent / r["image"]).convert("RGB") for r in rows]
     image = np.asarray(create_image_encoder(cfg).encode(images), dtype=np.float32)
-    fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
-    items = [ItemRecord(id=r["id"], vectors={"text": text[i], "image": image[i], "fused": fused[i]},
-                        keywords=" ".join(str(r[f]) for f in cat.keyword_fields),
-                        payload={"title": r["title"], "image": r["image"], "price": float(r["price"]),
-                                 **{a: r[a] for a in cat.attributes}})
-             for i, r in enumerate(rows)]
-    store = open_store(cfg)
-    try:
-        store.create_collection("items_v1", {"text": DIM, "image": DIM, "fused": DIM}, cat.filterable, cat.numeric)
-        store.upsert("items_v1", items)
-        store.flush("items_v1")
-        store.set_alias(cfg.store.alias, "items_v1")
-    finally:
-        store.close()
+    index_vectors(cfg, rows, text, image).close()
     # q_exact names one product's title exactly (its id token "12" is unique); the others are attribute queries
     queries = [["q_exact", "Men Red Shoes style 12"], ["q_blue", "women blue watches"],
                ["q_black", "men black tshirts"]]
