@@ -6,19 +6,19 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from search.personal import EVENTS, Event, decay, event_weight
-from search.store import DenseQuery, Filters, Hit
+from search.store import DENSE_VECTORS, DenseQuery, Filters, Hit
 from vitrina.config import PersonalConfig
+from vitrina.errors import ConfigError
 
 if TYPE_CHECKING:
     from search.engine import SearchService
 
 SOURCES = ("similar", "co_bought", "buy_again", "popular")
-_MAX_SEEN = 1000  # most already-seen items the vector query over-fetches to skip
 _POPULAR_PAGES = 20  # pages of the popularity list read to satisfy narrow filters
 
 
@@ -71,6 +71,9 @@ class Recommender:
     def __init__(self, service: SearchService) -> None:
         self.service = service
         self.cfg = service.cfg
+        if self.cfg.recommend.similar_using not in DENSE_VECTORS:
+            raise ConfigError(f"[recommend].similar_using must be one of {DENSE_VECTORS}, "
+                              f"got {self.cfg.recommend.similar_using!r}")
 
     @property
     def clock(self) -> PersonalConfig:
@@ -86,52 +89,61 @@ class Recommender:
 
     # ----- sources -----
 
-    def _similar(self, vector: np.ndarray, filters: Filters | None, skip: set[str], limit: int
-                 ) -> dict[str, tuple[float, Hit]]:
-        """Nearest items to a vector in the fused space, leaving out `skip`: item -> (cosine >= 0, hit)."""
-        norm = float(np.linalg.norm(vector))
-        if norm == 0 or not math.isfinite(norm) or limit <= 0:
-            return {}
-        fetch = limit + min(len(skip), _MAX_SEEN)
-        hits = self.service.store.query(self.service.alias, DenseQuery(np.asarray(vector / norm, np.float32),
-                                                                       "fused"), filters, limit=fetch)
-        out: dict[str, tuple[float, Hit]] = {}
-        for h in hits:
-            if h.id not in skip and len(out) < limit:
-                out[h.id] = (max(0.0, min(1.0, float(h.score))), h)
+    def _similar(self, vectors: Sequence[np.ndarray], filters: Filters | None, skip: set[str], limit: int,
+                 using: str = "fused") -> list[dict[str, float]]:
+        """Nearest items to each vector (one engine call), leaving out `skip`: per vector, item -> cosine
+        in [0, 1]. Ids and scores only: payloads are read later, for the few items shown."""
+        queries, where = [], []
+        for n, vector in enumerate(vectors):
+            norm = float(np.linalg.norm(vector))
+            if norm > 0 and math.isfinite(norm):
+                queries.append(DenseQuery(np.asarray(vector / norm, np.float32), using))
+                where.append(n)
+        out: list[dict[str, float]] = [{} for _ in vectors]
+        if not queries or limit <= 0:
+            return out
+        base = filters or Filters()
+        if skip:  # left out by the engine, so each query returns `limit` items that count
+            base = Filters(base.equals, base.ranges, tuple(base.exclude_ids) + tuple(sorted(skip)))
+        found = self.service.store.query_batch(self.service.alias, queries, base or None, limit=limit,
+                                               with_payload=False)
+        for n, hits in zip(where, found):
+            out[n] = {h.id: max(0.0, min(1.0, float(h.score))) for h in hits if h.id not in skip}
         return out
 
     def _similar_to_user(self, user_id: str, history: Sequence[Event], filters: Filters | None, skip: set[str],
-                         now: float) -> dict[str, tuple[float, Hit]]:
+                         now: float) -> dict[str, float]:
         """Nearest items to the shopper's taste vector and to each of their latest items (the best of the
         two counts): cosine ** similar_power * freshness of what it is near."""
         rc, pc = self.cfg.recommend, self.clock
-        out: dict[str, tuple[float, Hit]] = {}
+        out: dict[str, float] = {}
 
-        def add(found: Mapping[str, tuple[float, Hit]], fresh: float) -> None:
-            for item, (cos, hit) in found.items():
+        def add(found: Mapping[str, float], fresh: float) -> None:
+            for item, cos in found.items():
                 score = cos ** rc.similar_power * fresh
-                if item not in out or score > out[item][0]:
-                    out[item] = (score, hit)
+                if score > out.get(item, -1.0):
+                    out[item] = score
 
         state = self.service.profiles.get(user_id)
         if state is not None:
-            add(self._similar(state.vector, filters, skip, rc.pool), decay(now - state.updated_at, pc))
+            add(self._similar([state.vector], filters, skip, rc.pool)[0], decay(now - state.updated_at, pc))
         latest = recent_items(history, EVENTS, rc.similar_items) if rc.similar_items > 0 else []
         if latest:
+            using = rc.similar_using
             hits = {h.id: h for h in self.service.store.retrieve(self.service.alias, [i for i, _ in latest],
-                                                                 with_vectors=True)}
-            for item, at in latest:
-                vec = hits[item].vectors.get("fused") if item in hits else None
-                if vec is not None:
-                    add(self._similar(np.asarray(vec, np.float32), filters, skip, rc.similar_per_item),
-                        decay(now - at, pc))
+                                                                 with_vectors=[using])}
+            have = [(hits[i].vectors[using], at) for i, at in latest if i in hits and using in hits[i].vectors]
+            near = self._similar([v for v, _ in have], filters, skip, rc.similar_per_item, using)
+            for found, (_, at) in zip(near, have):
+                add(found, decay(now - at, pc))
         return out
 
     def _popular(self, filters: Filters | None, skip: set[str], limit: int, now: float
-                 ) -> tuple[dict[str, tuple[float, Hit]], float]:
-        """The most popular items passing the filters: item -> (popularity / the top item's, hit), and the top."""
-        out: dict[str, tuple[float, Hit]] = {}
+                 ) -> tuple[dict[str, float], float, dict[str, Hit]]:
+        """The most popular items passing the filters: item -> popularity / the top item's, the top, and
+        the payloads read to check the filters (none without filters)."""
+        out: dict[str, float] = {}
+        known: dict[str, Hit] = {}
         top = 0.0
         page: list[tuple[str, float]] = []
         pages = 0
@@ -141,11 +153,18 @@ class Recommender:
             for item, score in page:
                 h = hits.get(item)
                 if h is not None and len(out) < limit and matches(h.payload, filters):
-                    out[item] = (score / top if top > 0 else 0.0, h)
+                    out[item] = score / top if top > 0 else 0.0
+                    known[item] = h
 
-        for item, score in self.service.profiles.popular(now=now):
+        batch = limit + len(skip) + 1
+        for item, score in self.service.profiles.popular(now=now, batch=batch):
             top = top or score
             if item in skip or score <= 0:
+                continue
+            if not filters:  # existence in the index is checked with the payloads of the items shown
+                out[item] = score / top if top > 0 else 0.0
+                if len(out) >= limit:
+                    break
                 continue
             page.append((item, score))
             if len(page) >= 2 * limit:
@@ -155,15 +174,26 @@ class Recommender:
                     break
         if page and len(out) < limit:
             flush()
-        return out, top
+        return out, top, known
 
-    def _hits(self, ids: Iterable[str], filters: Filters | None, known: Mapping[str, Hit]) -> dict[str, Hit]:
-        """Payloads of candidates (from `known` or the store) that exist in the index and pass the filters."""
-        wanted = [i for i in dict.fromkeys(ids) if i not in known]
-        found = dict(known)
-        if wanted:
-            found.update({h.id: h for h in self.service.store.retrieve(self.service.alias, wanted)})
-        return {i: h for i, h in found.items() if matches(h.payload, filters)}
+    def _shown(self, ranked: Sequence[str], filters: Filters | None, k: int, known: Mapping[str, Hit]
+               ) -> list[Hit]:
+        """The first k of `ranked` that exist in the index and pass the filters; payloads are read a page
+        at a time (k + a few, doubling), so an unfiltered list costs one small read."""
+        out: list[Hit] = []
+        start, size = 0, k + 4
+        while len(out) < k and start < len(ranked):
+            chunk = ranked[start:start + size]
+            wanted = [i for i in chunk if i not in known]
+            found = {h.id: h for h in self.service.store.retrieve(self.service.alias, wanted)} if wanted else {}
+            for i in chunk:
+                h = known.get(i) or found.get(i)
+                if h is not None and matches(h.payload, filters):
+                    out.append(h)
+                    if len(out) >= k:
+                        break
+            start, size = start + size, size * 2
+        return out
 
     # ----- the two lists -----
 
@@ -190,7 +220,6 @@ class Recommender:
         banned = {e.item_id for e in history if e.event == "purchase"} if exclude_purchased else set()
         top_weight = max(event_weight(e, pc) for e in pc.cooc_events) or 1.0
         parts: dict[str, dict[str, float]] = defaultdict(dict)
-        known: dict[str, Hit] = {}
 
         for item, score in buy_again_scores(history, pc.cooc_events, top_weight, now, pc).items():
             if item not in banned and "buy_again" in use:
@@ -205,55 +234,48 @@ class Recommender:
         for item, score in sorted(co.items(), key=lambda t: -t[1])[:rc.pool]:
             parts[item]["co_bought"] = min(1.0, score)
         if weights.get("similar", 0.0) > 0:
-            for item, (score, hit) in self._similar_to_user(user_id, history, filters, seen | banned, now).items():
+            for item, score in self._similar_to_user(user_id, history, filters, seen | banned, now).items():
                 parts[item]["similar"] = score
-                known[item] = hit
+        known: dict[str, Hit] = {}
+        popular: dict[str, float] = {}
         if "popular" in use:
-            popular, top = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again
-            for item, (score, hit) in popular.items():
+            popular, top, known = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again
+            for item, score in popular.items():
                 parts[item]["popular"] = score
-                known[item] = hit
-        nominated = {item: sorted(p) for item, p in parts.items()}
-        hits = self._hits(parts, filters, known)
-        if "popular" in use:
-            prior = profiles.popularity([i for i in hits if "popular" not in parts[i]], now=now)
+            prior = profiles.popularity([i for i in parts if "popular" not in parts[i]], now=now)
             for item, pop in prior.items():  # the popularity prior applies to every candidate
                 if pop > 0 and top > 0:
                     parts[item]["popular"] = min(1.0, pop / top)
-        return self._answer(hits, parts, nominated, weights, k, t0)
+        final = {i: blend(p, weights) for i, p in parts.items()}
+        ranked = sorted(parts, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))
+        results = []
+        for hit in self._shown(ranked, filters, k, known):
+            p = parts[hit.id]
+            explain: dict[str, Any] = {"sources": sorted(s for s in p if s != "popular" or hit.id in popular)}
+            explain.update({s: p.get(s, 0.0) for s in SOURCES})
+            explain["final"] = final[hit.id]
+            results.append(self.service.result(hit, explain))
+        return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
 
     def also_bought(self, item_id: str, k: int, filters: Filters | None = None) -> dict[str, Any]:
         """Items co-bought with this one (normalised, see signals.neighbours); vector neighbours fill up."""
         t0 = time.perf_counter()
         rc = self.cfg.recommend
         item = self.service.get_hit(item_id, with_vectors=True)  # NotFound for an unknown item
-        parts: dict[str, dict[str, float]] = {}
+        parts: dict[str, float] = {}
         for other, score, _ in self.service.profiles.neighbours(item_id, max(rc.pool, 4 * k), rc.shrink):
             if other != item_id:
-                parts[other] = {"co_bought": min(1.0, score)}
-        hits = self._hits(parts, filters, {})
-        ranked = sorted(hits, key=lambda i: (-parts[i]["co_bought"], i))[:k]
-        results = [self.service.result(hits[i], {"sources": ["co_bought"], **parts[i],
-                                                 "final": parts[i]["co_bought"]}) for i in ranked]
+                parts[other] = min(1.0, score)
+        ranked = sorted(parts, key=lambda i: (-parts[i], i))
+        results = [self.service.result(h, {"sources": ["co_bought"], "co_bought": parts[h.id],
+                                           "final": parts[h.id]}) for h in self._shown(ranked, filters, k, {})]
         vec = item.vectors.get("fused")
         if len(results) < k and rc.similar_fallback and vec is not None:
-            floor = min((parts[i]["co_bought"] for i in ranked), default=1.0)
-            skip = set(ranked) | {item_id}
-            for other, (cos, hit) in self._similar(np.asarray(vec, np.float32), filters, skip,
-                                                   k - len(results)).items():
+            floor = min((r["explain"]["co_bought"] for r in results), default=1.0)
+            skip = {r["id"] for r in results} | {item_id}
+            near = self._similar([np.asarray(vec, np.float32)], filters, skip, k - len(results))[0]
+            for hit in self._shown(list(near), None, len(near), {}):  # the query applied the filters
+                cos = near[hit.id]
                 results.append(self.service.result(hit, {"sources": ["similar"], "similar": cos,
                                                          "final": floor * cos}))
-        return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
-
-    def _answer(self, hits: Mapping[str, Hit], parts: Mapping[str, dict[str, float]],
-                nominated: Mapping[str, list[str]], weights: Mapping[str, float], k: int, t0: float
-                ) -> dict[str, Any]:
-        final = {i: blend(parts[i], weights) for i in hits}
-        ranked = sorted(hits, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))[:k]
-        results = []
-        for i in ranked:
-            explain: dict[str, Any] = {"sources": nominated.get(i, [])}
-            explain.update({s: parts[i].get(s, 0.0) for s in SOURCES})
-            explain["final"] = final[i]
-            results.append(self.service.result(hits[i], explain))
         return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}

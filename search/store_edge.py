@@ -398,8 +398,10 @@ class EdgeStore:
         return [found[i] for i in wanted if i in found]
 
     def _request(self, query: Query, flt: qe.Filter | None, limit: int, offset: int,
-                 with_vectors: list[str] | bool, dims: dict[str, int]) -> qe.QueryRequest | None:
+                 with_vectors: list[str] | bool, dims: dict[str, int], with_payload: bool = True
+                 ) -> qe.QueryRequest | None:
         params = qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
+        payload: Any = True if with_payload else [ID_FIELD]
         if isinstance(query, HybridQuery):
             if query.weights and len(query.weights) != len(query.parts):
                 raise BadInput(f"HybridQuery has {len(query.parts)} parts but {len(query.weights)} weights")
@@ -411,12 +413,12 @@ class EdgeStore:
             prefetches = [qe.Prefetch(limit=query.candidates, query=s, filter=flt, params=params) for s, _ in pairs]
             fusion = qe.Fusion.Rrf(k=query.rrf_k, weights=[float(w) for _, w in pairs])
             return qe.QueryRequest(limit=limit, offset=offset, query=fusion, prefetches=prefetches, filter=flt,
-                                   with_payload=True, with_vector=with_vectors)
+                                   with_payload=payload, with_vector=with_vectors)
         scoring = self._scoring(query, dims)
         if scoring is None:
             return None
         return qe.QueryRequest(limit=limit, offset=offset, query=scoring, filter=flt, params=params,
-                               with_payload=True, with_vector=with_vectors)
+                               with_payload=payload, with_vector=with_vectors)
 
     @staticmethod
     def _scoring(part: DenseQuery | KeywordQuery, dims: dict[str, int]) -> qe.Query | None:
@@ -431,18 +433,21 @@ class EdgeStore:
         raise BadInput(f"not a query: {type(part).__name__}")
 
     def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: WithVectors = False) -> list[Hit]:
-        return self.query_batch(collection, [query], filters, limit, offset, with_vectors)[0]
+              offset: int = 0, with_vectors: WithVectors = False, with_payload: bool = True) -> list[Hit]:
+        return self.query_batch(collection, [query], filters, limit, offset, with_vectors, with_payload)[0]
 
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
-                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False) -> list[list[Hit]]:
-        """Several queries with the same filters in one engine call; one result list per query."""
+                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False,
+                    with_payload: bool = True) -> list[list[Hit]]:
+        """Several queries with the same filters in one engine call; one result list per query.
+        `with_payload=False` returns only ID_FIELD of each payload (ids and scores are all a caller needs)."""
         if limit <= 0:
             return [[] for _ in queries]
         flt = edge_filter(filters)
         with self._use(collection) as h:
             vectors = vector_names(with_vectors, h.meta["dims"])
-            requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"]) for q in queries]
+            requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"], with_payload)
+                        for q in queries]
             live = [r for r in requests if r is not None]
             results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
                            else [h.shard.query(r) for r in live])

@@ -256,9 +256,10 @@ class QdrantStore:
         raise BadInput(f"not a query: {type(part).__name__}")
 
     def _request(self, query: Query, flt: models.Filter | None, limit: int, offset: int, vectors: Any,
-                 dims: dict[str, int]) -> models.QueryRequest | None:
+                 dims: dict[str, int], with_payload: bool = True) -> models.QueryRequest | None:
         params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef and not self.local else None
-        common = dict(limit=limit, offset=offset, filter=flt, with_payload=True, with_vector=vectors)
+        common = dict(limit=limit, offset=offset, filter=flt, with_payload=True if with_payload else [ID_FIELD],
+                      with_vector=vectors)
         if isinstance(query, HybridQuery):
             if query.weights and len(query.weights) != len(query.parts):
                 raise BadInput(f"HybridQuery has {len(query.parts)} parts but {len(query.weights)} weights")
@@ -277,19 +278,21 @@ class QdrantStore:
         return models.QueryRequest(query=scoring[0], using=scoring[1], params=params, **common)
 
     def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: WithVectors = False) -> list[Hit]:
-        return self.query_batch(collection, [query], filters, limit, offset, with_vectors)[0]
+              offset: int = 0, with_vectors: WithVectors = False, with_payload: bool = True) -> list[Hit]:
+        return self.query_batch(collection, [query], filters, limit, offset, with_vectors, with_payload)[0]
 
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
-                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False) -> list[list[Hit]]:
-        """Several queries with the same filters in one engine call; one result list per query."""
+                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False,
+                    with_payload: bool = True) -> list[list[Hit]]:
+        """Several queries with the same filters in one engine call; one result list per query.
+        `with_payload=False` returns only ID_FIELD of each payload (ids and scores are all a caller needs)."""
         if limit <= 0:
             return [[] for _ in queries]
         flt = qdrant_filter(filters)
         with self._call(f"query {collection}"):
             dims = self._dims(collection)
             vectors: Any = vector_names(with_vectors, dims)
-            requests = [self._request(q, flt, limit, max(0, offset), vectors, dims) for q in queries]
+            requests = [self._request(q, flt, limit, max(0, offset), vectors, dims, with_payload) for q in queries]
             live = [r for r in requests if r is not None]
             responses = iter(self.client.query_batch_points(collection, requests=live) if live else [])
             return [[_hit(p, p.score, with_vectors) for p in next(responses).points] if r is not None else []

@@ -157,6 +157,7 @@ class RecommendConfig:
     similar_power: float = 8.0  # cosine ** power: > 1 favours near-duplicates (the same product in a new colour)
     half_life_days: float = 120.0  # freshness of the shopper's items here (0 = [personal].half_life_days)
 
+    similar_using: str = "fused"  # named vector the latest items' neighbours are found in (fused, text, image)
 
 @dataclass(frozen=True)
 class WebConfig:
