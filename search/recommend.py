@@ -246,7 +246,7 @@ class Recommender:
             for item, pop in prior.items():  # the popularity prior applies to every candidate
                 if pop > 0 and top > 0:
                     parts[item]["popular"] = min(1.0, pop / top)
-        final = {i: blend(p, weights) for i, p in parts.items()}
+        final = {i: sum(weights.get(s, 0.0) * v for s, v in p.items()) for i, p in parts.items()}  # = blend()
         ranked = sorted(parts, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))
         results = []
         for hit in self._shown(ranked, filters, k, known):

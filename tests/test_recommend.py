@@ -312,3 +312,58 @@ def test_source_helpers_against_the_formulas() -> None:
     assert recent_items(history, ("view", "click", "cart", "purchase"), 2) == [("b", now), ("c", now)]
     assert blend({"similar": 0.5, "popular": 1.0}, {"similar": 0.6, "co_bought": 1, "buy_again": 1,
                                                    "popular": 0.1}) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("backend", ["edge", "qdrant"])
+def test_store_query_without_payload_keeps_ids_and_scores(tmp_path: Path, backend: str) -> None:
+    from search.store import ID_FIELD, DenseQuery
+    from search.store_edge import EdgeStore
+    from search.store_qdrant import QdrantStore
+    from vitrina.config import StoreConfig
+
+    rows = product_rows(12)
+    vecs = clustered_vectors(rows)
+    store = EdgeStore(tmp_path / "store") if backend == "edge" else \
+        QdrantStore.from_config(StoreConfig(backend="qdrant", path=":memory:"))
+    try:
+        store.create_collection("c", {"fused": DIM}, ("gender",), ())
+        store.upsert("c", [ItemRecord(id=r["id"], vectors={"fused": vecs[r["id"]]}, keywords=r["title"],
+                                      payload={"title": r["title"], "gender": r["gender"]}) for r in rows])
+        store.flush("c")
+        query = DenseQuery(vecs[rows[0]["id"]], "fused")
+        full = store.query("c", query, limit=5)
+        bare = store.query("c", query, limit=5, with_payload=False)
+        assert [(h.id, round(h.score, 5)) for h in bare] == [(h.id, round(h.score, 5)) for h in full]
+        assert all(h.payload == {ID_FIELD: h.id} for h in bare) and all("title" in h.payload for h in full)
+        batch = store.query_batch("c", [query, query], Filters(equals={"gender": (rows[1]["gender"],)}), limit=3,
+                                  with_payload=False)
+        assert all(rows[int(h.id) - 1000]["gender"] == rows[1]["gender"] for hits in batch for h in hits)
+    finally:
+        store.close()
+
+
+def test_filters_apply_to_every_source(client: FlaskClient, rows: dict) -> None:
+    ids = list(rows)
+    men = [i for i in ids if rows[i]["gender"] == "Men"]
+    women = [i for i in ids if rows[i]["gender"] == "Women"]
+    feed(client, [("mixed", men[0], "purchase"), ("mixed", women[0], "purchase")]
+         + [(f"m{u}", x, "purchase") for u in range(3) for x in (men[0], men[5], women[7])])
+    everything = recs(client, "mixed", k=20)
+    assert {rows[r["id"]]["gender"] for r in everything} == {"Men", "Women"}
+    only = recs(client, "mixed", k=20, **{"filter.gender": "Women"})
+    assert only and all(rows[r["id"]]["gender"] == "Women" for r in only)
+    assert women[0] in {r["id"] for r in only} and men[0] not in {r["id"] for r in only}  # buy-again, filtered
+    # an item's parts do not depend on the filters: the women of the full list keep their order, and more follow
+    women_first = [r["id"] for r in everything if rows[r["id"]]["gender"] == "Women"]
+    assert [r["id"] for r in only if r["id"] in set(women_first)] == women_first and len(only) > len(women_first)
+
+
+def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -> None:
+    from search.engine import SearchService
+    from search.recommend import Recommender
+    from vitrina.errors import ConfigError
+
+    service = SearchService(app_cfg.replace(recommend={"similar_using": "text"}), store=indexed[1])
+    assert Recommender(service).cfg.recommend.similar_using == "text"
+    with pytest.raises(ConfigError, match="similar_using"):
+        Recommender(SearchService(app_cfg.replace(recommend={"similar_using": "keywords"}), store=indexed[1]))
