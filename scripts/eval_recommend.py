@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from scripts.eval_client import ApiClient, ApiError, forget, open_client
 from scripts.eval_data import Purchase, load_catalogue, load_purchases
 from search.metrics import average_precision_at_k, hit_rate_at_k
@@ -85,6 +87,24 @@ def summarise(runs: Mapping[str, Mapping[str, Sequence[str]]], targets: Mapping[
         n = max(len(users), 1)
         out[name] = {f"map@{k}": sum(aps) / n, f"hr@{k}": sum(hrs) / n}
     return out
+
+
+def ratio_interval(runs: Mapping[str, Mapping[str, Sequence[str]]], targets: Mapping[str, set[str]],
+                   users: Sequence[str], a: str, b: str, k: int = 12, samples: int = 2000, seed: int = 0
+                   ) -> tuple[float, float] | None:
+    """95% bootstrap interval (shoppers resampled with replacement) of MAP@k of run `a` / run `b`."""
+    if not users:
+        return None
+    ap = {name: np.array([average_precision_at_k(runs[name].get(u, []), targets[u], k) for u in users])
+          for name in (a, b)}
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(users), size=(samples, len(users)))
+    num, den = ap[a][picks].sum(1), ap[b][picks].sum(1)
+    ratios = num[den > 0] / den[den > 0]
+    if not len(ratios):
+        return None
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    return float(low), float(high)
 
 
 def feed(client: ApiClient, history: Sequence[Purchase], shift_s: float) -> tuple[int, int]:
@@ -168,6 +188,9 @@ def run_recommend_report(cfg: Config, client: ApiClient, cutoff: str = "2020-05-
     base = report["all"]["buy_again_then_popular"][f"map@{k}"]
     blend = report["all"]["blend"][f"map@{k}"]
     report["blend_vs_buy_again_then_popular"] = blend / base if base > 0 else None
+    # a few hundred shoppers with a handful of hits each: how far the ratio could move by chance alone
+    report["blend_vs_buy_again_then_popular_ci95"] = ratio_interval(runs, targets, users, "blend",
+                                                                    "buy_again_then_popular", k)
     report["target"] = {"blend map@12 >= 2x buy_again_then_popular": (blend >= 2 * base) if base > 0 else None}
     report["seconds"] = time.perf_counter() - start
     return report

@@ -367,3 +367,23 @@ def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -
     assert Recommender(service).cfg.recommend.similar_using == "text"
     with pytest.raises(ConfigError, match="similar_using"):
         Recommender(SearchService(app_cfg.replace(recommend={"similar_using": "keywords"}), store=indexed[1]))
+
+
+def test_ratio_interval_against_a_naive_bootstrap() -> None:
+    from search.metrics import average_precision_at_k
+    from scripts.eval_recommend import ratio_interval
+
+    users = [f"u{i}" for i in range(30)]
+    targets = {u: {"a"} if i % 3 else {"b"} for i, u in enumerate(users)}
+    runs = {"x": {u: ["a", "b"] for u in users}, "y": {u: ["b", "a"] for u in users}}
+    low, high = ratio_interval(runs, targets, users, "x", "y", samples=500, seed=3)
+    rng = np.random.default_rng(3)
+    picks = rng.integers(0, len(users), size=(500, len(users)))
+    ratios = []
+    for row in picks:  # one resample at a time, AP recomputed from the rankings
+        x = sum(average_precision_at_k(runs["x"][users[j]], targets[users[j]], 12) for j in row)
+        y = sum(average_precision_at_k(runs["y"][users[j]], targets[users[j]], 12) for j in row)
+        ratios.append(x / y)
+    assert (low, high) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))
+    assert low < (20 + 5) / (10 + 10) < high  # the ratio on all shoppers lies inside
+    assert ratio_interval(runs, targets, [], "x", "y") is None
