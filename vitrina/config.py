@@ -155,9 +155,9 @@ class RecommendConfig:
     similar_items: int = 30  # the shopper's latest items whose own vector neighbours are nominated too
     similar_per_item: int = 10  # neighbours nominated per such item
     similar_power: float = 8.0  # cosine ** power: > 1 favours near-duplicates (the same product in a new colour)
+    similar_using: str = "fused"  # named vector the latest items' neighbours are found in (fused, text, image)
     half_life_days: float = 120.0  # freshness of the shopper's items here (0 = [personal].half_life_days)
 
-    similar_using: str = "fused"  # named vector the latest items' neighbours are found in (fused, text, image)
 
 @dataclass(frozen=True)
 class WebConfig:
