@@ -280,6 +280,11 @@ class ProfileStore:
         """Items co-bought with this one: (item, normalised score, shoppers who bought both), best first."""
         return self._locked_read(signals.neighbours, item_id, limit, shrink)
 
+    def neighbours_many(self, item_ids: Sequence[str], limit: int = 100, shrink: float = 1.0
+                        ) -> dict[str, list[tuple[str, float, int]]]:
+        """`neighbours` of several items in one read: item -> its list (items never bought are left out)."""
+        return self._locked_read(signals.neighbours_many, list(item_ids), limit, shrink)
+
     def popular(self, now: float | None = None, batch: int = 500) -> Iterator[tuple[str, float]]:
         """Every item with events, by recency-weighted popularity at `now`, best first (read lazily)."""
         now = time.time() if now is None else float(now)

@@ -226,9 +226,10 @@ class Recommender:
                 parts[item]["buy_again"] = score
         co: dict[str, float] = defaultdict(float)
         recent = recent_items(history, pc.cooc_events, rc.recent_items) if "co_bought" in use else []
+        lists = profiles.neighbours_many([i for i, _ in recent], rc.pool, rc.shrink) if recent else {}
         for item, at in recent:
             fresh = decay(now - at, pc)
-            for other, score, _ in profiles.neighbours(item, rc.pool, rc.shrink):
+            for other, score, _ in lists.get(item, []):
                 if other not in seen:
                     co[other] += fresh * score
         for item, score in sorted(co.items(), key=lambda t: -t[1])[:rc.pool]:

@@ -244,6 +244,27 @@ def neighbours(conn: sqlite3.Connection, item_id: str, limit: int, shrink: float
     return scored[:limit]
 
 
+def neighbours_many(conn: sqlite3.Connection, item_ids: Sequence[str], limit: int, shrink: float
+                    ) -> dict[str, list[tuple[str, float, int]]]:
+    """`neighbours` of several items in one query: item -> its list (items with no buyers are left out)."""
+    wanted = list(dict.fromkeys(item_ids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    own = {r[0]: r[1] for r in conn.execute(f"SELECT item_id, n FROM item_buyers WHERE item_id IN ({marks}) "
+                                            "AND n > 0", wanted)}
+    rows = conn.execute(f"SELECT c.item_a, c.item_b, c.n, b.n FROM cooc c JOIN item_buyers b ON b.item_id = c.item_b "
+                        f"WHERE c.item_a IN ({marks}) AND c.n > 0", wanted).fetchall()
+    out: dict[str, list[tuple[str, float, int]]] = {item: [] for item in wanted if item in own}
+    for item, other, n, nb in rows:
+        if item in own:
+            out[item].append((other, n / (math.sqrt(own[item] * max(nb, 1)) + shrink), int(n)))
+    for scored in out.values():
+        scored.sort(key=lambda t: (-t[1], t[0]))
+        del scored[limit:]
+    return out
+
+
 def dump(conn: sqlite3.Connection) -> dict[str, Any]:
     """Every signal as plain data (for tests and for checking a rebuild)."""
     return {

@@ -184,3 +184,14 @@ def test_popular_lists_items_best_first(store: ProfileStore) -> None:
 def test_bad_signal_config_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cooc_events"):
         ProfileStore(tmp_path / FILENAME, PersonalConfig(cooc_events=("like",)))
+
+
+def test_neighbours_of_many_items_equal_one_at_a_time(store: ProfileStore) -> None:
+    events = random_events(600, users=40, items=30, seed=5)
+    record_in_batches(store, events)
+    items = [f"i{k}" for k in range(30)] + ["never-bought", "i3"]
+    many = store.neighbours_many(items, limit=7, shrink=0.5)
+    one = {i: store.neighbours(i, limit=7, shrink=0.5) for i in items}
+    assert {i: many.get(i, []) for i in items} == one
+    assert "never-bought" not in many and sum(1 for v in many.values() if v) > 20
+    assert all(len(v) <= 7 for v in many.values()) and store.neighbours_many([]) == {}
