@@ -89,12 +89,13 @@ class Recommender:
 
     # ----- sources -----
 
-    def _similar(self, vectors: Sequence[np.ndarray], filters: Filters | None, skip: set[str], limit: int,
-                 using: str = "fused") -> list[dict[str, float]]:
-        """Nearest items to each vector (one engine call), leaving out `skip`: per vector, item -> cosine
-        in [0, 1]. Ids and scores only: payloads are read later, for the few items shown."""
+    def _similar(self, vectors: Sequence[tuple[np.ndarray, str]], filters: Filters | None, skip: set[str],
+                 limit: int) -> list[dict[str, float]]:
+        """Nearest items to each (vector, named vector it is compared with), all in one engine call, leaving
+        out `skip`: per vector, item -> cosine in [0, 1]. Ids and scores only: payloads are read later,
+        for the few items shown."""
         queries, where = [], []
-        for n, vector in enumerate(vectors):
+        for n, (vector, using) in enumerate(vectors):
             norm = float(np.linalg.norm(vector))
             if norm > 0 and math.isfinite(norm):
                 queries.append(DenseQuery(np.asarray(vector / norm, np.float32), using))
@@ -112,30 +113,32 @@ class Recommender:
         return out
 
     def _similar_to_user(self, user_id: str, history: Sequence[Event], filters: Filters | None, skip: set[str],
-                         now: float) -> dict[str, float]:
-        """Nearest items to the shopper's taste vector and to each of their latest items (the best of the
-        two counts): cosine ** similar_power * freshness of what it is near."""
+                         now: float, k: int) -> dict[str, float]:
+        """Nearest items to the shopper's taste vector (fused space) and to each of their latest items
+        ([recommend].similar_using space), max(similar_per_item, k) each, in one engine call; an item
+        near several counts once, at its best: cosine ** similar_power * freshness of what it is near."""
         rc, pc = self.cfg.recommend, self.clock
-        out: dict[str, float] = {}
-
-        def add(found: Mapping[str, float], fresh: float) -> None:
-            for item, cos in found.items():
-                score = cos ** rc.similar_power * fresh
-                if score > out.get(item, -1.0):
-                    out[item] = score
-
+        wanted: list[tuple[np.ndarray, str]] = []
+        fresh: list[float] = []
         state = self.service.profiles.get(user_id)
         if state is not None:
-            add(self._similar([state.vector], filters, skip, rc.pool)[0], decay(now - state.updated_at, pc))
+            wanted.append((state.vector, "fused"))
+            fresh.append(decay(now - state.updated_at, pc))
         latest = recent_items(history, EVENTS, rc.similar_items) if rc.similar_items > 0 else []
         if latest:
             using = rc.similar_using
             hits = {h.id: h for h in self.service.store.retrieve(self.service.alias, [i for i, _ in latest],
                                                                  with_vectors=[using])}
-            have = [(hits[i].vectors[using], at) for i, at in latest if i in hits and using in hits[i].vectors]
-            near = self._similar([v for v, _ in have], filters, skip, rc.similar_per_item, using)
-            for found, (_, at) in zip(near, have):
-                add(found, decay(now - at, pc))
+            for item, at in latest:
+                if item in hits and using in hits[item].vectors:
+                    wanted.append((hits[item].vectors[using], using))
+                    fresh.append(decay(now - at, pc))
+        out: dict[str, float] = {}
+        for found, f in zip(self._similar(wanted, filters, skip, max(rc.similar_per_item, k)), fresh):
+            for item, cos in found.items():
+                score = cos ** rc.similar_power * f
+                if score > out.get(item, -1.0):
+                    out[item] = score
         return out
 
     def _popular(self, filters: Filters | None, skip: set[str], limit: int, now: float
@@ -235,7 +238,7 @@ class Recommender:
         for item, score in sorted(co.items(), key=lambda t: -t[1])[:rc.pool]:
             parts[item]["co_bought"] = min(1.0, score)
         if weights.get("similar", 0.0) > 0:
-            for item, score in self._similar_to_user(user_id, history, filters, seen | banned, now).items():
+            for item, score in self._similar_to_user(user_id, history, filters, seen | banned, now, k).items():
                 parts[item]["similar"] = score
         known: dict[str, Hit] = {}
         popular: dict[str, float] = {}
@@ -274,7 +277,7 @@ class Recommender:
         if len(results) < k and rc.similar_fallback and vec is not None:
             floor = min((r["explain"]["co_bought"] for r in results), default=1.0)
             skip = {r["id"] for r in results} | {item_id}
-            near = self._similar([np.asarray(vec, np.float32)], filters, skip, k - len(results))[0]
+            near = self._similar([(np.asarray(vec, np.float32), "fused")], filters, skip, k - len(results))[0]
             for hit in self._shown(list(near), None, len(near), {}):  # the query applied the filters
                 cos = near[hit.id]
                 results.append(self.service.result(hit, {"sources": ["similar"], "similar": cos,
