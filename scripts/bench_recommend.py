@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=600, help="per phase")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per phase at most")
     parser.add_argument("--api-key", default="", help="write key, when the server requires one")
+    parser.add_argument("--warmup", type=int, default=20, help="requests (other random picks) before each phase")
+    parser.add_argument("--server-pid", type=int, default=0, help="report the server's CPU per request")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", help="write the figures here too")
 
@@ -80,8 +82,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     users = sorted(events)
     bought = sorted({e["item_id"] for e in flat if e["event"] in ("cart", "purchase")})
-    picks_u = [rng.choice(users) for _ in range(args.requests)]
-    picks_i = [rng.choice(bought) for _ in range(args.requests)]
+    picks_u = [rng.choice(users) for _ in range(args.requests + args.warmup)]
+    picks_i = [rng.choice(bought) for _ in range(args.requests + args.warmup)]
     rows = []
     try:
         for name, make in (
@@ -89,7 +91,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                                            None, {})),
             ("also-bought", lambda i: ("GET", f"/api/items/{quote(picks_i[i], safe='')}/also-bought?k=12", None, {})),
         ):
-            row = run_phase(name, args.clients, make, host, port, args.requests, args.duration, 30.0).summary()
+            if args.warmup:  # the last picks, not measured: first-use costs (caches, pages) are paid here
+                run_phase(f"{name}-warmup", args.clients, lambda i, make=make: make(args.requests + i), host, port,
+                          args.warmup, args.duration, 30.0)
+            row = run_phase(name, args.clients, make, host, port, args.requests, args.duration, 30.0,
+                            args.server_pid).summary()
             ok = row["p95_ms"] <= P95_MS and not row["errors"]
             row["verdict"] = f"{'PASS' if ok else 'MISS'} (p95<={P95_MS:.0f}ms)"
             rows.append(row)
