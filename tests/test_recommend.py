@@ -335,6 +335,9 @@ def test_store_query_without_payload_keeps_ids_and_scores(tmp_path: Path, backen
         bare = store.query("c", query, limit=5, with_payload=False)
         assert [(h.id, round(h.score, 5)) for h in bare] == [(h.id, round(h.score, 5)) for h in full]
         assert all(h.payload == {ID_FIELD: h.id} for h in bare) and all("title" in h.payload for h in full)
+        again = store.query("c", DenseQuery(vecs[rows[5]["id"]], "fused"), limit=8, with_payload=False)
+        assert [h.id for h in again] == [h.id for h in store.query("c", DenseQuery(vecs[rows[5]["id"]], "fused"),
+                                                                   limit=8)]
         batch = store.query_batch("c", [query, query], Filters(equals={"gender": (rows[1]["gender"],)}), limit=3,
                                   with_payload=False)
         assert all(rows[int(h.id) - 1000]["gender"] == rows[1]["gender"] for hits in batch for h in hits)
