@@ -243,7 +243,7 @@ class Recommender:
         known: dict[str, Hit] = {}
         popular: dict[str, float] = {}
         if "popular" in use:
-            popular, top, known = self._popular(filters, seen, rc.pool, now)  # bought ones come back via buy-again
+            popular, top, known = self._popular(filters, seen, max(rc.pool, k), now)  # bought: via buy-again
             for item, score in popular.items():
                 parts[item]["popular"] = score
             prior = profiles.popularity([i for i in parts if "popular" not in parts[i]], now=now)

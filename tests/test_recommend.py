@@ -390,3 +390,13 @@ def test_ratio_interval_against_a_naive_bootstrap() -> None:
     assert (low, high) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))
     assert low < (20 + 5) / (10 + 10) < high  # the ratio on all shoppers lies inside
     assert ratio_interval(runs, targets, [], "x", "y") is None
+
+
+def test_cold_start_fills_k_past_the_candidate_pool(indexed: Any, tmp_path: Path) -> None:
+    from web import create_app
+
+    cfg = indexed[0].replace(data={"dir": str(tmp_path / "var")}, recommend={"pool": 3})
+    small = create_app(cfg, store=indexed[1], TESTING=True).test_client()
+    ids = [r["id"] for r in indexed[2]]
+    feed(small, [(f"p{u}", i, "purchase") for u, i in enumerate(ids[:10])])
+    assert len(recs(small, "nobody", k=8)) == 8
