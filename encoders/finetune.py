@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,12 @@ class FinetuneSettings:
     device: str = "auto"
     threads: int = 2
     bf16: bool = True
+    label_fields: tuple[str, ...] = ()  # with label_weight > 0: a head learns to predict these from the photo
+    label_weight: float = 1.0
+
+
+LABEL_MIN_COUNT = 5  # a label value combination needs this many train items to become a class of the head
+METRIC_KEYS = ("t2i_recall@10", "t2i_p@10", "i2i_p@10", "label_acc")
 
 
 @dataclass
@@ -84,8 +91,34 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: Seque
 
 
 def selection_score(metrics: dict[str, float]) -> float:
-    """The single number dev model selection maximises: the mean of the three dev metrics."""
-    return float(np.mean([metrics["t2i_recall@10"], metrics["t2i_p@10"], metrics["i2i_p@10"]]))
+    """The single number dev model selection maximises: the mean of the dev metrics (label_acc when a head
+    is trained)."""
+    return float(np.mean([metrics[k] for k in METRIC_KEYS if k in metrics]))
+
+
+def label_classes(items: Sequence[TrainItem], n_train: int, settings: FinetuneSettings
+                  ) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """The label head's classes (value combinations with LABEL_MIN_COUNT train items) and each item's class
+    index (-1: no head, a missing value or a rare combination)."""
+    if not settings.label_fields or settings.label_weight <= 0:
+        return [], np.full(len(items), -1, dtype=np.int64)
+    counts = Counter(it.label_values for it in items[:n_train] if it.label_values and all(it.label_values))
+    classes = sorted(v for v, c in counts.items() if c >= LABEL_MIN_COUNT)
+    index = {v: i for i, v in enumerate(classes)}
+    return classes, np.array([index.get(it.label_values, -1) for it in items], dtype=np.int64)
+
+
+def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any) -> Any:
+    """Cross-entropy of a cosine classifier: one prototype per class in the embedding space itself, so
+    learning it also pulls photos of a class together. Rows labelled -1 are ignored."""
+    import torch
+
+    known = labels >= 0
+    if not bool(known.any()):
+        return feats.sum() * 0.0
+    f = torch.nn.functional.normalize(feats[known].float(), dim=-1)
+    logits = log_scale.exp() * f @ torch.nn.functional.normalize(prototypes, dim=-1).T
+    return torch.nn.functional.cross_entropy(logits, labels[known])
 
 
 def run_key(settings: FinetuneSettings, data_key: str) -> str:
@@ -156,6 +189,8 @@ class _Data:
     tr_idx: np.ndarray  # rows used for training (decodable, maybe subsampled)
     dv_idx: np.ndarray  # decodable dev rows
     dev_labels: list[str]
+    classes: list[tuple[str, ...]]  # label head classes ([] = no head)
+    labels: np.ndarray  # (n,) class index per row, -1 = none
     skipped: list[TrainItem]
     key: str  # hash of ids and texts
 
@@ -183,7 +218,8 @@ def _prepare_data(items: Sequence[TrainItem], settings: FinetuneSettings, size: 
     if len(tr_idx) < 2 or len(dv_idx) < 2:
         raise ConfigError("too few decodable train/dev images to train on")
     key = hashlib.sha256(json.dumps([[it.id for it in both], texts]).encode("utf-8")).hexdigest()[:16]
-    return _Data(pixels=pixels, text_emb=text_emb, tid=np.unique(np.asarray(texts, dtype=object),
+    classes, labels = label_classes(both, n_tr, settings)
+    return _Data(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=np.unique(np.asarray(texts, dtype=object),
                                                                  return_inverse=True)[1],
                  tr_idx=tr_idx, dv_idx=dv_idx, dev_labels=[both[i].label or both[i].id for i in dv_idx],
                  skipped=skipped, key=key)
@@ -238,7 +274,9 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
 
     visual = visual.to(device)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
-    groups = _param_groups(visual, settings.weight_decay) + [{"params": [logit_scale], "weight_decay": 0.0}]
+    head = _init_head(data, device)  # (prototypes, log scale) or None
+    extra = [logit_scale] + (list(head) if head else [])
+    groups = _param_groups(visual, settings.weight_decay) + [{"params": extra, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
     batch = min(settings.batch_size, len(tr_idx))
     steps_per_epoch = max(1, len(tr_idx) // batch // settings.grad_accum)
@@ -256,6 +294,9 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         visual.load_state_dict(saved["visual"])
         with torch.no_grad():
             logit_scale.fill_(float(saved["logit_scale"]))
+            if head:
+                head[0].copy_(saved["head"][0])
+                head[1].fill_(float(saved["head"][1]))
         opt.load_state_dict(saved["opt"])
         state = saved
         log.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
@@ -266,6 +307,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
 
     text_t = torch.from_numpy(text_emb).to(device)
     tid_t = torch.from_numpy(data.tid).to(device)
+    labels_t = torch.from_numpy(data.labels).to(device)
     bad_epochs = sum(1 for h in state["history"] if h["epoch"] > state["best_epoch"])
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         if bad_epochs >= settings.patience > 0:
@@ -295,9 +337,11 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
             with autocast(device, bf16):
                 feats = visual(x)
             loss = contrastive_loss(feats, t, tid_t[idx], logit_scale)
+            if head:
+                loss = loss + settings.label_weight * label_loss(feats, head[0], head[1], labels_t[idx])
             (loss / settings.grad_accum).backward()
             if (m + 1) % settings.grad_accum == 0:
-                torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(list(visual.parameters()) + extra, 1.0)
                 opt.step()
                 state["step"] += 1
                 opt.zero_grad(set_to_none=True)
@@ -314,6 +358,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         state["train_images"] += seen
         dev_img = _embed_pixels(visual, pixels[dv_idx], device, bf16)
         metrics = retrieval_metrics(dev_img, text_emb[dv_idx], data.dev_labels)
+        if head:
+            metrics["label_acc"] = _label_accuracy(dev_img, data.labels[dv_idx], head[0])
         score = selection_score(metrics)
         row = {"epoch": epoch, "partial": bool(state["out_of_time"]), "loss": float(np.mean(losses or [0.0])), "img_per_s": seen / max(train_s, 1e-9),
                "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
@@ -322,25 +368,55 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
                  {k: round(v, 4) for k, v in metrics.items()})
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_logit=float(logit_scale.detach().exp()),
-                         best_visual={k: v.detach().cpu().clone() for k, v in visual.state_dict().items()})
+                         best_visual={k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
+                         best_head=_head_state(head))
             bad_epochs = 0
         else:
             bad_epochs += 1
-        state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale.detach()), opt=opt.state_dict(),
-                     wall_s=wall_before + time.time() - t_start)
+        state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale.detach()),
+                     opt=opt.state_dict(), head=_head_state(head), wall_s=wall_before + time.time() - t_start)
         _save_state(state_path, state)
-        _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped,
-                      t_start, complete=False, device=str(device))
+        _write_output(output, arch, state, settings, provenance, data, t_start, complete=False,
+                      device=str(device))
     state["wall_s"] = wall_before + time.time() - t_start
     if not state["history"]:
         raise ConfigError("no epoch was trained: the time budget ran out before the first step")
-    _write_output(output, arch, state, settings, provenance, len(tr_idx), len(dv_idx), skipped, t_start,
-                  complete=True, device=str(device))
+    _write_output(output, arch, state, settings, provenance, data, t_start, complete=True, device=str(device))
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     return FinetuneResult(output=output, epochs_run=state["epoch"], best_epoch=state["best_epoch"],
-                          best_dev_metrics={k: best[k] for k in ("t2i_recall@10", "t2i_p@10", "i2i_p@10")},
+                          best_dev_metrics={k: best[k] for k in METRIC_KEYS if k in best},
                           history=state["history"], skipped=len(skipped), wall_s=state["wall_s"],
                           train_img_per_s=state["train_images"] / max(state["train_seconds"], 1e-9))
+
+
+def _init_head(data: _Data, device: Any) -> tuple[Any, Any] | None:
+    """The label head's parameters: class prototypes, started at the mean frozen text embedding of each
+    class's train items (so they begin in the shared space), and a learnable log temperature."""
+    import torch
+
+    if not data.classes:
+        return None
+    dim = data.text_emb.shape[1]
+    protos = np.zeros((len(data.classes), dim), dtype=np.float32)
+    train_labels = data.labels[data.tr_idx]
+    np.add.at(protos, train_labels[train_labels >= 0], data.text_emb[data.tr_idx][train_labels >= 0])
+    protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+    return (torch.nn.Parameter(torch.from_numpy(protos).to(device)),
+            torch.nn.Parameter(torch.tensor(math.log(20.0), device=device)))
+
+
+def _head_state(head: tuple[Any, Any] | None) -> tuple[Any, float] | None:
+    return None if head is None else (head[0].detach().cpu().clone(), float(head[1].detach()))
+
+
+def _label_accuracy(image_emb: np.ndarray, labels: np.ndarray, prototypes: Any) -> float:
+    """Share of the labelled rows whose nearest prototype is their class."""
+    known = labels >= 0
+    if not known.any():
+        return 0.0
+    protos = prototypes.detach().float().cpu().numpy()
+    protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+    return float(((image_emb[known] @ protos.T).argmax(axis=1) == labels[known]).mean())
 
 
 def _output_dim(visual: Any, size: tuple[int, int]) -> int:
@@ -356,8 +432,8 @@ def _output_dim(visual: Any, size: tuple[int, int]) -> int:
 
 
 def _write_output(output: Path, arch: str, state: dict[str, Any], settings: FinetuneSettings,
-                  provenance: dict[str, Any] | None, n_train: int, n_dev: int, skipped: Sequence[TrainItem],
-                  t_start: float, complete: bool, device: str) -> None:
+                  provenance: dict[str, Any] | None, data: _Data, t_start: float, complete: bool,
+                  device: str) -> None:
     """Write the best tower so far and its model card (complete=False while training goes on)."""
     import open_clip
     import torch
@@ -372,15 +448,22 @@ def _write_output(output: Path, arch: str, state: dict[str, Any], settings: Fine
     prov = dict(provenance or {})
     card = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
-        "trained_on": {**prov.pop("trained_on", {}), "train_items": n_train, "dev_items": n_dev,
-                       "skipped_images": len(skipped), "skipped_examples": [s.id for s in skipped[:10]]},
-        "objective": "LiT: contrastive (InfoNCE, learnable temperature) against frozen text-tower embeddings",
+        "trained_on": {**prov.pop("trained_on", {}), "train_items": len(data.tr_idx), "dev_items": len(data.dv_idx),
+                       "skipped_images": len(data.skipped), "skipped_examples": [s.id for s in data.skipped[:10]]},
+        "objective": "LiT: contrastive (InfoNCE, learnable temperature) against frozen text-tower embeddings"
+                     + (f" + {settings.label_weight:g} x cross-entropy of a cosine label head over "
+                        f"{len(data.classes)} {'/'.join(settings.label_fields)} classes" if data.classes else ""),
         "settings": dataclasses.asdict(settings), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-        "best_dev_metrics": {k: best[k] for k in ("t2i_recall@10", "t2i_p@10", "i2i_p@10", "score")},
-        "dev_metrics": state["history"], "selection": "max mean(t2i_recall@10, t2i_p@10, i2i_p@10) on dev",
+        "best_dev_metrics": {k: best[k] for k in (*METRIC_KEYS, "score") if k in best},
+        "dev_metrics": state["history"],
+        "selection": f"max mean({', '.join(k for k in METRIC_KEYS if k in best)}) on dev",
         "train_seconds": state["train_seconds"],
         "train_img_per_s": state["train_images"] / max(state["train_seconds"], 1e-9),
         "wall_s": state["wall_s"], "device": device,
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__}, **prov,
     }
-    save_checkpoint(output, visual, arch, state.get("best_logit", 1 / 0.07), card)
+    head = state.get("best_head")
+    labels = None if head is None or not data.classes else {
+        "fields": list(settings.label_fields), "classes": [list(c) for c in data.classes],
+        "prototypes": head[0], "scale": math.exp(head[1])}
+    save_checkpoint(output, visual, arch, state.get("best_logit", 1 / 0.07), card, labels=labels)

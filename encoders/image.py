@@ -127,8 +127,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike[str], visual: Any, arch: str, logit_scale: float,
-                    card: dict[str, Any]) -> Path:
-    """Write the tower (fp16 visual state_dict + arch + model config) and its model card, atomically."""
+                    card: dict[str, Any], labels: dict[str, Any] | None = None) -> Path:
+    """Write the tower (fp16 visual state_dict + arch + model config) and its model card, atomically.
+
+    labels, when given, is the label head: {"fields": [...], "classes": [[value per field], ...],
+    "prototypes": (n_classes, dim) tensor, "scale": float}.
+    """
     import torch
 
     path = Path(path)
@@ -139,6 +143,11 @@ def save_checkpoint(path: str | os.PathLike[str], visual: Any, arch: str, logit_
     blob = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch, "model_config": cfg,
             "image_size": list(image_size_of(cfg)), "mean": list(MEAN), "std": list(STD),
             "embed_dim": int(cfg["embed_dim"]), "logit_scale": float(logit_scale), "visual": state}
+    if labels is not None:
+        blob["labels"] = {"fields": [str(f) for f in labels["fields"]],
+                          "classes": [[str(v) for v in c] for c in labels["classes"]],
+                          "prototypes": labels["prototypes"].detach().to("cpu", torch.float16),
+                          "scale": float(labels["scale"])}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -146,6 +155,8 @@ def save_checkpoint(path: str | os.PathLike[str], visual: Any, arch: str, logit_
                  "checkpoint_sha256": file_sha256(path), "checkpoint_bytes": path.stat().st_size, "arch": arch,
                  "embed_dim": int(cfg["embed_dim"]), "image_size": list(image_size_of(cfg)),
                  "model_config": cfg, **card}
+    if labels is not None:
+        full_card["label_head"] = {"fields": blob["labels"]["fields"], "classes": len(blob["labels"]["classes"])}
     card_tmp = card_path(path).with_name(card_path(path).name + ".tmp")
     card_tmp.write_text(json.dumps(full_card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(card_tmp, card_path(path))
@@ -188,12 +199,48 @@ def tower_from_checkpoint(blob: dict[str, Any]) -> Any:
     return visual
 
 
+class LabelHead:
+    """Predicts catalogue attribute values (e.g. articleType, gender) from an image vector: softmax over the
+    cosine to one prototype per value combination seen in training. Pure numpy, cheap per query."""
+
+    def __init__(self, fields: Sequence[str], classes: Sequence[Sequence[str]], prototypes: np.ndarray,
+                 scale: float) -> None:
+        protos = np.asarray(prototypes, dtype=np.float32)
+        if protos.ndim != 2 or len(protos) != len(classes) or any(len(c) != len(fields) for c in classes):
+            raise ModelUnavailable("label head: prototypes, classes and fields do not fit together")
+        self.fields = tuple(str(f) for f in fields)
+        self.classes = [tuple(str(v) for v in c) for c in classes]
+        self.prototypes = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+        self.scale = float(scale)
+
+    @classmethod
+    def from_checkpoint(cls, blob: dict[str, Any]) -> "LabelHead | None":
+        lab = blob.get("labels")
+        if not lab:
+            return None
+        return cls(lab["fields"], lab["classes"], lab["prototypes"].float().numpy(), lab["scale"])
+
+    def predict(self, vector: np.ndarray) -> dict[str, tuple[str, float]]:
+        """{field: (most likely value, its probability)}; a field's probability sums over the classes."""
+        logits = self.scale * (self.prototypes @ np.asarray(vector, dtype=np.float32))
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        out: dict[str, tuple[str, float]] = {}
+        for j, field in enumerate(self.fields):
+            mass: dict[str, float] = {}
+            for c, prob in zip(self.classes, p):
+                mass[c[j]] = mass.get(c[j], 0.0) + float(prob)
+            value = max(mass, key=mass.__getitem__)
+            out[field] = (value, mass[value])
+        return out
+
+
 class ImageEncoder:
     """Encodes PIL images to (n, dim) L2-normalised float32 rows; `.encode` is safe to call from several threads."""
 
     def __init__(self, visual: Any, image_size: tuple[int, int], device: Any, bf16: bool = True,
                  batch_size: int = 128, name: str = "", mean: Sequence[float] = MEAN,
-                 std: Sequence[float] = STD) -> None:
+                 std: Sequence[float] = STD, labels: LabelHead | None = None) -> None:
         import torch
 
         from encoders.runtime import bf16_supported
@@ -204,6 +251,7 @@ class ImageEncoder:
         self.batch_size = max(1, int(batch_size))
         self.name = name
         self.mean, self.std = tuple(mean), tuple(std)
+        self.labels = labels
         self._visual = visual.to(device).eval()
         self._torch = torch
         self._lock = threading.Lock()
@@ -256,22 +304,22 @@ def _build_encoder(cfg: Config) -> ImageEncoder:
     if ckpt is not None and ckpt.is_file():
         blob = load_checkpoint(ckpt)
         visual, size, name = tower_from_checkpoint(blob), tuple(blob["image_size"]), str(ckpt)
-        mean, std = blob.get("mean", MEAN), blob.get("std", STD)
+        mean, std, labels = blob.get("mean", MEAN), blob.get("std", STD), LabelHead.from_checkpoint(blob)
     elif ic.pretrained and (blob := _try_vitrina_checkpoint(ic.pretrained)) is not None:
         visual, size, name = tower_from_checkpoint(blob), tuple(blob["image_size"]), ic.pretrained
-        mean, std = blob.get("mean", MEAN), blob.get("std", STD)
+        mean, std, labels = blob.get("mean", MEAN), blob.get("std", STD), LabelHead.from_checkpoint(blob)
     elif ic.pretrained:
         visual = build_tower(ic.arch, ic.pretrained)
         size, name = image_size_of(model_config(ic.arch)), f"{ic.arch}:{ic.pretrained}"
         pre = getattr(visual, "preprocess_cfg", None) or {}
-        mean, std = tuple(pre.get("mean", MEAN)), tuple(pre.get("std", STD))
+        mean, std, labels = tuple(pre.get("mean", MEAN)), tuple(pre.get("std", STD)), None
     else:
         raise ModelUnavailable(
             f"no trained image tower at {ckpt}",
             detail="train one with `vitrina finetune` (writes [finetune].output), or set "
                    "[image_encoder].checkpoint / [image_encoder].pretrained")
     enc = ImageEncoder(visual, size, device, bf16=cfg.runtime.bf16, batch_size=ic.batch_size, name=name,
-                       mean=mean, std=std)
+                       mean=mean, std=std, labels=labels)
     if enc.dim != cfg.text_encoder.dim:
         log.warning("image tower %s gives %d-d vectors but the text encoder gives %d-d: text->image search "
                     "will not work with it", name, enc.dim, cfg.text_encoder.dim)

@@ -32,6 +32,7 @@ class TrainItem:
     text: str
     split: str  # train | dev (anything else is never read)
     label: str = ""  # neighbours sharing it count as relevant in dev metrics (e.g. "Tshirts|Men")
+    label_values: tuple[str, ...] = ()  # the values of [finetune].label_fields the label head learns to predict
 
 
 def hash_split(item_id: str) -> str:

@@ -65,8 +65,10 @@ def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
         if not source or source.lower().startswith(("http://", "https://")):
             counts["no_local_image"] += 1  # training reads local files only
             continue
-        label = "|".join(str(row.attributes.get(f, "")) for f in labels) if labels else row.category
-        items.append(TrainItem(id=row.id, image=source, text=row.text or row.title, split=split, label=label))
+        values = tuple(str(row.attributes.get(f, "")) for f in labels)
+        label = "|".join(values) if labels else row.category
+        items.append(TrainItem(id=row.id, image=source, text=row.text or row.title, split=split, label=label,
+                               label_values=values))
     return items, counts
 
 
@@ -81,6 +83,7 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
         patience=ft.patience, max_train_items=ft.max_train_items if args.max_items is None else args.max_items,
         start_from=args.start_from if args.start_from is not None else cfg.image_encoder.pretrained,
         time_budget_min=ft.time_budget_min if args.time_budget is None else args.time_budget,
+        label_fields=tuple(ft.label_fields), label_weight=ft.label_weight,
         device=cfg.runtime.device, threads=cfg.runtime.threads, bf16=cfg.runtime.bf16)
 
 

@@ -359,6 +359,43 @@ def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path) -> None:
     assert ids(w0) == ids(text_only)
 
 
+def test_photo_attributes_read_by_the_label_head_move_matching_items_up(indexed: Any, tmp_path: Path) -> None:
+    import io
+
+    import torch
+
+    from encoders.image import create_image_encoder
+    from search.engine import SearchService
+    from tests.helpers import draw_product
+    from tests.tiny_models import write_tiny_checkpoint
+
+    cfg, store, rows = indexed
+    buf = io.BytesIO()
+    draw_product("Red", "Shoes").save(buf, "JPEG")
+    plain_cfg = cfg.replace(image_encoder={"checkpoint": str(write_tiny_checkpoint(tmp_path / "plain.pt")),
+                                           "arch": "vitrina-test-tiny"})
+    photo = create_image_encoder(plain_cfg).encode([draw_product("Red", "Shoes")])[0]
+    # a head that reads (Watches, Men) from this photo: its prototype is the photo's own vector
+    labels = {"fields": ["articleType", "gender"], "classes": [["Watches", "Men"], ["Shoes", "Women"]],
+              "prototypes": torch.from_numpy(np.stack([photo, -photo])), "scale": 30.0}
+    ckpt = write_tiny_checkpoint(tmp_path / "head.pt", labels=labels)
+    head_cfg = cfg.replace(image_encoder={"checkpoint": str(ckpt), "arch": "vitrina-test-tiny"})
+    by_id = {r["id"]: r for r in rows}
+    for mode in ("image", "vector", "hybrid"):
+        req = params(mode=mode, k=5)
+        off = SearchService(head_cfg.replace(search={"photo_attribute_weight": 0.0}), store=store)
+        plain = off.search(parse_search(req, off.cfg, image=buf.getvalue()))
+        on = SearchService(head_cfg, store=store)
+        boosted = on.search(parse_search(req, on.cfg, image=buf.getvalue()))
+        assert any((by_id[i]["articleType"], by_id[i]["gender"]) != ("Watches", "Men") for i in ids(plain))
+        assert all((by_id[i]["articleType"], by_id[i]["gender"]) == ("Watches", "Men") for i in ids(boosted)), \
+            [(by_id[i]["articleType"], by_id[i]["gender"], r["explain"]) for i, r in zip(ids(boosted), boosted["results"])]
+        assert all(r["explain"]["photo_attributes"] == pytest.approx(1.0, abs=1e-4) for r in boosted["results"])
+        assert "photo_attributes" not in plain["results"][0]["explain"]
+    text = SearchService(head_cfg, store=store)  # a text query never asks the head
+    assert "photo_attributes" not in search(text, q="red shoes", k=3, mode="vector")["results"][0]["explain"]
+
+
 def test_hybrid_defaults_in_config_are_sane(service: Any) -> None:
     s = service.cfg.search
     assert s.candidates >= s.max_k and s.rrf_k >= 0 and s.keyword_weight >= 0 and s.vector_weight >= 0

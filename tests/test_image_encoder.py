@@ -141,3 +141,24 @@ def test_status_reads_the_card_without_importing_torch(tiny_cfg) -> None:  # typ
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout.strip().splitlines()[-1])
     assert st["available"] is True and st["arch"] == TEST_ARCH and st["embed_dim"] == 384
+
+
+def test_label_head_predict_matches_a_numpy_oracle() -> None:
+    from encoders.image import LabelHead
+
+    rng = np.random.default_rng(0)
+    classes = [("Shoes", "Men"), ("Shoes", "Women"), ("Watches", "Women"), ("Bags", "Women")]
+    protos = rng.standard_normal((4, 16)).astype(np.float32)
+    head = LabelHead(["articleType", "gender"], classes, protos * 3.0, scale=7.0)  # rows are normalised inside
+    v = rng.standard_normal(16).astype(np.float32)
+    v /= np.linalg.norm(v)
+    unit = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+    p = np.exp(7.0 * unit @ v)
+    p /= p.sum()
+    want_type = max({"Shoes": p[0] + p[1], "Watches": p[2], "Bags": p[3]}.items(), key=lambda t: t[1])
+    want_gender = max({"Men": p[0], "Women": p[1] + p[2] + p[3]}.items(), key=lambda t: t[1])
+    got = head.predict(v)
+    assert got["articleType"][0] == want_type[0] and got["articleType"][1] == pytest.approx(want_type[1], 1e-5)
+    assert got["gender"][0] == want_gender[0] and got["gender"][1] == pytest.approx(want_gender[1], 1e-5)
+    with pytest.raises(ModelUnavailable):
+        LabelHead(["articleType"], classes, protos, scale=1.0)  # a class with two values for one field

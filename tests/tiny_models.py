@@ -7,8 +7,9 @@ from pathlib import Path
 TEST_ARCH = "vitrina-test-tiny"  # 32x32 ViT, 384-d output (the text space's dim), ~0.1M params
 
 
-def write_tiny_checkpoint(path: Path, seed: int = 0, arch: str = TEST_ARCH) -> Path:
-    """Save a tiny randomly initialised image tower (+ model card beside it) at path; returns path."""
+def write_tiny_checkpoint(path: Path, seed: int = 0, arch: str = TEST_ARCH, labels: dict | None = None) -> Path:
+    """Save a tiny randomly initialised image tower (+ model card beside it) at path; returns path.
+    labels: an optional label head (see encoders.image.save_checkpoint)."""
     import torch
 
     from encoders.image import build_tower, save_checkpoint
@@ -17,4 +18,4 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, arch: str = TEST_ARCH) -> P
     visual = build_tower(arch)
     card = {"trained_on": {"catalogue": "none (random init for tests)"}, "epochs_run": 0, "best_epoch": None,
             "best_dev_metrics": None, "complete": True, "created": "test"}
-    return save_checkpoint(Path(path), visual, arch, logit_scale=1 / 0.07, card=card)
+    return save_checkpoint(Path(path), visual, arch, logit_scale=1 / 0.07, card=card, labels=labels)

@@ -122,6 +122,8 @@ class SearchConfig:
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
     query_precision: str = "fp32"  # text encoder precision for queries (auto | bf16 | fp32); batch-of-one is faster in fp32
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
+    photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
+    photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class FinetuneConfig:
     patience: int = 3  # epochs without dev improvement before early stopping
     max_train_items: int = 0  # 0 = all train rows
     label_fields: tuple[str, ...] = ()  # dev metrics: neighbours sharing these attributes count ("" = category)
+    label_weight: float = 1.0  # > 0 with label_fields: also train a head that predicts them from the photo
     time_budget_min: float = 0.0  # > 0: cosine schedule also anneals on training time and stops at the budget
 
 
