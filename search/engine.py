@@ -65,7 +65,7 @@ class SearchService:
     @property
     def model_cfg(self) -> Config:
         """The config models are built with: [search].torch_threads intra-op threads when set, and the
-        text encoder at [search].query_precision (one short query at a time runs faster in fp32)."""
+        text encoder at [search].query_precision."""
         sc = self.cfg.search
         runtime = {"threads": sc.torch_threads} if sc.torch_threads > 0 else {}
         return self.cfg.replace(runtime=runtime, text_encoder={"precision": sc.query_precision})
@@ -190,8 +190,11 @@ class SearchService:
         if req.mode in ("vector", "text", "image"):
             using = "fused" if req.mode == "vector" else req.mode
             hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool, with_vectors=wv)
-            return hits, [{"dense": h.score, "dense_rank": i + 1, "relevance": h.score}
-                          for i, h in enumerate(hits)]
+            explain = [{"dense": h.score, "dense_rank": i + 1, "relevance": h.score} for i, h in enumerate(hits)]
+            if using == "fused":  # the score is already the cosine in the fused space that explain shows
+                for h, e in zip(hits, explain):
+                    e["vector"] = h.score
+            return hits, explain
         # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine. With a
         # photo the text refines it ("like this, but red"): the fused query vector already holds the text,
         # and a keyword list would pull in items that merely share a word, so only the dense list is used.
@@ -212,8 +215,11 @@ class SearchService:
             k_rank, k_score = kw.get(item_id, (None, None))
             d_rank, d_score = dn.get(item_id, (None, None))
             share = match_share(hit.payload, named)
-            rows.append((hit, {"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
-                               "rrf": score, "attributes": share, "relevance": score + scale * share}))
+            parts = {"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
+                     "rrf": score, "attributes": share, "relevance": score + scale * share}
+            if d_score is not None:  # the dense list is on the fused vectors: its score is explain's cosine
+                parts["vector"] = d_score
+            rows.append((hit, parts))
         rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
         rows = rows[:pool]
         return [h for h, _ in rows], [e for _, e in rows]
@@ -304,8 +310,9 @@ class SearchService:
             for _, e in page:
                 e["vector"] = None
             return
+        page = [(h, e) for h, e in page if e.get("vector") is None]  # dense hits on "fused" carry it already
         missing = [h.id for h, _ in page if "fused" not in h.vectors]
-        fetched = {h.id: h.vectors for h in self.store.retrieve(self.alias, missing, with_vectors=True)} \
+        fetched = {h.id: h.vectors for h in self.store.retrieve(self.alias, missing, with_vectors=("fused",))} \
             if missing else {}
         vectors = [h.vectors.get("fused") if "fused" in h.vectors else fetched.get(h.id, {}).get("fused")
                    for h, _ in page]

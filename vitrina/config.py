@@ -120,7 +120,7 @@ class SearchConfig:
     max_offset: int = 1000  # deepest page start a search may ask for
     max_events: int = 1000  # most feedback events in one request
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
-    query_precision: str = "fp32"  # text encoder precision for queries (auto | bf16 | fp32); batch-of-one is faster in fp32
+    query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32)
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
