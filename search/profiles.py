@@ -282,8 +282,11 @@ class ProfileStore:
 
     def neighbours_many(self, item_ids: Sequence[str], limit: int = 100, shrink: float = 1.0
                         ) -> dict[str, list[tuple[str, float, int]]]:
-        """`neighbours` of several items in one read: item -> its list (items never bought are left out)."""
-        return self._locked_read(signals.neighbours_many, list(item_ids), limit, shrink)
+        """`neighbours` of several items in one statement: item -> its list (items with none are left out)."""
+        try:
+            return signals.neighbours_many(self._conn(), list(item_ids), limit, shrink)
+        except sqlite3.Error as e:
+            raise StoreError(f"profile store read failed: {e}") from e
 
     def popular(self, now: float | None = None, batch: int = 500) -> Iterator[tuple[str, float]]:
         """Every item with events, by recency-weighted popularity at `now`, best first (read lazily)."""

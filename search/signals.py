@@ -246,23 +246,21 @@ def neighbours(conn: sqlite3.Connection, item_id: str, limit: int, shrink: float
 
 def neighbours_many(conn: sqlite3.Connection, item_ids: Sequence[str], limit: int, shrink: float
                     ) -> dict[str, list[tuple[str, float, int]]]:
-    """`neighbours` of several items in one query: item -> its list (items with no buyers are left out)."""
+    """`neighbours` of several items in one statement: item -> its list (items with none are left out)."""
     wanted = list(dict.fromkeys(item_ids))
     if not wanted:
         return {}
     marks = ",".join("?" * len(wanted))
-    own = {r[0]: r[1] for r in conn.execute(f"SELECT item_id, n FROM item_buyers WHERE item_id IN ({marks}) "
-                                            "AND n > 0", wanted)}
-    rows = conn.execute(f"SELECT c.item_a, c.item_b, c.n, b.n FROM cooc c JOIN item_buyers b ON b.item_id = c.item_b "
-                        f"WHERE c.item_a IN ({marks}) AND c.n > 0", wanted).fetchall()
-    out: dict[str, list[tuple[str, float, int]]] = {item: [] for item in wanted if item in own}
-    for item, other, n, nb in rows:
-        if item in own:
-            out[item].append((other, n / (math.sqrt(own[item] * max(nb, 1)) + shrink), int(n)))
+    rows = conn.execute("SELECT c.item_a, a.n, c.item_b, c.n, b.n FROM cooc c "
+                        "JOIN item_buyers a ON a.item_id = c.item_a JOIN item_buyers b ON b.item_id = c.item_b "
+                        f"WHERE c.item_a IN ({marks}) AND c.n > 0 AND a.n > 0", wanted).fetchall()
+    out: dict[str, list[tuple[str, float, int]]] = defaultdict(list)
+    for item, own, other, n, nb in rows:
+        out[item].append((other, n / (math.sqrt(own * max(nb, 1)) + shrink), int(n)))
     for scored in out.values():
         scored.sort(key=lambda t: (-t[1], t[0]))
         del scored[limit:]
-    return out
+    return dict(out)
 
 
 def dump(conn: sqlite3.Connection) -> dict[str, Any]:
