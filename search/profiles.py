@@ -255,7 +255,13 @@ class ProfileStore:
         Items never seen get 0.
         """
         now = time.time() if now is None else float(now)
-        return self._locked_read(signals.popularity, list(item_ids), now, self.cfg)
+        ids = list(item_ids)
+        if len(ids) <= signals.CHUNK:  # one statement is a snapshot already: no read transaction around it
+            try:
+                return signals.popularity(self._conn(), ids, now, self.cfg)
+            except sqlite3.Error as e:
+                raise StoreError(f"profile store read failed: {e}") from e
+        return self._locked_read(signals.popularity, ids, now, self.cfg)
 
     def events(self, since: float | None = None, user_id: str | None = None) -> Iterator[Event]:
         """The event log in arrival order, optionally from time `since` on and for one shopper."""

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS cooc (
 ) WITHOUT ROWID;
 """
 _NO_SCORE = -1e300  # rank key of an item whose popularity is 0
+CHUNK = 500  # item ids per `IN (...)` statement
 
 
 def ensure_schema(conn: sqlite3.Connection, cfg: PersonalConfig) -> None:
@@ -98,8 +99,8 @@ def popularity(conn: sqlite3.Connection, item_ids: Sequence[str], now: float, cf
                ) -> dict[str, float]:
     out = {item: 0.0 for item in item_ids}
     ids = list(out)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
         marks = ",".join("?" * len(chunk))
         for item_id, score, at in conn.execute(
                 f"SELECT item_id, score, updated_at FROM popularity WHERE item_id IN ({marks})", chunk):
