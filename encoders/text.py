@@ -76,6 +76,49 @@ def _load(source: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
+def _hidden_module(model: Any) -> Any:
+    import torch
+
+    class Hidden(torch.nn.Module):
+        """model(input_ids, attention_mask) -> last hidden state: the one output pooling needs."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    return Hidden(model).eval()
+
+
+def _traced(model: Any, pad_id: int) -> Any | None:
+    """A frozen TorchScript trace of the model's hidden-state forward, or None (and eager is used) when
+    tracing fails or the trace differs from eager on a padded batch of two lengths."""
+    import warnings
+
+    import torch
+
+    eager = _hidden_module(model)
+    device = next(model.parameters()).device
+    probe = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, pad_id, pad_id, pad_id]],
+                         device=device)
+    mask = (torch.arange(6, device=device)[None, :] < torch.tensor([[6], [3]], device=device)).long()
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer warns about shape branches; the check below decides
+            traced = torch.jit.freeze(torch.jit.trace(eager, (probe[:1, :4], mask[:1, :4]), check_trace=False))
+            want, got = eager(probe, mask).float(), traced(probe, mask).float()
+    except Exception as e:  # noqa: BLE001 (any tracer failure means: run eager)
+        log.warning("text encoder: TorchScript trace failed, running eager: %s", e)
+        return None
+    diff = float(((want - got) * mask[..., None]).abs().max())
+    if not diff <= 0.05:
+        log.warning("text encoder: the trace differs from eager by %.3g, running eager", diff)
+        return None
+    return traced
+
+
 class TextEncoder:
     """Encodes texts to (n, dim) L2-normalised float32 rows; `.encode` is safe to call from several threads."""
 
@@ -105,6 +148,9 @@ class TextEncoder:
         # reads half the bytes, 5.4 vs 10.6 ms CPU; batches run 1,378 vs 1,164 texts/s; cosine to fp32 >= 0.9999
         self._model = model.to(self.device, torch.bfloat16 if self.bf16 else torch.float32).eval()
         self._pad_id = int(self._tokenizer.pad_token_id or 0)
+        self._forward = _traced(self._model, self._pad_id) if cfg.jit else None
+        if self._forward is None:
+            self._forward = _hidden_module(self._model)
         self._lock = threading.Lock()
         self._torch = torch
         log.info("text encoder %s on %s (%s, max_length %d) loaded in %.1fs", self.source, self.device,
@@ -142,7 +188,7 @@ class TextEncoder:
         input_ids = torch.from_numpy(ids).to(self.device)
         attention = torch.from_numpy(mask).to(self.device)
         with torch.inference_mode():
-            hidden = self._model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            hidden = self._forward(input_ids, attention)
             m = attention.unsqueeze(-1).to(torch.float32)
             pooled = (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
             pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)

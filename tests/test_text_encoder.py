@@ -30,7 +30,7 @@ def fp32() -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def default() -> TextEncoder:
-    """The encoder as configured by default (bf16 autocast where the CPU has it)."""
+    """The encoder as configured by default (bf16 weights where the CPU has it, TorchScript trace)."""
     return TextEncoder(TextEncoderConfig(), CPU)
 
 
@@ -185,3 +185,30 @@ def test_bench_text_smoke(cfg: Config, tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["texts_per_s"] > 0 and rows[0]["batch_size"] == 8
     assert len(bench_text.catalogue_texts(cfg, 5)) == 5
+
+
+def test_traced_model_gives_the_eager_vectors(default: TextEncoder) -> None:
+    eager = TextEncoder(TextEncoderConfig(jit=False), CPU)
+    assert type(default._forward).__name__ == "RecursiveScriptModule"  # the trace passed its load-time check
+    assert type(eager._forward).__name__ != "RecursiveScriptModule"
+    texts = TEXTS + ["a", "blue denim jacket with a hood"]
+    assert cos(default.encode(texts), eager.encode(texts)).min() > 0.9999
+    assert cos(default.encode(texts, batch_size=1), eager.encode(texts, batch_size=1)).min() > 0.9999  # each alone
+
+
+def test_a_trace_that_disagrees_with_eager_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import encoders.text as text
+
+    real_trace = torch.jit.trace
+
+    def off_by_one(module, example, **kw):  # type: ignore[no-untyped-def]
+        traced = real_trace(module, example, **kw)
+        return torch.jit.trace(lambda i, m: traced(i, m) + 1.0, example, **kw)
+
+    monkeypatch.setattr(torch.jit, "trace", off_by_one)
+    enc = TextEncoder(TextEncoderConfig(precision="fp32"), CPU)
+    assert type(enc._forward).__name__ != "RecursiveScriptModule"
+    assert enc.encode(["red dress"]).shape == (1, 384)
+    assert text._traced is not None

@@ -61,6 +61,7 @@ class TextEncoderConfig:
     batch_size: int = 128
     dim: int = 384
     precision: str = "auto"  # auto (bf16 when [runtime].bf16 and the device has it) | bf16 | fp32
+    jit: bool = True  # run a TorchScript trace of the model (checked against eager at load; eager if it differs)
 
 
 @dataclass(frozen=True)
