@@ -81,7 +81,8 @@ def _hit(point: Any, score: float, with_vectors: WithVectors) -> Hit:
     vectors = {}
     if with_vectors and point.vector:
         vectors = {k: _dense(v) for k, v in point.vector.items() if k in DENSE_VECTORS}
-    return Hit(id=str(payload.get(ID_FIELD, point.id)), score=float(score), payload=payload, vectors=vectors)
+    item_id = payload[ID_FIELD] if ID_FIELD in payload else point.id  # point.id builds a UUID: only when needed
+    return Hit(id=str(item_id), score=float(score), payload=payload, vectors=vectors)
 
 
 class _Handle:
