@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from search.ranking import cosines, rrf, vector_matrix
+from search.ranking import cosines, rrf
 from search.request import FeedbackEvent, SearchRequest
 from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
 from search.understand import AttributeMatcher, match_share
@@ -164,7 +164,7 @@ class SearchService:
         user = self.profiles.get(req.user_id) if req.user_id is not None else None
         rerank = user is not None or self.cfg.personal.popularity_weight > 0
         pool = max(s.candidates, req.offset + req.k)
-        hits, explain = self._retrieve(req, qvec, pool, with_vectors=rerank)
+        hits, explain = self._retrieve(req, qvec, pool)
         if photo is not None and req.mode != "keyword":
             hits, explain = self._photo_attributes(hits, explain, self.read_photo(photo))
         ranked = self._rank(hits, explain, user, req.user_id) if rerank else self._plain(hits, explain)
@@ -176,11 +176,11 @@ class SearchService:
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         return out
 
-    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int, with_vectors: bool
+    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int
                   ) -> tuple[list[Hit], list[dict[str, Any]]]:
         """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses."""
-        # the rerank needs only the fused vectors: fetching all three named vectors costs ~3x more per candidate
-        s, filters, st, wv = self.cfg.search, req.filters or None, self.store, ("fused",) if with_vectors else False
+        # no vectors: the personal rerank asks the store for the user's cosines (_user_cosines) instead
+        s, filters, st, wv = self.cfg.search, req.filters or None, self.store, False
         if req.mode == "keyword":
             hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv)
             return hits, [{"keyword": h.score, "keyword_rank": i + 1, "relevance": h.score}
@@ -288,14 +288,12 @@ class SearchService:
         if pc.popularity_weight > 0:
             pop = self.profiles.popularity(ids, now=now)
             popularity = np.array([pop.get(i, 0.0) for i in ids], dtype=np.float64)
-        dim = next((len(h.vectors["fused"]) for h in hits if "fused" in h.vectors), self.cfg.text_encoder.dim)
-        if user is not None and user.vector.shape != (dim,):  # profile from another model: start over
-            log.info("profile of %r has %s dims, the index %d: treated as cold start", user_id,
-                     user.vector.shape, dim)
+        cos = self._user_cosines(user, user_id, ids) if user is not None else None
+        if cos is None:
             user = None
-        matrix = vector_matrix([h.vectors for h in hits], "fused", dim)
         relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
-        final, parts = rerank(relevance, matrix, user, pc, purchased=purchased, popularity=popularity, now=now)
+        final, parts = rerank(relevance, None, user, pc, purchased=purchased, popularity=popularity, now=now,
+                              item_cosines=cos)
         blend = blend_weight(evidence_at(user, now, pc), pc) if user is not None else 0.0
         for i, e in enumerate(explain):
             e.update(relevance_norm=float(parts["relevance"][i]), personal=float(parts["personal"][i]),
@@ -303,6 +301,21 @@ class SearchService:
                      blend=blend, final=float(final[i]))
         order = sorted(range(len(hits)), key=lambda i: -final[i])  # stable: ties keep the engine's order
         return [(hits[i], explain[i]) for i in order]
+
+    def _user_cosines(self, user: UserState, user_id: str | None, ids: list[str]) -> np.ndarray | None:
+        """cosine(user vector, each candidate's fused vector), scored by the store over just these ids (no
+        vectors travel to Python); None when the profile does not fit the index (another model: cold start)."""
+        norm = float(np.linalg.norm(user.vector))
+        if norm == 0.0 or not np.isfinite(norm):
+            return np.zeros(len(ids))
+        try:
+            hits = self.store.query(self.alias, DenseQuery(np.asarray(user.vector / norm, np.float32), "fused"),
+                                    Filters(only_ids=tuple(ids)), limit=len(ids), with_payload=False)
+        except BadInput as e:  # e.g. a profile built with another model's dimension
+            log.info("profile of %r does not fit the index (%s): treated as cold start", user_id, e)
+            return None
+        score = {h.id: h.score for h in hits}
+        return np.array([score.get(i, 0.0) for i in ids], dtype=np.float64)
 
     def _add_cosines(self, page: list[tuple[Hit, dict[str, Any]]], qvec: np.ndarray | None) -> None:
         """explain["vector"]: cosine of each shown item's stored fused vector to the query's fused vector."""

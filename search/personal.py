@@ -149,9 +149,9 @@ def cosines(user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, cos, 0.0)
 
 
-def rerank(query_scores: np.ndarray, item_vectors: np.ndarray, user: UserState | None, cfg: PersonalConfig,
-           purchased: np.ndarray | None = None, popularity: np.ndarray | None = None, now: float | None = None
-           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def rerank(query_scores: np.ndarray, item_vectors: np.ndarray | None, user: UserState | None, cfg: PersonalConfig,
+           purchased: np.ndarray | None = None, popularity: np.ndarray | None = None, now: float | None = None,
+           item_cosines: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Blend relevance with the shopper's taste over one candidate list; returns (final, parts).
 
     With a = blend_weight(user evidence decayed to `now`) and p = cfg.popularity_weight:
@@ -162,17 +162,23 @@ def rerank(query_scores: np.ndarray, item_vectors: np.ndarray, user: UserState |
       final      = relevance + popularity + personal + demotion          (the parts sum to final)
     Only the given candidates are re-ordered, so a new item with no feedback competes on its relevance
     and its content similarity, never on a feedback count. No user (cold start) and p = 0 keeps the
-    relevance order unchanged.
+    relevance order unchanged. `item_cosines`, when given, are cosine(user.vector, item) already computed
+    (e.g. by the vector store) and item_vectors is not read.
     """
     rel = normalise_scores(query_scores)
     n = rel.shape[0]
-    items = np.asarray(item_vectors, dtype=np.float64)
-    if n and (items.ndim != 2 or items.shape[0] != n):
+    items = None if item_vectors is None else np.asarray(item_vectors, dtype=np.float64)
+    if items is not None and n and (items.ndim != 2 or items.shape[0] != n):
         raise BadInput(f"expected {n} item vectors, got an array of shape {items.shape}")
+    given = None if item_cosines is None else np.asarray(item_cosines, dtype=np.float64).reshape(-1)
+    if given is not None and given.shape[0] != n:
+        raise BadInput(f"expected {n} item cosines, got {given.shape[0]}")
+    if given is None and items is None and user is not None:
+        raise BadInput("rerank needs item_vectors or item_cosines for a user")
     a = 0.0
     cos = np.zeros(n)
     if user is not None and n:
-        cos = cosines(user.vector, items)
+        cos = given if given is not None else cosines(user.vector, items)
         a = blend_weight(evidence_at(user, now, cfg), cfg) if np.any(user.vector) else 0.0
     p = min(max(float(cfg.popularity_weight), 0.0), 1.0)
     pop = np.zeros(n)

@@ -43,13 +43,3 @@ def cosines(query: np.ndarray | None, vectors: Sequence[np.ndarray | None]) -> l
         n = float(np.linalg.norm(a))
         out.append(None if n == 0.0 or a.shape != q.shape else float(a @ q / (n * qn)))
     return out
-
-
-def vector_matrix(vectors: Sequence[Mapping[str, np.ndarray]], name: str, dim: int) -> np.ndarray:
-    """(n, dim) float32 of each item's named vector; zero rows where an item lacks it."""
-    out = np.zeros((len(vectors), dim), dtype=np.float32)
-    for i, named in enumerate(vectors):
-        v = named.get(name)
-        if v is not None and np.asarray(v).shape == (dim,):
-            out[i] = v
-    return out

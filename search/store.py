@@ -55,9 +55,10 @@ class Filters:
     equals: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     exclude_ids: tuple[str, ...] = ()  # external ids never to return
+    only_ids: tuple[str, ...] = ()  # when given: external ids the results are restricted to
 
     def __bool__(self) -> bool:
-        return bool(self.equals or self.ranges or self.exclude_ids)
+        return bool(self.equals or self.ranges or self.exclude_ids or self.only_ids)
 
 
 @dataclass(frozen=True)

@@ -61,13 +61,15 @@ def _check_name(name: str, what: str = "collection") -> str:
 
 
 def edge_filter(filters: Filters | None) -> qe.Filter | None:
-    """Filters as an engine filter: any-of per field, inclusive ranges, excluded ids (must_not has_id)."""
+    """Filters as an engine filter: any-of per field, inclusive ranges, only/excluded ids (has_id)."""
     if not filters:
         return None
     must: list[Any] = [qe.FieldCondition(k, match=qe.MatchAny([str(v) for v in vals]))
                        for k, vals in filters.equals.items()]
     must += [qe.FieldCondition(k, range=qe.RangeFloat(gte=lo, lte=hi))
              for k, (lo, hi) in filters.ranges.items() if lo is not None or hi is not None]
+    if filters.only_ids:
+        must.append(qe.HasIdCondition({point_id(i) for i in filters.only_ids}))
     must_not = [qe.HasIdCondition({point_id(i) for i in filters.exclude_ids})] if filters.exclude_ids else None
     return qe.Filter(must=must or None, must_not=must_not)
 

@@ -39,6 +39,8 @@ def qdrant_filter(filters: Filters | None) -> models.Filter | None:
                        for k, vals in filters.equals.items()]
     must += [models.FieldCondition(key=k, range=models.Range(gte=lo, lte=hi))
              for k, (lo, hi) in filters.ranges.items() if lo is not None or hi is not None]
+    if filters.only_ids:
+        must.append(models.HasIdCondition(has_id=sorted({point_id(i) for i in filters.only_ids})))
     must_not: list[Any] = ([models.HasIdCondition(has_id=sorted({point_id(i) for i in filters.exclude_ids}))]
                            if filters.exclude_ids else [])
     return models.Filter(must=must or None, must_not=must_not or None)

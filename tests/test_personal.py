@@ -299,3 +299,20 @@ def test_parse_event_and_validation() -> None:
         validate_event(Event("u", "x", "buy", T0))
     with pytest.raises(BadInput, match="bad ts"):
         validate_event(Event("u", "x", "view", "2020"))  # type: ignore[arg-type]
+
+
+def test_rerank_with_cosines_from_the_store_equals_rerank_with_vectors() -> None:
+    rng = np.random.default_rng(3)
+    items = rng.standard_normal((6, 4))
+    user = update_user(None, items[2], "purchase", T0, CFG)
+    scores = rng.random(6)
+    want, want_parts = rerank(scores, items, user, CFG, now=T0)
+    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+    given = unit @ (user.vector / np.linalg.norm(user.vector))
+    got, parts = rerank(scores, None, user, CFG, now=T0, item_cosines=given)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(parts["personal"], want_parts["personal"], rtol=1e-6)
+    with pytest.raises(BadInput):
+        rerank(scores, None, user, CFG, item_cosines=given[:3])
+    with pytest.raises(BadInput):
+        rerank(scores, None, user, CFG)

@@ -117,7 +117,7 @@ def matching(f: Filters) -> set[str]:
         ok = all(it.payload[k] in vals for k, vals in f.equals.items())
         ok &= all((lo is None or it.payload[k] >= lo) and (hi is None or it.payload[k] <= hi)
                   for k, (lo, hi) in f.ranges.items())
-        if ok and it.id not in f.exclude_ids:
+        if ok and it.id not in f.exclude_ids and (not f.only_ids or it.id in f.only_ids):
             out.add(it.id)
     return out
 
@@ -175,6 +175,7 @@ def test_delete(loaded: Store) -> None:
     Filters(ranges={"price": (50.0, 120.0)}),
     Filters(ranges={"price": (None, 60.0)}, equals={"article": ("shoes", "watch")}),
     Filters(exclude_ids=("sku-000", "sku-005")),
+    Filters(only_ids=("sku-000", "sku-005", "sku-009")),
     Filters(ranges={"rank": (10, 19)}),
 ])
 def test_count_with_filters(loaded: Store, f: Filters) -> None:
@@ -260,6 +261,7 @@ def test_hybrid_query_is_weighted_rrf(loaded: Store) -> None:
     Filters(equals={"colour": ("red", "white")}),
     Filters(ranges={"price": (40.0, 150.0)}, equals={"gender": ("men",)}),
     Filters(exclude_ids=("sku-013", "sku-001")),
+    Filters(only_ids=("sku-002", "sku-007", "sku-013", "missing"), exclude_ids=("sku-007",)),
 ])
 def test_filters_restrict_every_query_kind(loaded: Store, f: Filters) -> None:
     keep = matching(f)
