@@ -102,6 +102,33 @@ def test_items_similar_image(client: FlaskClient, rows: dict[str, Any]) -> None:
     assert client.get("/api/items/nope/image").status_code == 404
 
 
+def test_item_ids_with_slashes_route(tmp_path: Any) -> None:
+    import numpy as np
+
+    from tests.helpers import index_vectors, make_config, product_rows, write_catalogue
+    from web import create_app
+
+    rows = [{**r, "id": f"sku/{r['id']}"} for r in product_rows(6)]
+    cfg = make_config(tmp_path, write_catalogue(tmp_path / "shop", rows))
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((6, 384)).astype(np.float32)
+    store = index_vectors(cfg, rows, vecs, vecs)
+    try:
+        c = create_app(cfg, store=store).test_client()
+        for path in ("/api/items/sku/1003", "/api/items/sku%2F1003"):
+            body = c.get(path).get_json()
+            assert body["id"] == "sku/1003", (path, body)
+        sim = c.get("/api/items/sku/1003/similar?k=3")
+        assert sim.status_code == 200 and "sku/1003" not in ids(sim) and all(i.startswith("sku/") for i in ids(sim))
+        assert c.get(c.get("/api/items/sku/1003").get_json()["image_url"]).status_code == 200
+        assert c.get("/api/items/sku/9999").status_code == 404
+        event = {"user_id": "u1", "item_id": "sku/1003", "event": "click"}
+        assert c.post("/api/feedback", json=event).status_code == 200
+        assert c.get("/api/items/sku/1003/also-bought?k=3").status_code == 200
+    finally:
+        store.close()
+
+
 def test_feedback_needs_key(client: FlaskClient) -> None:
     event = {"user_id": "k1", "item_id": "1000", "event": "view"}
     assert client.post("/api/feedback", json=event).status_code == 401

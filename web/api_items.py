@@ -31,14 +31,14 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-@bp.get("/<item_id>")
+@bp.get("/<path:item_id>")
 @spec("One item", (_ID,), responses={200: {"$ref": "#/components/schemas/Result"}, 404: None}, tag="items")
 def item(item_id: str) -> ResponseReturnValue:
     """The item's title, image URL and attributes."""
     return jsonify(get_service().item(parse_item_id(item_id)))
 
 
-@bp.get("/<item_id>/similar")
+@bp.get("/<path:item_id>/similar")
 @spec("More like this", (_ID, Param("k", "how many", "integer", minimum=1, maximum=100),
                          Param("offset", "results to skip", "integer", minimum=0),
                          Param("filter.<field>", "exact match on a filterable field", repeated=True)),
@@ -57,7 +57,7 @@ def similar(item_id: str) -> ResponseReturnValue:
     return jsonify(get_service().similar(parse_item_id(item_id), k, offset, filters))
 
 
-@bp.get("/<item_id>/image")
+@bp.get("/<path:item_id>/image")
 @spec("The item's picture", (_ID,), responses={200: {"_media": "image/*", "type": "string", "format": "binary"},
                                                 404: None}, tag="items")
 def image(item_id: str) -> ResponseReturnValue:

@@ -94,7 +94,7 @@ def recommendations(user_id: str) -> ResponseReturnValue:
                                           sources=_sources()))
 
 
-@bp.get("/items/<item_id>/also-bought")
+@bp.get("/items/<path:item_id>/also-bought")
 @spec("Shoppers who bought this also bought", (Param("item_id", "external item id", where="path",
                                                      required=True), _K, _FILTER, _MIN, _MAX),
       responses={200: _RESULTS, 400: None, 404: None}, tag="recommend")
