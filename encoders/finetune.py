@@ -20,6 +20,7 @@ import numpy as np
 from encoders.image import (build_tower, image_size_of, load_checkpoint, model_config, pixels_to_input,
                             save_checkpoint, tower_from_checkpoint)
 from encoders.train_data import DEV, TRAIN, TrainItem, augment, image_cache, text_embeddings
+from vitrina.config import FinetuneConfig
 from vitrina.errors import ConfigError, VitrinaError
 
 log = logging.getLogger(__name__)
@@ -28,27 +29,15 @@ STATE_FILE = "state.pt"
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
-    """Everything that decides a training run (a change starts a new run instead of resuming the old one)."""
+class FinetuneSettings(FinetuneConfig):
+    """[finetune] plus the rest of what decides a training run: the architecture, where it starts, and the
+    runtime (a change in what decides it starts a new run instead of resuming the old one, see run_key)."""
 
-    arch: str = "vitrina-rn-tiny"
-    epochs: int = 10
-    batch_size: int = 256
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 200
-    seed: int = 0
-    workers: int = 2
-    patience: int = 3
-    max_train_items: int = 0
+    arch: str = "vitrina-rn-small"
     start_from: str = ""  # "" = random init; a vitrina checkpoint, an open_clip checkpoint file or tag
-    time_budget_min: float = 0.0  # > 0: the cosine schedule also runs on training time and ends at this budget
     device: str = "auto"
     threads: int = 2
     bf16: bool = True
-    label_fields: tuple[str, ...] = ()  # with label_weight > 0: a head learns to predict these from the photo
-    label_weight: float = 1.0
 
 
 LABEL_MIN_COUNT = 5  # a label value combination needs this many train items to become a class of the head
@@ -122,7 +111,8 @@ def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any) -> Any:
 
 
 def run_key(settings: FinetuneSettings, data_key: str) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(settings).items() if k not in {"workers", "device", "threads"}}
+    fields = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in {"output", "workers", "device", "threads"}}  # where and how fast, not what
     blob = json.dumps({"settings": fields, "data": data_key}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 

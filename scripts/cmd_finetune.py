@@ -76,15 +76,13 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
     from encoders.finetune import FinetuneSettings
 
     ft = cfg.finetune
-    return FinetuneSettings(
-        arch=args.arch or cfg.image_encoder.arch, epochs=args.epochs or ft.epochs,
-        batch_size=args.batch_size or ft.batch_size, grad_accum=ft.grad_accum, lr=args.lr or ft.lr,
-        weight_decay=ft.weight_decay, warmup_steps=ft.warmup_steps, seed=ft.seed, workers=ft.workers,
-        patience=ft.patience, max_train_items=ft.max_train_items if args.max_items is None else args.max_items,
-        start_from=args.start_from if args.start_from is not None else cfg.image_encoder.pretrained,
-        time_budget_min=ft.time_budget_min if args.time_budget is None else args.time_budget,
-        label_fields=tuple(ft.label_fields), label_weight=ft.label_weight,
-        device=cfg.runtime.device, threads=cfg.runtime.threads, bf16=cfg.runtime.bf16)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_train_items": args.max_items,
+             "time_budget_min": args.time_budget}
+    return FinetuneSettings(**{
+        **dataclasses.asdict(ft), **{k: v for k, v in given.items() if v is not None},
+        "arch": args.arch or cfg.image_encoder.arch, "label_fields": tuple(ft.label_fields),
+        "start_from": args.start_from if args.start_from is not None else cfg.image_encoder.pretrained,
+        "device": cfg.runtime.device, "threads": cfg.runtime.threads, "bf16": cfg.runtime.bf16})
 
 
 def _lazy_text_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
