@@ -77,7 +77,7 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
 
     ft = cfg.finetune
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_train_items": args.max_items,
-             "time_budget_min": args.time_budget}
+             "time_budget_min": args.time_budget, "output": str(Path(args.output).resolve()) if args.output else None}
     return FinetuneSettings(**{
         **dataclasses.asdict(ft), **{k: v for k, v in given.items() if v is not None},
         "arch": args.arch or cfg.image_encoder.arch, "label_fields": tuple(ft.label_fields),
