@@ -164,7 +164,7 @@ class SearchService:
         user = self.profiles.get(req.user_id) if req.user_id is not None else None
         rerank = user is not None or self.cfg.personal.popularity_weight > 0
         pool = max(s.candidates, req.offset + req.k)
-        hits, explain = self._retrieve(req, qvec, pool)
+        hits, explain = self._retrieve(req, qvec, pool, user)
         if photo is not None and req.mode != "keyword":
             hits, explain = self._photo_attributes(hits, explain, self.read_photo(photo))
         ranked = self._rank(hits, explain, user, req.user_id) if rerank else self._plain(hits, explain)
@@ -176,9 +176,13 @@ class SearchService:
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         return out
 
-    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int
+    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int, user: UserState | None = None
                   ) -> tuple[list[Hit], list[dict[str, Any]]]:
-        """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses."""
+        """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses.
+
+        Hybrid text search for a known shopper adds a third list (see _personal_list): the items nearest to
+        the user vector among those carrying the attribute values the query names, so the rerank can reach
+        items of the asked kind that suit the shopper but sit below the query's own top-N."""
         # no vectors: the personal rerank asks the store for the user's cosines (_user_cosines) instead
         s, filters, st, wv = self.cfg.search, req.filters or None, self.store, False
         if req.mode == "keyword":
@@ -201,28 +205,56 @@ class SearchService:
         dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool, with_vectors=wv)
         keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv) \
             if req.q and not req.has_photo else []
-        fused = rrf([[h.id for h in keyword], [h.id for h in dense]], [s.keyword_weight, s.vector_weight],
-                    s.rrf_k)
-        by_id = {h.id: h for h in keyword}
+        pc = self.cfg.personal
+        named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
+        mine = self._personal_list(user, named, req.filters) if req.q and not req.has_photo else []
+        fused = rrf([[h.id for h in keyword], [h.id for h in dense], [h.id for h in mine]],
+                    [s.keyword_weight, s.vector_weight, pc.candidate_weight], s.rrf_k)
+        by_id = {h.id: h for h in mine}
+        by_id.update({h.id: h for h in keyword})
         by_id.update({h.id: h for h in dense})
         kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
         dn = {h.id: (i + 1, h.score) for i, h in enumerate(dense)}
-        named = self.matcher().match(req.q) if req.q and s.attribute_weight > 0 else {}
+        pr = {h.id: i + 1 for i, h in enumerate(mine)}
         scale = s.attribute_weight / (s.rrf_k + 1)  # a full match weighs like rank 1 in a list of that weight
         rows = []
         for item_id, score in fused.items():
             hit = by_id[item_id]
             k_rank, k_score = kw.get(item_id, (None, None))
             d_rank, d_score = dn.get(item_id, (None, None))
-            share = match_share(hit.payload, named)
+            share = match_share(hit.payload, named) if s.attribute_weight > 0 else 0.0
             parts = {"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
                      "rrf": score, "attributes": share, "relevance": score + scale * share}
             if d_score is not None:  # the dense list is on the fused vectors: its score is explain's cosine
                 parts["vector"] = d_score
+            if item_id in pr:
+                parts["personal_rank"] = pr[item_id]
             rows.append((hit, parts))
         rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
-        rows = rows[:pool]
+        rows = rows[:pool + (len(mine) if pc.candidate_extend else 0)]
         return [h for h, _ in rows], [e for _, e in rows]
+
+    def _personal_list(self, user: UserState | None, named: dict[str, set[str]], filters: Filters | None
+                       ) -> list[Hit]:
+        """The shopper's own candidates for a text query: the [personal].candidates items nearest to the user
+        vector among those with the attribute values the query names (and the request's filters); [] for no
+        shopper, a query naming no attribute value, or a profile that does not fit the index."""
+        n = self.cfg.personal.candidates
+        if user is None or n <= 0 or not named:
+            return []
+        norm = float(np.linalg.norm(user.vector))
+        if norm == 0.0 or not np.isfinite(norm):
+            return []
+        base = filters or Filters()
+        equals = {f: tuple(sorted(v)) for f, v in named.items()}
+        equals.update(base.equals)  # a field the request filters on keeps the request's values
+        f = Filters(equals=equals, ranges=base.ranges, exclude_ids=base.exclude_ids, only_ids=base.only_ids)
+        try:
+            return self.store.query(self.alias, DenseQuery(np.asarray(user.vector / norm, np.float32), "fused"),
+                                    f, limit=n)
+        except BadInput as e:  # e.g. a profile built with another model's dimension
+            log.info("profile does not fit the index (%s): no personal candidates", e)
+            return []
 
     def read_photo(self, photo: np.ndarray) -> dict[str, tuple[str, float]]:
         """Attribute values the image tower's label head reads from a photo vector ({field: (value, p)}), those
@@ -268,7 +300,7 @@ class SearchService:
     def _plain(hits: list[Hit], explain: list[dict[str, Any]]) -> list[tuple[Hit, dict[str, Any]]]:
         """No shopper (or a cold-start one) and no popularity prior: the engine's order and scores."""
         for e in explain:
-            e.update(personal=0.0, popularity=0.0, blend=0.0, final=e["relevance"])
+            e.update(personal=0.0, affinity=0.0, popularity=0.0, blend=0.0, final=e["relevance"])
         return list(zip(hits, explain))
 
     def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user: UserState | None,
@@ -276,14 +308,18 @@ class SearchService:
         """The personal rerank of the candidates (search.personal.rerank); parts go into explain."""
         if not hits:
             return []
-        from search.personal import blend_weight, evidence_at, rerank
+        from search.personal import affinity_weights, blend_weight, evidence_at, rerank
 
         pc, now = self.cfg.personal, self.profiles.clock()
         ids = [h.id for h in hits]
-        purchased = None
-        if user is not None and user_id is not None and pc.purchased == "demote":
+        purchased = aff = None
+        weights = affinity_weights(pc) if user is not None and user_id is not None else {}
+        if user is not None and user_id is not None and (pc.purchased == "demote" or weights):
             bought = self.profiles.purchased(user_id)
-            purchased = np.array([i in bought for i in ids], dtype=bool)
+            if pc.purchased == "demote":
+                purchased = np.array([i in bought for i in ids], dtype=bool)
+            if weights:
+                aff = self._affinity(hits, sorted(bought)[:max(pc.affinity_history, 0)], weights)
         popularity = None
         if pc.popularity_weight > 0:
             pop = self.profiles.popularity(ids, now=now)
@@ -293,14 +329,27 @@ class SearchService:
             user = None
         relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
         final, parts = rerank(relevance, None, user, pc, purchased=purchased, popularity=popularity, now=now,
-                              item_cosines=cos)
+                              item_cosines=cos, affinity=aff)
         blend = blend_weight(evidence_at(user, now, pc), pc) if user is not None else 0.0
         for i, e in enumerate(explain):
             e.update(relevance_norm=float(parts["relevance"][i]), personal=float(parts["personal"][i]),
+                     affinity=float(parts["affinity"][i]),
                      popularity=float(parts["popularity"][i]), demotion=float(parts["demotion"][i]),
                      blend=blend, final=float(final[i]))
         order = sorted(range(len(hits)), key=lambda i: -final[i])  # stable: ties keep the engine's order
         return [(hits[i], explain[i]) for i in order]
+
+    def _affinity(self, hits: list[Hit], history: list[str], weights: dict[str, float]) -> np.ndarray | None:
+        """search.personal.affinity of the candidates to the shopper's bought items (their payloads read from
+        the store; items no longer in the index are left out); None without history."""
+        from search.personal import ITEM, affinity
+
+        if not history:
+            return None
+        fields = [f for f in weights if f != ITEM]
+        past = self.store.retrieve(self.alias, history) if fields else [Hit(i, 0.0, {}) for i in history]
+        return affinity([h.id for h in hits], [h.payload for h in hits], [h.id for h in past],
+                        [h.payload for h in past], weights)
 
     def _user_cosines(self, user: UserState, user_id: str | None, ids: list[str]) -> np.ndarray | None:
         """cosine(user vector, each candidate's fused vector), scored by the store over just these ids (no

@@ -6,19 +6,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from vitrina.config import PersonalConfig
-from vitrina.errors import BadInput
+from vitrina.errors import BadInput, ConfigError
 
 EVENTS = ("view", "click", "cart", "purchase")
 DAY_S = 86_400.0
 MAX_ID_CHARS = 256
 MAX_FUTURE_S = DAY_S  # clock skew tolerated on event times
 # The additive parts `rerank` returns; they sum to the final score.
-PARTS = ("relevance", "personal", "popularity", "demotion")
+PARTS = ("relevance", "personal", "affinity", "popularity", "demotion")
+ITEM = "item"  # affinity key that stands for the item itself (buy again) rather than a payload field
 
 
 @dataclass(frozen=True)
@@ -149,15 +150,63 @@ def cosines(user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, cos, 0.0)
 
 
+def affinity_weights(cfg: PersonalConfig) -> dict[str, float]:
+    """[personal].affinity ("field=weight" entries; field `item` = the item itself) as {field: weight}."""
+    out: dict[str, float] = {}
+    for entry in cfg.affinity:
+        name, sep, value = str(entry).partition("=")
+        try:
+            weight = float(value)
+        except ValueError as e:
+            raise ConfigError(f"[personal].affinity entry {entry!r} is not field=weight") from e
+        if not sep or not name.strip() or not math.isfinite(weight):
+            raise ConfigError(f"[personal].affinity entry {entry!r} is not field=weight")
+        out[name.strip()] = weight
+    return out
+
+
+def affinity(candidates: Sequence[str], candidate_payloads: Sequence[Mapping[str, Any]], history: Sequence[str],
+             history_payloads: Sequence[Mapping[str, Any]], weights: Mapping[str, float]) -> np.ndarray:
+    """How much each candidate shares with the shopper's history, field by field.
+
+    affinity_i = sum_f weights[f] * (# history items with the candidate's non-empty value of f) / len(history);
+    f = ITEM instead adds weights[ITEM] when the candidate itself is in the history (buy again). 0 without history.
+    """
+    n = len(candidates)
+    if len(candidate_payloads) != n or len(history_payloads) != len(history):
+        raise BadInput("affinity needs one payload per id")
+    out = np.zeros(n)
+    if not history or not n:
+        return out
+    for f, w in weights.items():
+        if w == 0:
+            continue
+        if f == ITEM:
+            bought = set(history)
+            out += w * np.array([c in bought for c in candidates], dtype=np.float64)
+            continue
+        counts: dict[str, int] = {}
+        for p in history_payloads:
+            v = p.get(f)
+            if v is not None and v != "":
+                counts[str(v)] = counts.get(str(v), 0) + 1
+        values = [counts.get(str(p.get(f)), 0) if p.get(f) not in (None, "") else 0 for p in candidate_payloads]
+        out += w * np.asarray(values, dtype=np.float64) / len(history)
+    return out
+
+
 def rerank(query_scores: np.ndarray, item_vectors: np.ndarray | None, user: UserState | None, cfg: PersonalConfig,
            purchased: np.ndarray | None = None, popularity: np.ndarray | None = None, now: float | None = None,
-           item_cosines: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+           item_cosines: np.ndarray | None = None, affinity: np.ndarray | None = None
+           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Blend relevance with the shopper's taste over one candidate list; returns (final, parts).
 
     With a = blend_weight(user evidence decayed to `now`) and p = cfg.popularity_weight:
       relevance  = (1 - a) * (1 - p) * minmax(query_scores)            (see normalise_scores)
       popularity = (1 - a) * p * popularity / max(popularity)           (0 when no popularity is given)
       personal   = a * cosine(user.vector, item_vector)
+      affinity   = relevance * the given affinity (see `affinity`) when there is a user, else 0: the shopper's
+                   usual values scale up what the query asks for and never lift an item the query does not match
       demotion   = -(1 - demote_factor) * |pre-demotion score| for purchased items when purchased == "demote"
       final      = relevance + popularity + personal + demotion          (the parts sum to final)
     Only the given candidates are re-ordered, so a new item with no feedback competes on its relevance
@@ -188,12 +237,18 @@ def rerank(query_scores: np.ndarray, item_vectors: np.ndarray | None, user: User
             raise BadInput(f"expected {n} popularity values, got {raw.shape[0]}")
         top = float(raw.max())
         pop = np.clip(raw, 0.0, None) / top if top > 0 else np.zeros(n)
+    aff = np.zeros(n)
+    if affinity is not None and user is not None and n:
+        aff = np.nan_to_num(np.asarray(affinity, dtype=np.float64).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+        if aff.shape[0] != n:
+            raise BadInput(f"expected {n} affinity values, got {aff.shape[0]}")
     parts = {
         "relevance": (1.0 - a) * (1.0 - p) * rel,
         "personal": a * cos,
         "popularity": (1.0 - a) * p * pop,
     }
-    pre = parts["relevance"] + parts["personal"] + parts["popularity"]
+    parts["affinity"] = parts["relevance"] * aff
+    pre = parts["relevance"] + parts["personal"] + parts["affinity"] + parts["popularity"]
     demotion = np.zeros(n)
     if purchased is not None and cfg.purchased == "demote" and n:
         mask = np.asarray(purchased, dtype=bool).reshape(-1)

@@ -459,3 +459,57 @@ def test_replayed_history_still_personalises(indexed: Any) -> None:
     row = search(service, q="Tshirts", k=5, user_id="replayed")["results"][0]
     expected = cfg.personal.blend_max * len(blue) / (len(blue) + cfg.personal.blend_saturation)
     assert row["explain"]["blend"] == pytest.approx(expected, rel=0.01)
+
+
+def test_personal_candidates_reach_past_the_pool(indexed: Any) -> None:
+    """A known shopper's own list (nearest to the user vector among the items the query names) joins the pool."""
+    from search.engine import SearchService
+    from search.request import FeedbackEvent
+
+    cfg, store, rows = indexed
+    small = cfg.replace(search={"candidates": 2})
+    plain = SearchService(small, store=store)
+    mine = SearchService(small.replace(personal={"candidates": 4}), store=store)
+    base = search(plain, q="Tshirts", k=2)
+    base_colours = {r["attributes"]["baseColour"] for r in base["results"]}
+    colour = next(c for c in ("Yellow", "Green", "White", "Black", "Blue", "Red") if c not in base_colours)
+    shoes = [r["id"] for r in rows if r["articleType"] == "Shoes" and r["baseColour"] == colour]
+    now = time.time()
+    assert mine.record_feedback([FeedbackEvent("pool-1", i, "purchase", now) for i in shoes]) == len(shoes)
+    try:
+        assert search(plain, q="Tshirts", k=2, user_id="pool-1")["total"] == 2  # rerank alone: the same 2
+        assert search(mine, q="Tshirts", k=2, user_id="pool-1")["total"] > 2
+        req = parse_search(params(q="Tshirts", k=2, user_id="pool-1"), mine.cfg)
+        hits, explain = mine._retrieve(req, mine.text_vector("Tshirts"), 2, mine.profiles.get("pool-1"))
+        added = [(h, e) for h, e in zip(hits, explain) if e.get("personal_rank")]
+        assert len(hits) > 2 and added and all(h.payload["articleType"] == "Tshirts" for h, _ in added)
+        first = min(added, key=lambda he: he[1]["personal_rank"])[0]
+        assert first.payload["baseColour"] == colour  # the shopper's colour comes first in their list
+        assert search(mine, q="Tshirts", k=2)["total"] == 2  # no shopper: no extra list
+        assert search(mine, q="Tshirts", k=2, user_id="nobody")["total"] == 2
+    finally:
+        mine.forget("pool-1")
+
+
+def test_affinity_boosts_the_shoppers_values(indexed: Any) -> None:
+    """[personal].affinity: candidates sharing a value with the bought items gain weight x share."""
+    from search.engine import SearchService
+    from search.request import FeedbackEvent
+
+    cfg, store, rows = indexed
+    service = SearchService(cfg.replace(personal={"affinity": ("baseColour=5.0", "item=1.0"), "blend_max": 0.0}),
+                            store=store)
+    bought = [r["id"] for r in rows if r["articleType"] == "Shoes" and r["baseColour"] == "Green"][:1]
+    assert service.record_feedback([FeedbackEvent("aff-1", bought[0], "purchase", time.time())]) == 1
+    try:
+        top = search(service, q="Tshirts", k=3, user_id="aff-1")["results"]
+        assert top[0]["attributes"]["baseColour"] == "Green" and top[0]["attributes"]["articleType"] == "Tshirts"
+        e = top[0]["explain"]
+        assert e["affinity"] == pytest.approx(5.0 * e["relevance_norm"], rel=1e-4) and e["affinity"] > 0
+        shoes = search(service, q="Green Shoes", k=48, user_id="aff-1")["results"]
+        again = next(r for r in shoes if r["id"] == bought[0])["explain"]  # its colour and itself (buy again)
+        assert again["affinity"] == pytest.approx(6.0 * again["relevance_norm"], rel=1e-4)
+        anon = search(service, q="Tshirts", k=3)["results"]
+        assert all(r["explain"]["affinity"] == 0.0 for r in anon)
+    finally:
+        service.forget("aff-1")

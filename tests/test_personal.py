@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from search.personal import (
-    DAY_S, EVENTS, PARTS, Event, UserState, blend_weight, decay, event_weight, evidence_at, normalise_scores,
-    parse_event, parse_ts, rerank, update_user, validate_event,
+    DAY_S, EVENTS, ITEM, PARTS, Event, UserState, affinity, affinity_weights, blend_weight, decay, event_weight,
+    evidence_at, normalise_scores, parse_event, parse_ts, rerank, update_user, validate_event,
 )
 from vitrina.config import PersonalConfig
-from vitrina.errors import BadInput
+from vitrina.errors import BadInput, ConfigError
 
 CFG = PersonalConfig()
 T0 = 1_588_291_200.0  # 2020-05-01T00:00:00Z
@@ -316,3 +316,74 @@ def test_rerank_with_cosines_from_the_store_equals_rerank_with_vectors() -> None
         rerank(scores, None, user, CFG, item_cosines=given[:3])
     with pytest.raises(BadInput):
         rerank(scores, None, user, CFG)
+
+
+# ----- affinity: shares of the shopper's bought items with the candidate's values -----
+
+def oracle_affinity(cands: list[tuple[str, dict[str, str]]], hist: list[tuple[str, dict[str, str]]],
+                    weights: dict[str, float]) -> list[float]:
+    out = []
+    for cid, cp in cands:
+        s = 0.0
+        for f, w in weights.items():
+            if f == "item":
+                s += w * (1.0 if any(hid == cid for hid, _ in hist) else 0.0)
+                continue
+            value = cp.get(f, "")
+            same = sum(1 for _, hp in hist if value != "" and hp.get(f, "") == value)
+            s += w * same / len(hist) if hist else 0.0
+        out.append(s)
+    return out
+
+
+def test_affinity_matches_oracle() -> None:
+    rnd = random.Random(11)
+    weights = {ITEM: 0.5, "code": 0.6, "dept": 0.4, "colour": 0.1}
+    for trial in range(20):
+        def row() -> dict[str, str]:
+            return {f: rnd.choice(["", "a", "b", "c"]) for f in ("code", "dept", "colour") if rnd.random() < 0.9}
+        cands = [(f"i{rnd.randrange(12)}", row()) for _ in range(rnd.randrange(0, 15))]
+        hist = [(f"i{rnd.randrange(12)}", row()) for _ in range(rnd.randrange(0, 8))]
+        got = affinity([c for c, _ in cands], [p for _, p in cands], [h for h, _ in hist], [p for _, p in hist],
+                       weights)
+        np.testing.assert_allclose(got, oracle_affinity(cands, hist, weights), rtol=1e-12, atol=1e-12)
+
+
+def test_affinity_edge_cases_and_config() -> None:
+    assert affinity(["a"], [{"f": "x"}], [], [], {"f": 1.0}).tolist() == [0.0]  # no history: nothing
+    # the same value bought twice out of three counts 2/3; an empty value never matches
+    got = affinity(["a", "b"], [{"f": "x"}, {"f": ""}], ["h1", "h2", "h3"], [{"f": "x"}, {"f": "x"}, {"f": ""}],
+                   {"f": 1.0})
+    np.testing.assert_allclose(got, [2 / 3, 0.0])
+    with pytest.raises(BadInput):
+        affinity(["a"], [], ["h"], [{}], {"f": 1.0})
+    cfg = PersonalConfig(affinity=("item=0.5", " product_code = 0.6"))
+    assert affinity_weights(cfg) == {"item": 0.5, "product_code": 0.6}
+    assert affinity_weights(PersonalConfig()) == {}
+    for bad in ("item", "=1", "x=abc", "x=nan"):
+        with pytest.raises(ConfigError):
+            affinity_weights(PersonalConfig(affinity=(bad,)))
+
+
+def test_rerank_adds_affinity_for_a_user_only(vectors: dict[str, np.ndarray]) -> None:
+    cfg = PersonalConfig(blend_max=0.2, blend_saturation=1.0)
+    user = fold([("i0", "purchase", T0)], vectors, cfg)
+    rnd = random.Random(5)
+    n = 12
+    scores = [rnd.uniform(0, 3) for _ in range(n)]
+    items = [[rnd.gauss(0, 1) for _ in range(8)] for _ in range(n)]
+    aff = [rnd.choice([0.0, 0.0, 0.3, 1.1]) for _ in range(n)]
+    final, parts = rerank(np.array(scores), np.array(items), user, cfg, affinity=np.array(aff))
+    want = oracle_rerank(scores, items, user.vector.astype(float).tolist(), user.evidence, cfg)
+    lo, hi = min(scores), max(scores)
+    a = cfg.blend_max * user.evidence / (user.evidence + cfg.blend_saturation)
+    boost = [(1 - a) * (s - lo) / (hi - lo) * f for s, f in zip(scores, aff)]  # relevance part x affinity
+    np.testing.assert_allclose(final, np.array(want) + np.array(boost), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(parts["affinity"], boost, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(parts["affinity"], parts["relevance"] * np.array(aff), rtol=1e-12)
+    np.testing.assert_allclose(sum(parts[k] for k in PARTS), final, rtol=1e-12, atol=1e-12)
+    cold, cold_parts = rerank(np.array(scores), np.array(items), None, cfg, affinity=np.array(aff))
+    assert not cold_parts["affinity"].any()
+    assert list(np.argsort(-cold, kind="stable")) == list(np.argsort(-np.array(scores), kind="stable"))
+    with pytest.raises(BadInput):
+        rerank(np.array(scores), np.array(items), user, cfg, affinity=np.zeros(n - 1))
