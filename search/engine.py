@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Payload keys that are not shown as attributes in results.
 _HIDDEN = frozenset({ID_FIELD, "title", "image", "keywords", "text", "split", "description"})
 IMAGE_ROUTE = "/api/items/{id}/image"  # where the web layer serves local product images
+_USER_COS = "_user_cosine"  # explain key carrying a known user cosine from _retrieve to _rank (popped there)
 
 
 def _round(x: float | None, digits: int = 6) -> float | None:
@@ -215,7 +216,7 @@ class SearchService:
         by_id.update({h.id: h for h in dense})
         kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
         dn = {h.id: (i + 1, h.score) for i, h in enumerate(dense)}
-        pr = {h.id: i + 1 for i, h in enumerate(mine)}
+        pr = {h.id: (i + 1, h.score) for i, h in enumerate(mine)}
         scale = s.attribute_weight / (s.rrf_k + 1)  # a full match weighs like rank 1 in a list of that weight
         rows = []
         for item_id, score in fused.items():
@@ -227,8 +228,8 @@ class SearchService:
                      "rrf": score, "attributes": share, "relevance": score + scale * share}
             if d_score is not None:  # the dense list is on the fused vectors: its score is explain's cosine
                 parts["vector"] = d_score
-            if item_id in pr:
-                parts["personal_rank"] = pr[item_id]
+            if item_id in pr:  # its score is the user cosine the rerank needs: kept, not asked for again
+                parts["personal_rank"], parts[_USER_COS] = pr[item_id]
             rows.append((hit, parts))
         rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
         rows = rows[:pool + (len(mine) if pc.candidate_extend else 0)]
@@ -324,7 +325,8 @@ class SearchService:
         if pc.popularity_weight > 0:
             pop = self.profiles.popularity(ids, now=now)
             popularity = np.array([pop.get(i, 0.0) for i in ids], dtype=np.float64)
-        cos = self._user_cosines(user, user_id, ids) if user is not None else None
+        known = {h.id: e.pop(_USER_COS) for h, e in zip(hits, explain) if _USER_COS in e}
+        cos = self._user_cosines(user, user_id, ids, known) if user is not None else None
         if cos is None:
             user = None
         relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
@@ -351,19 +353,23 @@ class SearchService:
         return affinity([h.id for h in hits], [h.payload for h in hits], [h.id for h in past],
                         [h.payload for h in past], weights)
 
-    def _user_cosines(self, user: UserState, user_id: str | None, ids: list[str]) -> np.ndarray | None:
+    def _user_cosines(self, user: UserState, user_id: str | None, ids: list[str],
+                      known: dict[str, float] | None = None) -> np.ndarray | None:
         """cosine(user vector, each candidate's fused vector), scored by the store over just these ids (no
-        vectors travel to Python); None when the profile does not fit the index (another model: cold start)."""
+        vectors travel to Python) except those `known` already; None when the profile does not fit the index
+        (another model: cold start)."""
         norm = float(np.linalg.norm(user.vector))
         if norm == 0.0 or not np.isfinite(norm):
             return np.zeros(len(ids))
+        score = dict(known or {})
+        ask = tuple(i for i in ids if i not in score)
         try:
             hits = self.store.query(self.alias, DenseQuery(np.asarray(user.vector / norm, np.float32), "fused"),
-                                    Filters(only_ids=tuple(ids)), limit=len(ids), with_payload=False)
+                                    Filters(only_ids=ask), limit=len(ask), with_payload=False) if ask else []
         except BadInput as e:  # e.g. a profile built with another model's dimension
             log.info("profile of %r does not fit the index (%s): treated as cold start", user_id, e)
             return None
-        score = {h.id: h.score for h in hits}
+        score.update((h.id, h.score) for h in hits)
         return np.array([score.get(i, 0.0) for i in ids], dtype=np.float64)
 
     def _add_cosines(self, page: list[tuple[Hit, dict[str, Any]]], qvec: np.ndarray | None) -> None:

@@ -483,6 +483,11 @@ def test_personal_candidates_reach_past_the_pool(indexed: Any) -> None:
         hits, explain = mine._retrieve(req, mine.text_vector("Tshirts"), 2, mine.profiles.get("pool-1"))
         added = [(h, e) for h, e in zip(hits, explain) if e.get("personal_rank")]
         assert len(hits) > 2 and added and all(h.payload["articleType"] == "Tshirts" for h, _ in added)
+        user = mine.profiles.get("pool-1")  # the list's scores are the user cosines the rerank reuses
+        ids_ = [h.id for h in hits]
+        known = {h.id: e["_user_cosine"] for h, e in added}
+        np.testing.assert_allclose(mine._user_cosines(user, "pool-1", ids_, known),
+                                   mine._user_cosines(user, "pool-1", ids_), rtol=1e-5, atol=1e-6)
         first = min(added, key=lambda he: he[1]["personal_rank"])[0]
         assert first.payload["baseColour"] == colour  # the shopper's colour comes first in their list
         assert search(mine, q="Tshirts", k=2)["total"] == 2  # no shopper: no extra list

@@ -139,10 +139,10 @@ class PersonalConfig:
     purchased: str = "keep"  # keep | demote
     demote_factor: float = 0.5
     popularity_weight: float = 0.0  # cold-start popularity prior
-    candidates: int = 0  # hybrid text search: items nearest the user vector among those the query names, added to the pool
+    candidates: int = 0  # hybrid text: the items nearest the user vector among those the query names join the pool
     candidate_weight: float = 1.0  # RRF weight of that personal list
-    candidate_extend: bool = True  # the pool grows by the personal list's length (else it is cut to [search].candidates)
-    affinity: tuple[str, ...] = ()  # "field=weight": boost by the share of bought items with the same value (item = buy again)
+    candidate_extend: bool = True  # the pool grows by that list's length (else cut to [search].candidates)
+    affinity: tuple[str, ...] = ()  # "field=weight": share of bought items with the same value (item = buy again)
     affinity_history: int = 100  # most bought items the affinity reads
     cooc_events: tuple[str, ...] = ("cart", "purchase")  # events that count as "bought" for co-occurrence
     cooc_neighbours: int = 100  # co-bought neighbours kept per item (an item's row is pruned at 2x this)
