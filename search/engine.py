@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from search.ranking import cosines, rrf
+from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
 from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
 from search.understand import AttributeMatcher, match_share
@@ -154,8 +154,8 @@ class SearchService:
     def search(self, req: SearchRequest) -> dict[str, Any]:
         """Ranked results for a validated request: {"results", "total", "took_ms"[, "facets"]}.
 
-        Facets count the items matching the request's filters (the store's facets are filter-based; a
-        dense query matches every item, so "the current query" is its filter set).
+        Facets count the values of the requested fields over the ranked results (`total` of them: the
+        candidates the query and filters found, before paging), so they follow the query and the filters.
         """
         t0 = time.perf_counter()
         s = self.cfg.search
@@ -173,7 +173,7 @@ class SearchService:
         self._add_cosines(page, qvec)
         out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
         if req.facets:
-            out["facets"] = self.store.facets(self.alias, list(req.facets), req.filters or None)
+            out["facets"] = facet_counts((h.payload for h, _ in ranked), req.facets)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         return out
 

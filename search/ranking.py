@@ -1,8 +1,9 @@
-"""Pure ranking maths for the search engine: weighted reciprocal rank fusion and cosine against a query."""
+"""Pure ranking maths for the search engine: weighted reciprocal rank fusion, cosine against a query, facets."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections import Counter
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,3 +44,16 @@ def cosines(query: np.ndarray | None, vectors: Sequence[np.ndarray | None]) -> l
         n = float(np.linalg.norm(a))
         out.append(None if n == 0.0 or a.shape != q.shape else float(a @ q / (n * qn)))
     return out
+
+
+def facet_counts(payloads: Iterable[Mapping[str, Any]], fields: Sequence[str], limit: int = 20
+                 ) -> dict[str, dict[str, int]]:
+    """{field: {value: count}} over the given results, most frequent first (ties by value), `limit` values per
+    field; a list value counts each distinct element once, a missing or empty value not at all."""
+    counts: dict[str, Counter[str]] = {f: Counter() for f in fields}
+    for p in payloads:
+        for f in fields:
+            v = p.get(f)
+            values = set(v) if isinstance(v, (list, tuple)) else {v}
+            counts[f].update(str(x) for x in values if x is not None and x != "")
+    return {f: dict(sorted(c.items(), key=lambda t: (-t[1], t[0]))[:limit]) for f, c in counts.items()}

@@ -94,6 +94,17 @@ def test_rrf_rejects_mismatched_weights() -> None:
         rrf([["a"], ["b"]], [1.0], 60)
 
 
+def test_facet_counts_match_a_naive_count() -> None:
+    from search.ranking import facet_counts
+
+    payloads = [{"g": "Men", "c": "Red", "tags": ["a", "b", "a"]}, {"g": "Women", "c": "Red"},
+                {"g": "Men", "c": "", "tags": ["b"]}, {"g": "Men"}, {"c": None, "tags": []}]
+    got = facet_counts(payloads, ("g", "c", "tags", "absent"))
+    assert got == {"g": {"Men": 3, "Women": 1}, "c": {"Red": 2}, "tags": {"b": 2, "a": 1}, "absent": {}}
+    assert list(got["g"]) == ["Men", "Women"]  # most frequent first
+    assert facet_counts([{"x": str(i % 5)} for i in range(50)], ["x"], limit=2) == {"x": {"0": 10, "1": 10}}
+
+
 def test_cosines_match_numpy() -> None:
     rng = np.random.default_rng(1)
     q = rng.normal(size=8)
@@ -295,6 +306,8 @@ def test_filters_and_facets(service: Any, indexed: Any) -> None:
             and float(r["price"]) <= 150]
     assert resp["facets"]["gender"] == {"Women": len(want)}
     assert sum(resp["facets"]["articleType"].values()) == len(want)
+    kw = search(service, q="watches", k=5, mode="keyword", facets="articleType")  # facets follow the query too
+    assert kw["total"] > 5 and kw["facets"]["articleType"] == {"Watches": kw["total"]}
 
 
 def test_paging_is_consistent(service: Any) -> None:

@@ -23,7 +23,7 @@ SEARCH_PARAMS = (
     Param("user_id", "shopper whose feedback personalises the ranking"),
     Param("image_weight", "weight of the photo when text and photo are both given", "number",
           minimum=0, maximum=1),
-    Param("facets", "comma-separated filterable fields to count (e.g. gender,articleType)"),
+    Param("facets", "comma-separated filterable fields to count over the ranked results (e.g. gender,articleType)"),
     Param("filter.<field>", "exact match on a filterable field; repeat for any-of", repeated=True),
     Param("price_min", "lower price bound (also <numeric field>_min)", "number"),
     Param("price_max", "upper price bound (also <numeric field>_max)", "number"),
