@@ -64,5 +64,8 @@ def match_share(payload: Mapping[str, Any], named: Mapping[str, set[str]]) -> fl
     """Share of the named fields whose payload value is one of the named values (0 when none named)."""
     if not named:
         return 0.0
-    hits = sum(1 for field, values in named.items() if str(payload.get(field, "")) in values)
+    hits = 0
+    for field, values in named.items():  # a plain loop: this runs for every candidate of every search
+        if str(payload.get(field, "")) in values:
+            hits += 1
     return hits / len(named)
