@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per setting; the best counts")
     parser.add_argument("--catalogue", help="catalogue file (default [catalogue].path)")
+    parser.add_argument("--queries", type=int, default=200,
+                        help="then encode this many texts one at a time, as the service does a query, with 1 "
+                             "thread: CPU ms per query for fp32, bf16 and bf16 traced (0 = skip; default 200)")
     parser.add_argument("--json-out", help="write the rows as JSON here")
 
 
@@ -118,11 +121,33 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 print(f"{precision:>5} max_length {max_length:>3} batch {batch_size:>4}: "
                       f"{row['texts_per_s']:>8.1f} texts/s  {row['texts_per_cpu_s']:>7.1f} texts/cpu-s  "
                       f"(load {row['load_avg']:.1f}){extra}", flush=True)
+    queries = _per_query(cfg, texts[:args.queries]) if args.queries > 0 else []
     if args.json_out:
         out = {"n": len(texts), "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count(),
-               "rows": rows}
+               "rows": rows, "per_query": queries}
         Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _per_query(cfg: Config, texts: list[str]) -> list[dict[str, Any]]:
+    """CPU ms per text encoded alone (batch of one, 1 thread: how the service embeds a query), per setting."""
+    from encoders.text import TextEncoder
+
+    runtime = dataclasses.replace(cfg.runtime, threads=1)
+    out = []
+    for precision, jit in (("fp32", False), ("bf16", False), ("bf16", True)):
+        encoder = TextEncoder(dataclasses.replace(cfg.text_encoder, precision=precision, jit=jit), runtime)
+        for t in texts[:20]:
+            encoder.encode([t])
+        c0 = time.process_time()
+        for t in texts:
+            encoder.encode([t])
+        ms = 1000.0 * (time.process_time() - c0) / len(texts)
+        out.append({"precision": precision, "jit": jit, "cpu_ms_per_query": round(ms, 2),
+                    "load_avg": round(os.getloadavg()[0], 2)})
+        print(f"one at a time, 1 thread, {precision} {'traced' if jit else 'eager '}: {ms:6.2f} ms CPU per text "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
