@@ -316,11 +316,11 @@ class SearchService:
         purchased = aff = None
         weights = affinity_weights(pc) if user is not None and user_id is not None else {}
         if user is not None and user_id is not None and (pc.purchased == "demote" or weights):
-            bought = self.profiles.purchased(user_id)
             if pc.purchased == "demote":
+                bought = self.profiles.purchased(user_id)
                 purchased = np.array([i in bought for i in ids], dtype=bool)
             if weights:
-                aff = self._affinity(hits, sorted(bought)[:max(pc.affinity_history, 0)], weights)
+                aff = self._affinity(hits, self.profiles.recent_purchases(user_id, pc.affinity_history), weights)
         popularity = None
         if pc.popularity_weight > 0:
             pop = self.profiles.popularity(ids, now=now)

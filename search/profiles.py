@@ -249,6 +249,14 @@ class ProfileStore:
                           (user_id,))
         return {r[0] for r in rows}
 
+    def recent_purchases(self, user_id: str, limit: int) -> list[str]:
+        """The shopper's `limit` most recently bought distinct items, newest first (by event time)."""
+        if limit <= 0:
+            return []
+        rows = self._read("SELECT item_id FROM events WHERE user_id = ? AND event = 'purchase' GROUP BY item_id "
+                          "ORDER BY MAX(ts) DESC, item_id LIMIT ?", (user_id, int(limit)))
+        return [r[0] for r in rows]
+
     def popularity(self, item_ids: Sequence[str], now: float | None = None) -> dict[str, float]:
         """Recency-weighted popularity: sum of event weights * 0.5 ** (age / half-life), at `now` (None = now).
 

@@ -190,6 +190,11 @@ def test_purchased_and_event_log_queries(store: ProfileStore) -> None:
     assert [e.item_id for e in store.events(user_id="u")] == ["item1", "item2", "item3"]
     assert [e.item_id for e in store.events(since=T0 + 2)] == ["item3", "item4"]
     assert list(store.events())[0] == Event("u", "item1", "purchase", T0)
+    # newest first by event time (a replayed log may arrive out of order), each item once, at most `limit`
+    store.record([Event("u", "item5", "purchase", T0 - 5), Event("u", "item1", "purchase", T0 + 9)], vecs)
+    assert store.recent_purchases("u", 10) == ["item1", "item3", "item5"]
+    assert store.recent_purchases("u", 2) == ["item1", "item3"]
+    assert store.recent_purchases("u", 0) == [] and store.recent_purchases("nobody", 5) == []
 
 
 def test_events_without_vectors_are_counted_but_do_not_make_a_vector(store: ProfileStore) -> None:

@@ -143,7 +143,7 @@ class PersonalConfig:
     candidate_weight: float = 1.0  # RRF weight of that personal list
     candidate_extend: bool = True  # the pool grows by that list's length (else cut to [search].candidates)
     affinity: tuple[str, ...] = ()  # "field=weight": share of bought items with the same value (item = buy again)
-    affinity_history: int = 100  # at most this many bought items (in id order) are read for affinity
+    affinity_history: int = 100  # the shopper's most recently bought items (at most this many) read for affinity
     cooc_events: tuple[str, ...] = ("cart", "purchase")  # events that count as "bought" for co-occurrence
     cooc_neighbours: int = 100  # co-bought neighbours kept per item (an item's row is pruned at 2x this)
     cooc_basket: int = 100  # a shopper's most recent bought items that a newly bought one is paired with
