@@ -104,6 +104,10 @@ def _traced(model: Any, pad_id: int) -> Any | None:
     probe = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, pad_id, pad_id, pad_id]],
                          device=device)
     mask = (torch.arange(6, device=device)[None, :] < torch.tensor([[6], [3]], device=device)).long()
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # tracing reads config attributes that transformers warns about
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer warns about shape branches; the check below decides
@@ -112,6 +116,8 @@ def _traced(model: Any, pad_id: int) -> Any | None:
     except Exception as e:  # noqa: BLE001 (any tracer failure means: run eager)
         log.warning("text encoder: TorchScript trace failed, running eager: %s", e)
         return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     diff = float(((want - got) * mask[..., None]).abs().max())
     if not diff <= 0.05:
         log.warning("text encoder: the trace differs from eager by %.3g, running eager", diff)
