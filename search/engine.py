@@ -7,7 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -55,13 +55,22 @@ class SearchService:
         self._count_cache: tuple[float, int] = (0.0, -1)
 
     # ---- lazily built resources -------------------------------------------------------------------------
+    def _lazy(self, name: str, build: Callable[[], Any]) -> Any:
+        """The resource kept in `self._<name>`, built by `build` on first use under its own lock (double-checked,
+        so concurrent first requests build it once)."""
+        attr = "_" + name
+        value = getattr(self, attr)
+        if value is None:
+            with self._locks[name]:
+                value = getattr(self, attr)
+                if value is None:
+                    value = build()
+                    setattr(self, attr, value)
+        return value
+
     @property
     def store(self) -> Store:
-        if self._store is None:
-            with self._locks["store"]:
-                if self._store is None:
-                    self._store = open_store(self.cfg)
-        return self._store
+        return self._lazy("store", lambda: open_store(self.cfg))
 
     @property
     def model_cfg(self) -> Config:
@@ -72,33 +81,21 @@ class SearchService:
         return self.cfg.replace(runtime=runtime, text_encoder={"precision": sc.query_precision})
 
     def text_encoder(self) -> Any:
-        if self._text is None:
-            with self._locks["text"]:
-                if self._text is None:
-                    from encoders import create_text_encoder
+        from encoders import create_text_encoder  # encoders imports torch only when a model is built
 
-                    self._text = create_text_encoder(self.model_cfg)
-        return self._text
+        return self._lazy("text", lambda: create_text_encoder(self.model_cfg))
 
     def image_encoder(self) -> Any:
         """The trained image tower; ModelUnavailable (503) while there is none (checked again each call)."""
-        if self._image is None:
-            with self._locks["image"]:
-                if self._image is None:
-                    from encoders import create_image_encoder
+        from encoders import create_image_encoder
 
-                    self._image = create_image_encoder(self.model_cfg)
-        return self._image
+        return self._lazy("image", lambda: create_image_encoder(self.model_cfg))
 
     @property
     def profiles(self) -> ProfileStore:
-        if self._profiles is None:
-            with self._locks["profiles"]:
-                if self._profiles is None:
-                    from search.profiles import open_profiles
+        from search.profiles import open_profiles
 
-                    self._profiles = open_profiles(self.cfg)
-        return self._profiles
+        return self._lazy("profiles", lambda: open_profiles(self.cfg))
 
     def warm(self) -> None:
         """Load what a first search needs now (text model, store), e.g. before serving."""
