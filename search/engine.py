@@ -15,7 +15,7 @@ import numpy as np
 from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
 from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
-from search.understand import AttributeMatcher, match_share
+from search.understand import AttributeMatcher, match_share, photo_boost
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError
 
@@ -164,7 +164,7 @@ class SearchService:
         pool = max(s.candidates, req.offset + req.k)
         hits, explain = self._retrieve(req, qvec, pool, user)
         if photo is not None and req.mode != "keyword":
-            hits, explain = self._photo_attributes(hits, explain, self.read_photo(photo))
+            hits, explain = photo_boost(hits, explain, self.read_photo(photo), s.photo_attribute_weight)
         ranked = self._rank(hits, explain, user, req.user_id) if rerank else self._plain(hits, explain)
         page = ranked[req.offset:req.offset + req.k]
         self._add_cosines(page, qvec)
@@ -262,21 +262,6 @@ class SearchService:
         if head is None:
             return {}
         return {f: (v, p) for f, (v, p) in head.predict(photo).items() if p >= s.photo_attribute_min_prob}
-
-    def _photo_attributes(self, hits: list[Hit], explain: list[dict[str, Any]],
-                          read: dict[str, tuple[str, float]]) -> tuple[list[Hit], list[dict[str, Any]]]:
-        """Photo queries: candidates whose attributes agree with what the label head reads from the photo
-        move up. The boost is photo_attribute_weight x the relevance span of the list x the mean over the
-        read fields of p(value) when the item has that value, so it means the same in every mode."""
-        if not read or not hits:
-            return hits, explain
-        rel = [e["relevance"] for e in explain]
-        scale = self.cfg.search.photo_attribute_weight * ((max(rel) - min(rel)) or 1.0)
-        for h, e in zip(hits, explain):
-            share = sum(p for f, (v, p) in read.items() if str(h.payload.get(f, "")) == v) / len(read)
-            e.update(photo_attributes=share, relevance=e["relevance"] + scale * share)
-        order = sorted(range(len(hits)), key=lambda i: -explain[i]["relevance"])  # stable on ties
-        return [hits[i] for i in order], [explain[i] for i in order]
 
     def matcher(self) -> AttributeMatcher:
         """Attribute values of the collection behind the alias (re-read when the alias moves; checked every 30 s)."""

@@ -1,10 +1,11 @@
-"""Query understanding: words of a query that name a value of a filterable attribute ('brown' -> baseColour=Brown)."""
+"""Query understanding: words of a query that name a value of a filterable attribute ('brown' -> baseColour=Brown),
+and attribute values an image tower's label head reads from a query photo."""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_PHRASE = 5  # longest attribute value matched, in words
@@ -69,3 +70,20 @@ def match_share(payload: Mapping[str, Any], named: Mapping[str, set[str]]) -> fl
         if str(payload.get(field, "")) in values:
             hits += 1
     return hits / len(named)
+
+
+def photo_boost(hits: Sequence[Any], explain: Sequence[dict[str, Any]], read: Mapping[str, tuple[str, float]],
+                weight: float) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Photo queries: candidates (objects with a .payload) whose attributes agree with what the label head read
+    from the photo ({field: (value, p)}) move up. Each gains weight x the relevance span of the list x the mean
+    over the read fields of p where its value is the read one, so the boost means the same in every mode;
+    explain gets "photo_attributes" (that mean) and the new "relevance". Stable on ties."""
+    if not read or not hits or weight <= 0:
+        return list(hits), list(explain)
+    rel = [e["relevance"] for e in explain]
+    scale = weight * ((max(rel) - min(rel)) or 1.0)
+    for h, e in zip(hits, explain):
+        share = sum(p for f, (v, p) in read.items() if str(h.payload.get(f, "")) == v) / len(read)
+        e.update(photo_attributes=share, relevance=e["relevance"] + scale * share)
+    order = sorted(range(len(hits)), key=lambda i: -explain[i]["relevance"])
+    return [hits[i] for i in order], [explain[i] for i in order]

@@ -531,3 +531,23 @@ def test_affinity_boosts_the_shoppers_values(indexed: Any) -> None:
         assert all(r["explain"]["affinity"] == 0.0 for r in anon)
     finally:
         service.forget("aff-1")
+
+
+def test_photo_boost_against_a_hand_computed_order() -> None:
+    from types import SimpleNamespace
+
+    from search.understand import photo_boost
+
+    hits = [SimpleNamespace(payload=p) for p in ({"t": "Shoes", "g": "Men"}, {"t": "Watches", "g": "Men"},
+                                                 {"t": "Watches", "g": "Women"}, {"t": "Bags"})]
+    explain = [{"relevance": r} for r in (0.9, 0.8, 0.7, 0.5)]
+    read = {"t": ("Watches", 0.9), "g": ("Men", 0.6)}
+    got, parts = photo_boost(hits, [dict(e) for e in explain], read, weight=2.0)
+    scale = 2.0 * (0.9 - 0.5)
+    want = {0: 0.9 + scale * 0.3, 1: 0.8 + scale * 0.75, 2: 0.7 + scale * 0.45, 3: 0.5}
+    order = sorted(want, key=lambda i: -want[i])
+    assert [h.payload for h in got] == [hits[i].payload for i in order]
+    assert [e["relevance"] for e in parts] == pytest.approx([want[i] for i in order])
+    assert parts[0]["photo_attributes"] == pytest.approx(0.75)
+    same, _ = photo_boost(hits, [dict(e) for e in explain], {}, weight=2.0)  # nothing read: order kept
+    assert same == hits
