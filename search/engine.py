@@ -14,6 +14,7 @@ import numpy as np
 
 from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
+from search.shopper import affinity_to, personal_list, user_cosines
 from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
 from search.understand import AttributeMatcher, match_share, photo_boost
 from vitrina.config import Config
@@ -178,10 +179,10 @@ class SearchService:
                   ) -> tuple[list[Hit], list[dict[str, Any]]]:
         """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses.
 
-        Hybrid text search for a known shopper adds a third list (see _personal_list): the items nearest to
+        Hybrid text search for a known shopper adds a third list (search.shopper.personal_list): the items nearest to
         the user vector among those carrying the attribute values the query names, so the rerank can reach
         items of the asked kind that suit the shopper but sit below the query's own top-N."""
-        # no vectors: the personal rerank asks the store for the user's cosines (_user_cosines) instead
+        # no vectors: the personal rerank asks the store for the user's cosines (search.shopper) instead
         s, filters, st, wv = self.cfg.search, req.filters or None, self.store, False
         if req.mode == "keyword":
             hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv)
@@ -205,7 +206,8 @@ class SearchService:
             if req.q and not req.has_photo else []
         pc = self.cfg.personal
         named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
-        mine = self._personal_list(user, named, req.filters) if req.q and not req.has_photo else []
+        mine = personal_list(self.store, self.alias, self.cfg.personal.candidates, user, named, req.filters) \
+            if req.q and not req.has_photo else []
         fused = rrf([[h.id for h in keyword], [h.id for h in dense], [h.id for h in mine]],
                     [s.keyword_weight, s.vector_weight, pc.candidate_weight], s.rrf_k)
         by_id = {h.id: h for h in mine}
@@ -231,28 +233,6 @@ class SearchService:
         rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
         rows = rows[:pool + (len(mine) if pc.candidate_extend else 0)]
         return [h for h, _ in rows], [e for _, e in rows]
-
-    def _personal_list(self, user: UserState | None, named: dict[str, set[str]], filters: Filters | None
-                       ) -> list[Hit]:
-        """The shopper's own candidates for a text query: the [personal].candidates items nearest to the user
-        vector among those with the attribute values the query names (and the request's filters); [] for no
-        shopper, a query naming no attribute value, or a profile that does not fit the index."""
-        n = self.cfg.personal.candidates
-        if user is None or n <= 0 or not named:
-            return []
-        norm = float(np.linalg.norm(user.vector))
-        if norm == 0.0 or not np.isfinite(norm):
-            return []
-        base = filters or Filters()
-        equals = {f: tuple(sorted(v)) for f, v in named.items()}
-        equals.update(base.equals)  # a field the request filters on keeps the request's values
-        f = Filters(equals=equals, ranges=base.ranges, exclude_ids=base.exclude_ids, only_ids=base.only_ids)
-        try:
-            return self.store.query(self.alias, DenseQuery(np.asarray(user.vector / norm, np.float32), "fused"),
-                                    f, limit=n)
-        except BadInput as e:  # e.g. a profile built with another model's dimension
-            log.info("profile does not fit the index (%s): no personal candidates", e)
-            return []
 
     def read_photo(self, photo: np.ndarray) -> dict[str, tuple[str, float]]:
         """Attribute values the image tower's label head reads from a photo vector ({field: (value, p)}), those
@@ -302,13 +282,14 @@ class SearchService:
                 bought = self.profiles.purchased(user_id)
                 purchased = np.array([i in bought for i in ids], dtype=bool)
             if weights:
-                aff = self._affinity(hits, self.profiles.recent_purchases(user_id, pc.affinity_history), weights)
+                history = self.profiles.recent_purchases(user_id, pc.affinity_history)
+                aff = affinity_to(self.store, self.alias, hits, history, weights)
         popularity = None
         if pc.popularity_weight > 0:
             pop = self.profiles.popularity(ids, now=now)
             popularity = np.array([pop.get(i, 0.0) for i in ids], dtype=np.float64)
         known = {h.id: e.pop(_USER_COS) for h, e in zip(hits, explain) if _USER_COS in e}
-        cos = self._user_cosines(user, user_id, ids, known) if user is not None else None
+        cos = user_cosines(self.store, self.alias, user, ids, known) if user is not None else None
         if cos is None:
             user = None
         relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
@@ -322,37 +303,6 @@ class SearchService:
                      blend=blend, final=float(final[i]))
         order = sorted(range(len(hits)), key=lambda i: -final[i])  # stable: ties keep the engine's order
         return [(hits[i], explain[i]) for i in order]
-
-    def _affinity(self, hits: list[Hit], history: list[str], weights: dict[str, float]) -> np.ndarray | None:
-        """search.personal.affinity of the candidates to the shopper's bought items (their payloads read from
-        the store; items no longer in the index are left out); None without history."""
-        from search.personal import ITEM, affinity
-
-        if not history:
-            return None
-        fields = [f for f in weights if f != ITEM]
-        past = self.store.retrieve(self.alias, history) if fields else [Hit(i, 0.0, {}) for i in history]
-        return affinity([h.id for h in hits], [h.payload for h in hits], [h.id for h in past],
-                        [h.payload for h in past], weights)
-
-    def _user_cosines(self, user: UserState, user_id: str | None, ids: list[str],
-                      known: dict[str, float] | None = None) -> np.ndarray | None:
-        """cosine(user vector, each candidate's fused vector), scored by the store over just these ids (no
-        vectors travel to Python) except those `known` already; None when the profile does not fit the index
-        (another model: cold start)."""
-        norm = float(np.linalg.norm(user.vector))
-        if norm == 0.0 or not np.isfinite(norm):
-            return np.zeros(len(ids))
-        score = dict(known or {})
-        ask = tuple(i for i in ids if i not in score)
-        try:
-            hits = self.store.query(self.alias, DenseQuery(np.asarray(user.vector / norm, np.float32), "fused"),
-                                    Filters(only_ids=ask), limit=len(ask), with_payload=False) if ask else []
-        except BadInput as e:  # e.g. a profile built with another model's dimension
-            log.info("profile of %r does not fit the index (%s): treated as cold start", user_id, e)
-            return None
-        score.update((h.id, h.score) for h in hits)
-        return np.array([score.get(i, 0.0) for i in ids], dtype=np.float64)
 
     def _add_cosines(self, page: list[tuple[Hit, dict[str, Any]]], qvec: np.ndarray | None) -> None:
         """explain["vector"]: cosine of each shown item's stored fused vector to the query's fused vector."""

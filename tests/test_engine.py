@@ -499,8 +499,10 @@ def test_personal_candidates_reach_past_the_pool(indexed: Any) -> None:
         user = mine.profiles.get("pool-1")  # the list's scores are the user cosines the rerank reuses
         ids_ = [h.id for h in hits]
         known = {h.id: e["_user_cosine"] for h, e in added}
-        np.testing.assert_allclose(mine._user_cosines(user, "pool-1", ids_, known),
-                                   mine._user_cosines(user, "pool-1", ids_), rtol=1e-5, atol=1e-6)
+        from search.shopper import user_cosines
+
+        np.testing.assert_allclose(user_cosines(mine.store, mine.alias, user, ids_, known),
+                                   user_cosines(mine.store, mine.alias, user, ids_), rtol=1e-5, atol=1e-6)
         first = min(added, key=lambda he: he[1]["personal_rank"])[0]
         assert first.payload["baseColour"] == colour  # the shopper's colour comes first in their list
         assert search(mine, q="Tshirts", k=2)["total"] == 2  # no shopper: no extra list
