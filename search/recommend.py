@@ -250,7 +250,7 @@ class Recommender:
             for item, pop in prior.items():  # the popularity prior applies to every candidate
                 if pop > 0 and top > 0:
                     parts[item]["popular"] = min(1.0, pop / top)
-        final = {i: sum(weights.get(s, 0.0) * v for s, v in p.items()) for i, p in parts.items()}  # = blend()
+        final = {i: blend(p, weights) for i, p in parts.items()}
         ranked = sorted(parts, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))
         results = []
         for hit in self._shown(ranked, filters, k, known):

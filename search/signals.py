@@ -235,19 +235,13 @@ def neighbours(conn: sqlite3.Connection, item_id: str, limit: int, shrink: float
     The cosine-style normalisation by each item's number of buyers keeps best-sellers from winning
     every list; `shrink` damps pairs seen once among few buyers.
     """
-    own = conn.execute("SELECT n FROM item_buyers WHERE item_id = ?", (item_id,)).fetchone()
-    if own is None or own[0] <= 0:
-        return []
-    rows = conn.execute("SELECT c.item_b, c.n, b.n FROM cooc c JOIN item_buyers b ON b.item_id = c.item_b "
-                        "WHERE c.item_a = ? AND c.n > 0", (item_id,)).fetchall()
-    scored = [(other, n / (math.sqrt(own[0] * max(nb, 1)) + shrink), int(n)) for other, n, nb in rows]
-    scored.sort(key=lambda t: (-t[1], t[0]))
-    return scored[:limit]
+    return neighbours_many(conn, [item_id], limit, shrink).get(item_id, [])
 
 
 def neighbours_many(conn: sqlite3.Connection, item_ids: Sequence[str], limit: int, shrink: float
                     ) -> dict[str, list[tuple[str, float, int]]]:
-    """`neighbours` of several items in one statement: item -> its list (items with none are left out)."""
+    """`neighbours` of several items in one statement: item -> its list (items with none are left out).
+    The score is c_ij / (sqrt(n_i * n_j) + shrink), see `neighbours`."""
     wanted = list(dict.fromkeys(item_ids))
     if not wanted:
         return {}
