@@ -208,7 +208,7 @@ def rerank(query_scores: np.ndarray, item_vectors: np.ndarray | None, user: User
       affinity   = relevance * the given affinity (see `affinity`) when there is a user, else 0: the shopper's
                    usual values scale up what the query asks for and never lift an item the query does not match
       demotion   = -(1 - demote_factor) * |pre-demotion score| for purchased items when purchased == "demote"
-      final      = relevance + popularity + personal + demotion          (the parts sum to final)
+      final      = relevance + popularity + personal + affinity + demotion   (the parts sum to final)
     Only the given candidates are re-ordered, so a new item with no feedback competes on its relevance
     and its content similarity, never on a feedback count. No user (cold start) and p = 0 keeps the
     relevance order unchanged. `item_cosines`, when given, are cosine(user.vector, item) already computed
