@@ -6,6 +6,8 @@ Layout under `root`:
     collections/<name>/lock        flock'ed by the one process that has the shard open; holds its pid
     aliases/<alias>                the collection name, replaced atomically (write temp + os.replace)
 
+The open shards, their locks and the alias pointers are kept by search/edge_shards.py's ShardPool.
+
 Processes. A shard is open in at most one process at a time (EdgeShard itself refuses a second
 opener). The lock file turns that into a StoreError that names the holder. A shard is opened
 lazily on first use and held until `close()`, `drop_collection`, or an alias swap moves readers on.
@@ -26,17 +28,12 @@ slightly after deletes (the ranking rarely does).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import re
 import shutil
-import socket
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -44,20 +41,14 @@ import numpy as np
 import qdrant_edge as qe
 
 from search import keywords
+from search.edge_shards import ShardHandle, ShardPool, check_name
 from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                           Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
                           WithVectors, plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HNSW = dict(m=16, ef_construct=100, full_scan_threshold=10_000)
-
-
-def _check_name(name: str, what: str = "collection") -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise BadInput(f"invalid {what} name {name!r}: use letters, digits, '_', '-', '.'")
-    return name
 
 
 def edge_filter(filters: Filters | None) -> qe.Filter | None:
@@ -87,22 +78,6 @@ def _hit(point: Any, score: float, with_vectors: WithVectors) -> Hit:
     return Hit(id=str(item_id), score=float(score), payload=payload, vectors=vectors)
 
 
-class _Handle:
-    """An open shard, its lock file, and how many calls are using it right now."""
-
-    def __init__(self, shard: qe.EdgeShard, lock_fd: int, meta: dict[str, Any]) -> None:
-        self.shard, self.lock_fd, self.meta = shard, lock_fd, meta
-        self.users = 0
-        self.retired = False  # no longer in the store's map: close when the last user is done
-        self.closed = False
-
-    def close(self) -> None:
-        try:
-            self.shard.flush()
-            self.shard.close()
-        finally:
-            os.close(self.lock_fd)  # releases the flock
-
 
 class EdgeStore:
     """Store on Qdrant Edge shards under `root` (see the module docstring for files, processes, threads)."""
@@ -110,169 +85,25 @@ class EdgeStore:
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
                  hnsw_ef: int | None = None) -> None:
         self.root = Path(root)
-        self.timeout_s = timeout_s  # longest wait for a shard lock held by another process
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef  # None = engine default
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._handles: dict[str, _Handle] = {}
-        self._openers: dict[str, threading.Lock] = {}
-        self._moved_from: set[str] = set()  # collections an alias of this process moved away from
-        self._aliases: dict[str, tuple[tuple[int, int], str]] = {}  # alias -> (stat key, target)
-        self._closed = False
-
-    # ---- paths, locks, handles -------------------------------------------------------------------
-    def _dir(self, name: str) -> Path:
-        return self.root / "collections" / name
-
-    def _exists(self, name: str) -> bool:
-        return (self._dir(name) / "meta.json").is_file()
-
-    def _take_lock(self, name: str) -> int:
-        """flock the collection's lock file (waiting up to timeout_s); StoreError names the holder."""
-        path = self._dir(name) / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + max(0.0, self.timeout_s)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = path.read_text(errors="replace").strip() or "unknown"
-                    os.close(fd)
-                    raise StoreError(
-                        f"collection {name!r} is open in another process ({holder}); an edge shard can be "
-                        "open in one process at a time",
-                        detail="stop that process (e.g. `vitrina serve`), write through its HTTP API, "
-                               "or use the qdrant backend for several writers") from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)[:200]}".encode(), 0)
-        return fd
-
-    def _open(self, name: str) -> _Handle:
-        if not self._exists(name):
-            raise NotFound(f"collection {name!r} does not exist")
-        fd = self._take_lock(name)
-        try:
-            meta = json.loads((self._dir(name) / "meta.json").read_text())
-            shard = qe.EdgeShard.load(str(self._dir(name) / "shard"))
-        except Exception as e:
-            os.close(fd)
-            raise StoreError(f"cannot open collection {name!r}: {e}") from e
-        return _Handle(shard, fd, meta)
-
-    def resolve(self, name: str) -> str:
-        """The collection behind `name`: an alias's target (re-read when its pointer file changed), or name."""
-        path = self.root / "aliases" / name
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            with self._lock:
-                old = self._aliases.pop(name, None)
-            if old:
-                self._moved_away(old[1])
-            return name
-        key = (st.st_ino, st.st_mtime_ns)
-        with self._lock:
-            cached = self._aliases.get(name)
-            if cached and cached[0] == key:
-                return cached[1]
-        target = path.read_text().strip()
-        with self._lock:
-            old = self._aliases.get(name)
-            self._aliases[name] = (key, target)
-            self._moved_from.discard(target)
-        if old and old[1] != target:
-            log.info("alias %r moved %s -> %s: releasing the old shard", name, old[1], target)
-            self._moved_away(old[1])
-        return target
-
-    def _moved_away(self, name: str) -> None:
-        """An alias stopped pointing at `name`: close it once idle, and after each later use, until an
-        alias points at it again (so a search that resolved the alias just before the swap cannot
-        leave the old shard open in this process, where it would block the indexer from dropping it)."""
-        with self._lock:
-            if name in {t for _, t in self._aliases.values()}:
-                return
-            self._moved_from.add(name)
-        self._retire(name)
-
-    def _acquire(self, target: str) -> _Handle:
-        """Count a user on the open handle of `target`, opening it first (outside the store lock)."""
-        with self._lock:
-            handle = self._handles.get(target)
-            if handle is not None:
-                handle.users += 1
-                return handle
-            opener = self._openers.setdefault(target, threading.Lock())
-        with opener:  # one opener per collection; others wait for it rather than fight over the flock
-            with self._lock:
-                handle = self._handles.get(target)
-                if handle is not None:
-                    handle.users += 1
-                    return handle
-            handle = self._open(target)
-            with self._lock:
-                self._handles[target] = handle
-                handle.users += 1
-                return handle
-
-    def _release(self, target: str, handle: _Handle) -> None:
-        with self._lock:
-            handle.users -= 1
-            idle = handle.users == 0
-            if idle and target in self._moved_from and self._handles.get(target) is handle:
-                del self._handles[target]
-                handle.retired = True
-            closing = idle and handle.retired and not handle.closed
-            handle.closed = handle.closed or closing
-        if closing:
-            handle.close()
-
-    @contextmanager
-    def _use(self, name: str) -> Iterator[_Handle]:
-        """The open handle of collection or alias `name` for the duration of one call."""
-        if self._closed:
-            raise StoreError("the store is closed")
-        target = self.resolve(_check_name(name))
-        handle = self._acquire(target)
-        try:
-            yield handle
-        except (StoreError, NotFound, BadInput):
-            raise
-        except Exception as e:  # engine errors arrive as plain Exception
-            raise StoreError(f"edge store: {target}: {e}") from e
-        finally:
-            self._release(target, handle)
-
-    def _retire(self, name: str) -> None:
-        """Close this process's handle on `name` now, or when the last running call on it ends."""
-        with self._lock:
-            handle = self._handles.pop(name, None)
-            if handle is None:
-                return
-            handle.retired = True
-            closing = handle.users == 0 and not handle.closed
-            handle.closed = handle.closed or closing
-        if closing:
-            handle.close()
+        self._pool = ShardPool(self.root, timeout_s)
 
     # ---- collections and aliases ------------------------------------------------------------------
     def create_collection(self, name: str, dims: dict[str, int], filterable: Sequence[str],
                           numeric: Sequence[str]) -> None:
-        _check_name(name)
-        if self._exists(name) or (self.root / "aliases" / name).exists():
+        check_name(name)
+        if self._pool.exists(name) or (self.root / "aliases" / name).exists():
             raise StoreError(f"collection or alias {name!r} already exists")
         unknown = set(dims) - set(DENSE_VECTORS)
         if unknown or not dims:
             raise StoreError(f"dims must name some of {DENSE_VECTORS}, got {sorted(dims)}")
-        folder = self._dir(name)
+        folder = self._pool.dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        fd = self._take_lock(name)  # a concurrent creator of the same name holds it
-        if self._exists(name):
+        fd = self._pool.take_lock(name)  # a concurrent creator of the same name holds it
+        if self._pool.exists(name):
             os.close(fd)
             raise StoreError(f"collection {name!r} already exists")
         shutil.rmtree(folder / "shard", ignore_errors=True)  # a half-created one (no meta.json) from a crash
@@ -297,21 +128,20 @@ class EdgeStore:
         tmp = folder / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, folder / "meta.json")
-        with self._lock:
-            self._handles[name] = _Handle(shard, fd, meta)
+        self._pool.adopt(name, ShardHandle(shard, fd, meta))
 
     def drop_collection(self, name: str) -> None:
-        _check_name(name)
-        if not self._exists(name):
+        check_name(name)
+        if not self._pool.exists(name):
             raise NotFound(f"collection {name!r} does not exist")
-        self._retire(name)
-        fd = self._take_lock(name)  # nobody else may have it open while it goes
+        self._pool.retire(name)
+        fd = self._pool.take_lock(name)  # nobody else may have it open while it goes
         try:
             for alias, target in self.list_aliases().items():
                 if target == name:
                     self.drop_alias(alias)
-            (self._dir(name) / "meta.json").unlink()
-            shutil.rmtree(self._dir(name), ignore_errors=True)
+            (self._pool.dir(name) / "meta.json").unlink()
+            shutil.rmtree(self._pool.dir(name), ignore_errors=True)
         finally:
             os.close(fd)
 
@@ -319,24 +149,24 @@ class EdgeStore:
         return sorted(p.name for p in (self.root / "collections").iterdir() if (p / "meta.json").is_file())
 
     def collection_info(self, name: str) -> CollectionInfo:
-        with self._use(name) as h:
+        with self._pool.use(name) as h:
             points = h.shard.info().points_count
             return CollectionInfo(name=self.resolve(name), points=points, dims=dict(h.meta["dims"]))
 
     def get_alias(self, alias: str) -> str | None:
         try:
-            return (self.root / "aliases" / _check_name(alias, "alias")).read_text().strip() or None
+            return (self.root / "aliases" / check_name(alias, "alias")).read_text().strip() or None
         except FileNotFoundError:
             return None
 
     def set_alias(self, alias: str, collection: str) -> None:
         """Point `alias` at `collection` atomically: a search sees the old or the new, never neither."""
-        _check_name(alias, "alias")
-        if not self._exists(collection):
+        check_name(alias, "alias")
+        if not self._pool.exists(collection):
             raise NotFound(f"collection {collection!r} does not exist")
-        if self._exists(alias):
+        if self._pool.exists(alias):
             raise StoreError(f"{alias!r} is a collection; an alias cannot have its name")
-        self._retire(collection)  # let a reader in another process open it (this process reopens lazily)
+        self._pool.retire(collection)  # let a reader in another process open it (this process reopens lazily)
         path = self.root / "aliases" / alias
         tmp = path.with_name(f".{alias}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(collection)
@@ -348,14 +178,14 @@ class EdgeStore:
 
     def drop_alias(self, alias: str) -> bool:
         try:
-            (self.root / "aliases" / _check_name(alias, "alias")).unlink()
+            (self.root / "aliases" / check_name(alias, "alias")).unlink()
             return True
         except FileNotFoundError:
             return False
 
     # ---- writes -----------------------------------------------------------------------------------
     def upsert(self, collection: str, items: Sequence[ItemRecord]) -> None:
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             latest = {item.id: item for item in items}  # the same id twice in a batch: the last wins
             points = []
             for item in latest.values():
@@ -370,31 +200,31 @@ class EdgeStore:
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         pids = list(dict.fromkeys(point_id(i) for i in ids))
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             present = [r.id for r in h.shard.retrieve(pids, with_payload=False, with_vector=False)]
             if present:
                 h.shard.update(qe.UpdateOperation.delete_points(present))
             return len(present)
 
     def flush(self, collection: str) -> None:
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             h.shard.flush()
 
     def finalize(self, collection: str) -> None:
         """Flush, then build HNSW and merge segments (blocks until the optimizers are done)."""
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             h.shard.flush()
             h.shard.optimize()
             h.shard.flush()
 
     # ---- reads ------------------------------------------------------------------------------------
     def count(self, collection: str, filters: Filters | None = None) -> int:
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             return int(h.shard.count(qe.CountRequest(exact=True, filter=edge_filter(filters))))
 
     def retrieve(self, collection: str, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Hit]:
         wanted = list(dict.fromkeys(ids))
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             vectors = vector_names(with_vectors, h.meta["dims"])
             records = h.shard.retrieve([point_id(i) for i in wanted], with_payload=True, with_vector=vectors)
         found = {hit.id: hit for hit in (_hit(r, 1.0, with_vectors) for r in records)}
@@ -447,7 +277,7 @@ class EdgeStore:
         if limit <= 0:
             return [[] for _ in queries]
         flt = edge_filter(filters)
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             vectors = vector_names(with_vectors, h.meta["dims"])
             requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"], with_payload)
                         for q in queries]
@@ -461,7 +291,7 @@ class EdgeStore:
                limit: int = 20) -> dict[str, dict[str, int]]:
         flt = edge_filter(filters)
         out: dict[str, dict[str, int]] = {}
-        with self._use(collection) as h:
+        with self._pool.use(collection) as h:
             for field in fields:
                 response = h.shard.facet(qe.FacetRequest(field, limit=limit, exact=True, filter=flt))
                 hits = sorted(response.hits, key=lambda f: (-f.count, str(f.value)))
@@ -471,7 +301,7 @@ class EdgeStore:
     def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]:
         offset: Any = None
         while True:
-            with self._use(collection) as h:
+            with self._pool.use(collection) as h:
                 vectors = vector_names(with_vectors, h.meta["dims"])
                 records, offset = h.shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
                                                                   with_vector=vectors))
@@ -480,11 +310,12 @@ class EdgeStore:
             if offset is None or not records:
                 return
 
+    def resolve(self, name: str) -> str:
+        """The collection behind `name`: an alias's target, or name itself."""
+        return self._pool.resolve(name)
+
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for name in list(self._handles):
-                self._retire(name)
+        self._pool.close()
 
     def __enter__(self) -> EdgeStore:
         return self
