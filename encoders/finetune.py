@@ -97,7 +97,7 @@ def label_classes(items: Sequence[TrainItem], n_train: int, settings: FinetuneSe
     return classes, np.array([index.get(it.label_values, -1) for it in items], dtype=np.int64)
 
 
-def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any) -> Any:
+def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any, smoothing: float = 0.0) -> Any:
     """Cross-entropy of a cosine classifier: one prototype per class in the embedding space itself, so
     learning it also pulls photos of a class together. Rows labelled -1 are ignored."""
     import torch
@@ -107,7 +107,7 @@ def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any) -> Any:
         return feats.sum() * 0.0
     f = torch.nn.functional.normalize(feats[known].float(), dim=-1)
     logits = log_scale.exp() * f @ torch.nn.functional.normalize(prototypes, dim=-1).T
-    return torch.nn.functional.cross_entropy(logits, labels[known])
+    return torch.nn.functional.cross_entropy(logits, labels[known], label_smoothing=smoothing)
 
 
 def run_key(settings: FinetuneSettings, data_key: str) -> str:
@@ -322,13 +322,15 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
                 for g in opt.param_groups:
                     g["lr"] = settings.lr * lr_factor(state["step"], warmup, total_steps, spent)
             idx = np.sort(order[m * batch:(m + 1) * batch])
-            x = augment(pixels_to_input(torch.from_numpy(pixels[idx]).to(device)), gen)
+            x = augment(pixels_to_input(torch.from_numpy(pixels[idx]).to(device)), gen,
+                        scale=(settings.crop_scale_min, 1.0), erase=settings.erase)
             t = text_t[idx]
             with autocast(device, bf16):
                 feats = visual(x)
             loss = contrastive_loss(feats, t, tid_t[idx], logit_scale)
             if head:
-                loss = loss + settings.label_weight * label_loss(feats, head[0], head[1], labels_t[idx])
+                loss = loss + settings.label_weight * label_loss(feats, head[0], head[1], labels_t[idx],
+                                                                 settings.label_smoothing)
             (loss / settings.grad_accum).backward()
             if (m + 1) % settings.grad_accum == 0:
                 torch.nn.utils.clip_grad_norm_(list(visual.parameters()) + extra, 1.0)

@@ -145,8 +145,9 @@ def text_embeddings(texts: Sequence[str], encode: Callable[[list[str]], np.ndarr
 
 
 def augment(pixels: Any, generator: Any, scale: tuple[float, float] = (0.8, 1.0),
-            ratio: tuple[float, float] = (0.9, 1.1), flip: float = 0.5) -> Any:
-    """Mild random resized crop + horizontal flip of a normalised (n, 3, h, w) batch; colours are left alone."""
+            ratio: tuple[float, float] = (0.9, 1.1), flip: float = 0.5, erase: float = 0.0) -> Any:
+    """Random resized crop + horizontal flip of a normalised (n, 3, h, w) batch, then with chance `erase` one
+    random rectangle (2-20% of the area) set to the mean colour; colours are left alone."""
     import torch
 
     n = pixels.shape[0]
@@ -169,5 +170,19 @@ def augment(pixels: Any, generator: Any, scale: tuple[float, float] = (0.8, 1.0)
     theta[:, 1, 1] = sh
     theta[:, 1, 2] = ty
     grid = torch.nn.functional.affine_grid(theta, list(pixels.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", padding_mode="border",
-                                           align_corners=False)
+    out = torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if erase <= 0:
+        return out
+    h, w = out.shape[-2:]
+    area = uniform(0.02, 0.2)
+    r = torch.exp(uniform(float(np.log(0.3)), float(np.log(3.3))))
+    eh = (torch.sqrt(area * r) * h).clamp(1, h)
+    ew = (torch.sqrt(area / r) * w).clamp(1, w)
+    y0 = uniform(0.0, 1.0) * (h - eh)
+    x0 = uniform(0.0, 1.0) * (w - ew)
+    on = torch.rand(n, generator=generator).to(dev) < erase
+    ys = torch.arange(h, device=dev, dtype=out.dtype)[None, :, None]
+    xs = torch.arange(w, device=dev, dtype=out.dtype)[None, None, :]
+    box = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
+           & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]) & on[:, None, None])
+    return out.masked_fill(box[:, None], 0.0)

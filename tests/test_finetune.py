@@ -251,3 +251,25 @@ def test_label_loss_ignores_unlabelled_rows() -> None:
     f = torch.nn.functional.normalize(feats[[0, 2]], dim=-1) @ torch.nn.functional.normalize(protos, dim=-1).T
     want = torch.nn.functional.cross_entropy(log_scale.exp() * f, torch.tensor([0, 2]))
     assert torch.allclose(some, want)
+    smooth = ft.label_loss(feats, protos, log_scale, torch.tensor([0, -1, 2, -1]), smoothing=0.1)
+    logp = torch.log_softmax(log_scale.exp() * f, dim=-1)
+    naive = -(0.9 * logp[[0, 1], [0, 2]] + 0.1 * logp.mean(dim=-1)).mean()
+    assert torch.allclose(smooth, naive, atol=1e-5)
+
+
+def test_augment_erases_one_box_per_chosen_photo_and_keeps_shapes() -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.ones(64, 3, 16, 12)
+    plain = td.augment(x, gen)
+    assert plain.shape == x.shape and torch.allclose(plain, x)  # a crop of a flat image stays flat
+    erased = td.augment(x, gen, scale=(0.5, 1.0), erase=0.5)
+    blank = (erased == 0).all(dim=1)  # (n, h, w): pixels set to the mean colour in every channel
+    share = blank.flatten(1).float().mean(dim=1)
+    hit = share > 0
+    assert 16 <= int(hit.sum()) <= 48  # about half the photos
+    assert float(share[hit].min()) >= 0.004 and float(share[hit].max()) <= 0.35
+    for mask in blank[hit]:  # one axis-aligned rectangle: its bounding box is all blank
+        rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
+        assert bool(mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all())

@@ -192,6 +192,9 @@ class FinetuneConfig:
     label_fields: tuple[str, ...] = ()  # dev metrics: neighbours sharing these attributes count ("" = category)
     label_weight: float = 1.0  # > 0 with label_fields: also train a head that predicts them from the photo
     time_budget_min: float = 0.0  # > 0: cosine schedule also anneals on training time and stops at the budget
+    crop_scale_min: float = 0.8  # random resized crop keeps this much of the photo's area at least
+    erase: float = 0.0  # chance that a training photo gets a random rectangle blanked (random erasing)
+    label_smoothing: float = 0.0  # of the label head's cross-entropy
 
 
 @dataclass(frozen=True)
