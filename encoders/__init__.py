@@ -40,7 +40,7 @@ def create_image_encoder(cfg: Config) -> Any:
     return create(cfg)
 
 
-def image_tower_status(cfg: Config) -> Any:
+def image_tower_status(cfg: Config) -> dict[str, Any]:
     """Whether a trained image tower is available for cfg, and why not (see encoders.image)."""
     from encoders.image import image_tower_status as status
 

@@ -8,14 +8,14 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
-from urllib.parse import quote
 
 import numpy as np
 
 from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
+from search.results import api_result, local_image
 from search.shopper import affinity_to, personal_list, user_cosines
-from search.store import ID_FIELD, DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
+from search.store import DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
 from search.understand import AttributeMatcher, match_share, photo_boost
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError
@@ -26,14 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Payload keys that are not shown as attributes in results.
-_HIDDEN = frozenset({ID_FIELD, "title", "image", "keywords", "text", "split", "description"})
-IMAGE_ROUTE = "/api/items/{id}/image"  # where the web layer serves local product images
 _USER_COS = "_user_cosine"  # explain key carrying a known user cosine from _retrieve to _rank (popped there)
-
-
-def _round(x: float | None, digits: int = 6) -> float | None:
-    return None if x is None else round(float(x), digits)
 
 
 class SearchService:
@@ -321,31 +314,8 @@ class SearchService:
 
     # ---- results ----------------------------------------------------------------------------------------
     def result(self, hit: Hit, explain: dict[str, Any] | None = None, detail: bool = False) -> dict[str, Any]:
-        """One result in the API's shape: id, score, title, image_url, attributes[, explain].
-
-        `detail` (the single-item view) also shows the description among the attributes.
-        """
-        p = hit.payload
-        hidden = _HIDDEN - {"description"} if detail else _HIDDEN
-        out: dict[str, Any] = {
-            "id": hit.id,
-            "score": _round(explain["final"] if explain else hit.score),
-            "title": p.get("title"),
-            "image_url": self.image_url(hit.id, p.get("image")),
-            "attributes": {k: v for k, v in p.items() if k not in hidden},
-        }
-        if explain is not None:
-            out["explain"] = {k: (_round(v) if isinstance(v, float) else v) for k, v in explain.items()}
-        return out
-
-    @staticmethod
-    def image_url(item_id: str, source: Any) -> str | None:
-        if not source:
-            return None
-        text = str(source)
-        if text.lower().startswith(("http://", "https://")):
-            return text
-        return IMAGE_ROUTE.format(id=quote(item_id, safe=""))
+        """One result in the API's shape (see search.results.api_result)."""
+        return api_result(hit, explain, detail)
 
     # ---- items ------------------------------------------------------------------------------------------
     def get_hit(self, item_id: str, with_vectors: bool = False) -> Hit:
@@ -374,16 +344,7 @@ class SearchService:
 
     def image_path(self, item_id: str) -> Path:
         """The local file of an item's picture; NotFound when it has none or it is remote."""
-        source = self.get_hit(item_id).payload.get("image")
-        if not source or str(source).lower().startswith(("http://", "https://")):
-            raise NotFound(f"item {item_id!r} has no local image")
-        cat = self.cfg.catalogue
-        base = Path(cat.image_base) if cat.image_base else Path(cat.path).parent
-        path = Path(str(source))
-        path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            raise NotFound(f"image file of item {item_id!r} is missing")
-        return path
+        return local_image(self.cfg.catalogue, item_id, self.get_hit(item_id).payload.get("image"))
 
     # ---- feedback and profiles --------------------------------------------------------------------------
     def record_feedback(self, events: Sequence[FeedbackEvent]) -> int:
@@ -434,18 +395,13 @@ class SearchService:
         return {"status": "ok" if ok else "degraded", "index": info, "image_tower": self._tower_status(),
                 "models_loaded": {"text": self._text is not None, "image": self._image is not None}}
 
-    def _tower_status(self) -> Any:
+    def _tower_status(self) -> dict[str, Any]:
         try:
             from encoders import image_tower_status
 
-            status = image_tower_status(self.cfg)
+            return image_tower_status(self.cfg)
         except (VitrinaError, ImportError, OSError) as e:
             return {"available": False, "reason": str(e)}
-        if hasattr(status, "__dataclass_fields__"):
-            import dataclasses
-
-            return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(status).items()}
-        return status if isinstance(status, (dict, str, bool)) else str(status)
 
     def close(self) -> None:
         if self._store is not None:
