@@ -209,10 +209,9 @@ def _prepare_data(items: Sequence[TrainItem], settings: FinetuneSettings, size: 
         raise ConfigError("too few decodable train/dev images to train on")
     key = hashlib.sha256(json.dumps([[it.id for it in both], texts]).encode("utf-8")).hexdigest()[:16]
     classes, labels = label_classes(both, n_tr, settings)
-    return _Data(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=np.unique(np.asarray(texts, dtype=object),
-                                                                 return_inverse=True)[1],
-                 tr_idx=tr_idx, dv_idx=dv_idx, dev_labels=[both[i].label or both[i].id for i in dv_idx],
-                 skipped=skipped, key=key)
+    tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1]  # same text, same id
+    return _Data(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=tid, tr_idx=tr_idx,
+                 dv_idx=dv_idx, dev_labels=[both[i].label or both[i].id for i in dv_idx], skipped=skipped, key=key)
 
 
 def contrastive_loss(feats: Any, text: Any, text_ids: Any, logit_scale: Any) -> Any:
@@ -353,8 +352,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         if head:
             metrics["label_acc"] = _label_accuracy(dev_img, data.labels[dv_idx], head[0])
         score = selection_score(metrics)
-        row = {"epoch": epoch, "partial": bool(state["out_of_time"]), "loss": float(np.mean(losses or [0.0])), "img_per_s": seen / max(train_s, 1e-9),
-               "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
+        row = {"epoch": epoch, "partial": bool(state["out_of_time"]), "loss": float(np.mean(losses or [0.0])),
+               "img_per_s": seen / max(train_s, 1e-9), "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
         state["history"].append(row)
         log.info("epoch %d: loss %.3f, %.0f img/s, dev %s", epoch, row["loss"], row["img_per_s"],
                  {k: round(v, 4) for k, v in metrics.items()})

@@ -283,7 +283,8 @@ def _encode_and_send(embedder: Embedder, writer: _Writer, job: tuple[int, list[P
 
 
 def _reason_kind(reason: str) -> str:
-    """The reason without the specifics: 'bad image: image file not found: /x.jpg' -> 'bad image: image file not found'."""
+    """The reason without the specifics ('bad image: image file not found: /x.jpg' -> 'bad image: image file
+    not found')."""
     head, _, rest = reason.partition(": ")
     if not rest:
         return re.sub(r"\s*'.*$", "", reason)
