@@ -353,7 +353,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
             metrics["label_acc"] = _label_accuracy(dev_img, data.labels[dv_idx], head[0])
         score = selection_score(metrics)
         row = {"epoch": epoch, "partial": bool(state["out_of_time"]), "loss": float(np.mean(losses or [0.0])),
-               "img_per_s": seen / max(train_s, 1e-9), "seconds": train_s, "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
+               "img_per_s": seen / max(train_s, 1e-9), "seconds": train_s,
+               "temperature": float(1 / logit_scale.detach().exp()), **metrics, "score": score}
         state["history"].append(row)
         log.info("epoch %d: loss %.3f, %.0f img/s, dev %s", epoch, row["loss"], row["img_per_s"],
                  {k: round(v, 4) for k, v in metrics.items()})
