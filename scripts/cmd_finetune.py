@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, help="override [finetune].lr")
     p.add_argument("--max-items", type=int, help="override [finetune].max_train_items (0 = all)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="override [finetune].time_budget_min")
+    p.add_argument("--crop-scale-min", type=float, metavar="AREA", help="override [finetune].crop_scale_min")
+    p.add_argument("--erase", type=float, metavar="P", help="override [finetune].erase (random erasing chance)")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS", help="override [finetune].label_smoothing")
     p.add_argument("--arch", help="override [image_encoder].arch")
     p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
                    help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
@@ -77,7 +80,9 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
 
     ft = cfg.finetune
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_train_items": args.max_items,
-             "time_budget_min": args.time_budget, "output": str(Path(args.output).resolve()) if args.output else None}
+             "time_budget_min": args.time_budget, "crop_scale_min": args.crop_scale_min, "erase": args.erase,
+             "label_smoothing": args.label_smoothing,
+             "output": str(Path(args.output).resolve()) if args.output else None}
     return FinetuneSettings(**{
         **dataclasses.asdict(ft), **{k: v for k, v in given.items() if v is not None},
         "arch": args.arch or cfg.image_encoder.arch, "label_fields": tuple(ft.label_fields),

@@ -126,9 +126,11 @@ def test_cli_reads_train_and_dev_only_and_trains(tmp_path: Path, catalogue: Path
     assert {it.label for it in items} <= {"Tshirts", "Shoes", "Watches", "Handbags", "Jeans", "Caps"}
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["finetune", "--no-progress"])
+    args = parser.parse_args(["finetune", "--no-progress", "--erase", "0.25", "--label-smoothing", "0.1"])
     assert args.func(cfg, args) == 0
     card = json.loads(card_path(cfg.finetune.output).read_text())
+    assert card["settings"]["erase"] == 0.25 and card["settings"]["label_smoothing"] == 0.1
+    assert card["settings"]["crop_scale_min"] == cfg.finetune.crop_scale_min
     assert card["trained_on"]["skipped_images"] == 0 and card["trained_on"]["test_excluded"] == 9
     assert len(card["trained_on"]["catalogue_sha256"]) == 64
 
