@@ -66,7 +66,7 @@ class TextEncoderConfig:
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    arch: str = "vitrina-rn-tiny"  # open_clip model config name (encoders/model_configs)
+    arch: str = "vitrina-rn-small"  # open_clip model config name (encoders/model_configs)
     checkpoint: str = _path("models/image_tower.pt")  # trained by `vitrina finetune`
     pretrained: str = ""  # optional open_clip pretrained tag or file to start fine-tuning from
     batch_size: int = 128
