@@ -111,8 +111,10 @@ def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any, smoothi
 
 
 def run_key(settings: FinetuneSettings, data_key: str) -> str:
+    # where and how fast, and when to stop early, do not change what is trained: an early-stopped run goes on
+    # when rerun with more patience
     fields = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in {"output", "workers", "device", "threads"}}  # where and how fast, not what
+              if k not in {"output", "workers", "device", "threads", "patience"}}
     blob = json.dumps({"settings": fields, "data": data_key}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 

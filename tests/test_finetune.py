@@ -92,6 +92,19 @@ def test_resume_continues_after_the_last_saved_epoch(tmp_path: Path, catalogue: 
     assert len(calls) == 3
 
 
+def test_an_early_stopped_run_goes_on_when_rerun_with_more_patience(tmp_path: Path, catalogue: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = iter([0.5, 0.4, 0.3, 0.6, 0.2])  # dev gets worse after epoch 1, then best at epoch 4
+    monkeypatch.setattr(ft, "selection_score", lambda metrics: next(scores))
+    settings = FinetuneSettings(**{**SETTINGS.__dict__, "epochs": 5, "patience": 2})
+    items, out, work = items_for(catalogue), tmp_path / "t.pt", tmp_path / "work"
+    first = finetune(items, fake_text, "fake", settings, out, work, progress=False)
+    assert [h["epoch"] for h in first.history] == [1, 2, 3] and first.best_epoch == 1  # stopped early
+    more = FinetuneSettings(**{**settings.__dict__, "patience": 3})
+    res = finetune(items, fake_text, "fake", more, out, work, resume="require", progress=False)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4, 5] and res.best_epoch == 4
+
+
 def test_resume_required_but_absent_is_an_error(tmp_path: Path, catalogue: Path) -> None:
     with pytest.raises(ConfigError, match="resume"):
         finetune(items_for(catalogue), fake_text, "fake", SETTINGS, tmp_path / "t.pt", tmp_path / "w",
