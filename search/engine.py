@@ -14,7 +14,7 @@ import numpy as np
 from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
 from search.results import api_result, local_image
-from search.shopper import affinity_to, personal_list, user_cosines
+from search.shopper import affinity_to, personal_list, record_events, user_cosines
 from search.store import DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
 from search.understand import AttributeMatcher, match_share, photo_boost
 from vitrina.config import Config
@@ -348,18 +348,8 @@ class SearchService:
 
     # ---- feedback and profiles --------------------------------------------------------------------------
     def record_feedback(self, events: Sequence[FeedbackEvent]) -> int:
-        """Store events (each item's fused vector looked up in the index); NotFound names unknown items."""
-        from search.personal import Event
-
-        ids = list(dict.fromkeys(e.item_id for e in events))
-        hits = self.store.retrieve(self.alias, ids, with_vectors=True)
-        vectors = {h.id: h.vectors["fused"] for h in hits if h.vectors.get("fused") is not None}
-        missing = [i for i, e in enumerate(events) if e.item_id not in vectors]
-        if missing:
-            where = ", ".join(f"event {i} ({events[i].item_id!r})" for i in missing[:10])
-            raise NotFound("unknown item id in feedback", f"not in the index: {where}"
-                           + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-        return self.profiles.record([Event(e.user_id, e.item_id, e.event, e.ts) for e in events], vectors)
+        """Store events (see search.shopper.record_events); NotFound names unknown items."""
+        return record_events(self.store, self.alias, self.profiles, events)
 
     def profile(self, user_id: str) -> dict[str, Any]:
         prof = self.profiles.profile(user_id)

@@ -1,4 +1,4 @@
-"""Store-backed parts of personal search: a shopper's own candidates, their cosines, affinity to what they bought."""
+"""Store-backed parts of personal search: feedback in, a shopper's own candidates, their cosines, affinity."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from search.request import FeedbackEvent
 from search.store import DenseQuery, Filters, Hit, Store
-from vitrina.errors import BadInput
+from vitrina.errors import BadInput, NotFound
 
 if TYPE_CHECKING:
     from search.personal import UserState
+    from search.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +79,19 @@ def affinity_to(store: Store, alias: str, hits: Sequence[Hit], history: Sequence
     past = store.retrieve(alias, list(history)) if fields else [Hit(i, 0.0, {}) for i in history]
     return affinity([h.id for h in hits], [h.payload for h in hits], [h.id for h in past],
                     [h.payload for h in past], weights)
+
+
+def record_events(store: Store, alias: str, profiles: ProfileStore, events: Sequence[FeedbackEvent]) -> int:
+    """Store feedback events, each item's fused vector looked up in the index; NotFound names unknown items
+    (and nothing is stored)."""
+    from search.personal import Event
+
+    ids = list(dict.fromkeys(e.item_id for e in events))
+    hits = store.retrieve(alias, ids, with_vectors=True)
+    vectors = {h.id: h.vectors["fused"] for h in hits if h.vectors.get("fused") is not None}
+    missing = [i for i, e in enumerate(events) if e.item_id not in vectors]
+    if missing:
+        where = ", ".join(f"event {i} ({events[i].item_id!r})" for i in missing[:10])
+        raise NotFound("unknown item id in feedback", f"not in the index: {where}"
+                       + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+    return profiles.record([Event(e.user_id, e.item_id, e.event, e.ts) for e in events], vectors)
