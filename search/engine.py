@@ -175,17 +175,17 @@ class SearchService:
         Hybrid text search for a known shopper adds a third list (search.shopper.personal_list): the items nearest to
         the user vector among those carrying the attribute values the query names, so the rerank can reach
         items of the asked kind that suit the shopper but sit below the query's own top-N."""
-        # no vectors: the personal rerank asks the store for the user's cosines (search.shopper) instead
-        s, filters, st, wv = self.cfg.search, req.filters or None, self.store, False
+        # no vectors come back: the personal rerank asks the store for the user's cosines (search.shopper)
+        s, pc, filters, st = self.cfg.search, self.cfg.personal, req.filters or None, self.store
         if req.mode == "keyword":
-            hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv)
+            hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool)
             return hits, [{"keyword": h.score, "keyword_rank": i + 1, "relevance": h.score}
                           for i, h in enumerate(hits)]
         if qvec is None:
             raise BadInput("nothing to search with", "give 'q' and/or an image")
         if req.mode in ("vector", "text", "image"):
             using = "fused" if req.mode == "vector" else req.mode
-            hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool, with_vectors=wv)
+            hits = st.query(self.alias, DenseQuery(qvec, using), filters, limit=pool)
             explain = [{"dense": h.score, "dense_rank": i + 1, "relevance": h.score} for i, h in enumerate(hits)]
             if using == "fused":  # the score is already the cosine in the fused space that explain shows
                 for h, e in zip(hits, explain):
@@ -194,12 +194,11 @@ class SearchService:
         # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine. With a
         # photo the text refines it ("like this, but red"): the fused query vector already holds the text,
         # and a keyword list would pull in items that merely share a word, so only the dense list is used.
-        dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool, with_vectors=wv)
-        keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool, with_vectors=wv) \
+        dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool)
+        keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool) \
             if req.q and not req.has_photo else []
-        pc = self.cfg.personal
         named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
-        mine = personal_list(self.store, self.alias, self.cfg.personal.candidates, user, named, req.filters) \
+        mine = personal_list(st, self.alias, pc.candidates, user, named, req.filters) \
             if req.q and not req.has_photo else []
         fused = rrf([[h.id for h in keyword], [h.id for h in dense], [h.id for h in mine]],
                     [s.keyword_weight, s.vector_weight, pc.candidate_weight], s.rrf_k)
@@ -304,12 +303,10 @@ class SearchService:
                 e["vector"] = None
             return
         page = [(h, e) for h, e in page if e.get("vector") is None]  # dense hits on "fused" carry it already
-        missing = [h.id for h, _ in page if "fused" not in h.vectors]
-        fetched = {h.id: h.vectors for h in self.store.retrieve(self.alias, missing, with_vectors=("fused",))} \
-            if missing else {}
-        vectors = [h.vectors.get("fused") if "fused" in h.vectors else fetched.get(h.id, {}).get("fused")
-                   for h, _ in page]
-        for (_, e), cos in zip(page, cosines(qvec, vectors)):
+        ids = [h.id for h, _ in page]  # candidates come without vectors: read just the fused ones shown
+        fetched = {h.id: h.vectors.get("fused")
+                   for h in self.store.retrieve(self.alias, ids, with_vectors=("fused",))} if ids else {}
+        for (h, e), cos in zip(page, cosines(qvec, [fetched.get(h.id) for h, _ in page])):
             e["vector"] = cos
 
     # ---- results ----------------------------------------------------------------------------------------

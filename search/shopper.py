@@ -87,7 +87,7 @@ def record_events(store: Store, alias: str, profiles: ProfileStore, events: Sequ
     from search.personal import Event
 
     ids = list(dict.fromkeys(e.item_id for e in events))
-    hits = store.retrieve(alias, ids, with_vectors=True)
+    hits = store.retrieve(alias, ids, with_vectors=("fused",))  # the one named vector a profile folds in
     vectors = {h.id: h.vectors["fused"] for h in hits if h.vectors.get("fused") is not None}
     missing = [i for i, e in enumerate(events) if e.item_id not in vectors]
     if missing:
