@@ -59,7 +59,8 @@ def decay(dt_s: float, cfg: PersonalConfig) -> float:
     return 0.5 ** (dt_s / (cfg.half_life_days * DAY_S))
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
+def unit(vector: np.ndarray) -> np.ndarray:
+    """float32 vector scaled to length 1; zeros when it has no direction (zero or non-finite norm)."""
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))
     return v / norm if norm > 0 and math.isfinite(norm) else np.zeros_like(v)
@@ -75,7 +76,7 @@ def update_user(state: UserState | None, item_vector: np.ndarray, event: str, ts
     item vector's (the catalogue was reindexed with another model) restarts from this event.
     """
     w = event_weight(event, cfg)
-    v = _unit(item_vector)
+    v = unit(item_vector)
     if state is None or state.vector.shape != v.shape:
         counts = dict(state.counts) if state is not None else {}
         counts[event] = counts.get(event, 0) + 1

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from search.personal import EVENTS, Event, decay, event_weight
+from search.personal import EVENTS, Event, decay, event_weight, unit
 from search.store import DENSE_VECTORS, DenseQuery, Filters, Hit
 from vitrina.config import PersonalConfig
 from vitrina.errors import ConfigError
@@ -96,9 +96,9 @@ class Recommender:
         for the few items shown."""
         queries, where = [], []
         for n, (vector, using) in enumerate(vectors):
-            norm = float(np.linalg.norm(vector))
-            if norm > 0 and math.isfinite(norm):
-                queries.append(DenseQuery(np.asarray(vector / norm, np.float32), using))
+            v = unit(vector)
+            if v.any():
+                queries.append(DenseQuery(v, using))
                 where.append(n)
         out: list[dict[str, float]] = [{} for _ in vectors]
         if not queries or limit <= 0:

@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 def _unit(user: UserState) -> np.ndarray | None:
     """The user vector scaled to length 1, or None when it has no direction."""
-    norm = float(np.linalg.norm(user.vector))
-    if norm == 0.0 or not np.isfinite(norm):
-        return None
-    return np.asarray(user.vector / norm, np.float32)
+    from search.personal import unit
+
+    v = unit(user.vector)
+    return v if v.any() else None
 
 
 def personal_list(store: Store, alias: str, n: int, user: UserState | None, named: Mapping[str, set[str]],
