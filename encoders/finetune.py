@@ -19,6 +19,7 @@ import numpy as np
 
 from encoders.image import (build_tower, image_size_of, load_checkpoint, model_config, pixels_to_input,
                             save_checkpoint, tower_from_checkpoint)
+from encoders.text_tuning import LockedText
 from encoders.train_data import DEV, TRAIN, TrainItem, augment, image_cache, text_embeddings
 from vitrina.config import FinetuneConfig
 from vitrina.errors import ConfigError, VitrinaError
@@ -38,6 +39,8 @@ class FinetuneSettings(FinetuneConfig):
     device: str = "auto"
     threads: int = 2
     bf16: bool = True
+    text_layers: int = 0  # 0: the text tower locked (LiT); n: its last n layers tuned too (needs a text_side)
+    text_lr: float = 2e-5  # learning rate of those layers
 
 
 LABEL_MIN_COUNT = 5  # a label value combination needs this many train items to become a class of the head
@@ -178,6 +181,7 @@ class _Data:
     pixels: np.ndarray  # uint8 (n, h, w, 3), train items then dev items
     text_emb: np.ndarray  # (n, d) frozen text embeddings, same order
     tid: np.ndarray  # (n,) index of each item's text among the distinct texts
+    distinct_texts: list[str]  # the distinct texts, in tid order
     tr_idx: np.ndarray  # rows used for training (decodable, maybe subsampled)
     dv_idx: np.ndarray  # decodable dev rows
     dev_labels: list[str]
@@ -211,8 +215,9 @@ def _prepare_data(items: Sequence[TrainItem], settings: FinetuneSettings, size: 
         raise ConfigError("too few decodable train/dev images to train on")
     key = hashlib.sha256(json.dumps([[it.id for it in both], texts]).encode("utf-8")).hexdigest()[:16]
     classes, labels = label_classes(both, n_tr, settings)
-    tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1]  # same text, same id
-    return _Data(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=tid, tr_idx=tr_idx,
+    distinct, tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)  # same text, same id
+    return _Data(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=tid,
+                 distinct_texts=[str(t) for t in distinct], tr_idx=tr_idx,
                  dv_idx=dv_idx, dev_labels=[both[i].label or both[i].id for i in dv_idx], skipped=skipped, key=key)
 
 
@@ -231,12 +236,15 @@ def contrastive_loss(feats: Any, text: Any, text_ids: Any, logit_scale: Any) -> 
 
 def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.ndarray], text_model_id: str,
              settings: FinetuneSettings, output: Path, work_dir: Path, provenance: dict[str, Any] | None = None,
-             resume: str = "auto", progress: bool = True) -> FinetuneResult:
+             resume: str = "auto", progress: bool = True,
+             text_side: Callable[[Sequence[str], np.ndarray, Any], Any] | None = None) -> FinetuneResult:
     """Train the tower on the `train` items, select on `dev`, write the best to `output` (+ model card).
 
     Items of any other split are dropped unread. Images that do not decode are skipped and counted.
     State is saved after every epoch under work_dir; resume="auto" continues a partial run with the same
     settings and data, "require" insists on one, "never" starts over.
+    text_side(distinct texts, each row's text index, device) builds the tuned text layers when
+    settings.text_layers > 0 (encoders.text_tuning.TunedTextLayers); otherwise the text tower stays locked.
     """
     import torch
 
@@ -248,6 +256,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         raise ConfigError(f"resume must be auto, require or never, got {resume!r}")
     if settings.epochs < 1 or settings.batch_size < 2 or settings.grad_accum < 1:
         raise ConfigError("[finetune] needs epochs >= 1, batch_size >= 2 and grad_accum >= 1")
+    if settings.text_layers and text_side is None:
+        raise ConfigError("text_layers > 0 needs a text_side that builds the tuned text layers")
     runtime = RuntimeConfig(device=settings.device, threads=settings.threads, bf16=settings.bf16)
     device = resolve_device(runtime)
     configure_threads(runtime)
@@ -266,9 +276,16 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     visual = visual.to(device)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
     head = _init_head(data, device)  # (prototypes, log scale) or None
+    text = text_side(data.distinct_texts, data.tid, device) if settings.text_layers else LockedText(text_emb, device)
     extra = [logit_scale] + (list(head) if head else [])
     groups = _param_groups(visual, settings.weight_decay) + [{"params": extra, "weight_decay": 0.0}]
+    for g in groups:
+        g["base_lr"] = settings.lr
+    if text.parameters():
+        groups.append({"params": text.parameters(), "weight_decay": settings.weight_decay,
+                       "base_lr": settings.text_lr})
     opt = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+    trained = list(visual.parameters()) + extra + text.parameters()
     batch = min(settings.batch_size, len(tr_idx))
     steps_per_epoch = max(1, len(tr_idx) // batch // settings.grad_accum)
     total_steps = steps_per_epoch * settings.epochs
@@ -288,6 +305,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
             if head:
                 head[0].copy_(saved["head"][0])
                 head[1].fill_(float(saved["head"][1]))
+        if saved.get("text") is not None:
+            text.layers.load_state_dict(saved["text"])
         opt.load_state_dict(saved["opt"])
         state = saved
         log.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
@@ -296,7 +315,6 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
 
     from tqdm import tqdm
 
-    text_t = torch.from_numpy(text_emb).to(device)
     tid_t = torch.from_numpy(data.tid).to(device)
     labels_t = torch.from_numpy(data.labels).to(device)
     bad_epochs = sum(1 for h in state["history"] if h["epoch"] > state["best_epoch"])
@@ -307,6 +325,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         if state["out_of_time"]:
             break
         visual.train()
+        text.train()
         gen = torch.Generator().manual_seed(settings.seed * 10_007 + epoch)
         order = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
         n_micro = steps_per_epoch * settings.grad_accum
@@ -321,11 +340,11 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
                     log.info("time budget of %.0f min reached in epoch %d", settings.time_budget_min, epoch)
                     break
                 for g in opt.param_groups:
-                    g["lr"] = settings.lr * lr_factor(state["step"], warmup, total_steps, spent)
+                    g["lr"] = g.get("base_lr", settings.lr) * lr_factor(state["step"], warmup, total_steps, spent)
             idx = np.sort(order[m * batch:(m + 1) * batch])
             x = augment(pixels_to_input(torch.from_numpy(pixels[idx]).to(device)), gen,
                         scale=(settings.crop_scale_min, 1.0), erase=settings.erase)
-            t = text_t[idx]
+            t = text.rows(idx)
             with autocast(device, bf16):
                 feats = visual(x)
             loss = contrastive_loss(feats, t, tid_t[idx], logit_scale)
@@ -334,7 +353,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
                                                                  settings.label_smoothing)
             (loss / settings.grad_accum).backward()
             if (m + 1) % settings.grad_accum == 0:
-                torch.nn.utils.clip_grad_norm_(list(visual.parameters()) + extra, 1.0)
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 opt.step()
                 state["step"] += 1
                 opt.zero_grad(set_to_none=True)
@@ -350,7 +369,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         state["train_seconds"] += train_s
         state["train_images"] += seen
         dev_img = _embed_pixels(visual, pixels[dv_idx], device, bf16)
-        metrics = retrieval_metrics(dev_img, text_emb[dv_idx], data.dev_labels)
+        metrics = retrieval_metrics(dev_img, text.embed(dv_idx), data.dev_labels)
         if head:
             metrics["label_acc"] = _label_accuracy(dev_img, data.labels[dv_idx], head[0])
         score = selection_score(metrics)
@@ -363,12 +382,13 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best_logit=float(logit_scale.detach().exp()),
                          best_visual={k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
-                         best_head=_head_state(head))
+                         best_head=_head_state(head), best_text=_text_state(text))
             bad_epochs = 0
         else:
             bad_epochs += 1
         state.update(epoch=epoch, visual=visual.state_dict(), logit_scale=float(logit_scale.detach()),
-                     opt=opt.state_dict(), head=_head_state(head), wall_s=wall_before + time.time() - t_start)
+                     opt=opt.state_dict(), head=_head_state(head), text=_text_state(text),
+                     wall_s=wall_before + time.time() - t_start)
         _save_state(state_path, state)
         _write_output(output, arch, state, settings, provenance, data, t_start, complete=False,
                       device=str(device))
@@ -397,6 +417,12 @@ def _init_head(data: _Data, device: Any) -> tuple[Any, Any] | None:
     protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
     return (torch.nn.Parameter(torch.from_numpy(protos).to(device)),
             torch.nn.Parameter(torch.tensor(math.log(20.0), device=device)))
+
+
+def _text_state(text: Any) -> dict[str, Any] | None:
+    """The tuned text layers' weights (None for the locked tower)."""
+    layers = getattr(text, "layers", None)
+    return None if layers is None else {k: v.detach().cpu().clone() for k, v in layers.state_dict().items()}
 
 
 def _head_state(head: tuple[Any, Any] | None) -> tuple[Any, float] | None:
@@ -445,6 +471,8 @@ def _write_output(output: Path, arch: str, state: dict[str, Any], settings: Fine
         "trained_on": {**prov.pop("trained_on", {}), "train_items": len(data.tr_idx), "dev_items": len(data.dv_idx),
                        "skipped_images": len(data.skipped), "skipped_examples": [s.id for s in data.skipped[:10]]},
         "objective": "LiT: contrastive (InfoNCE, learnable temperature) against frozen text-tower embeddings"
+                     + (f" (its last {settings.text_layers} layer(s) tuned at lr {settings.text_lr:g})"
+                        if settings.text_layers else "")
                      + (f" + {settings.label_weight:g} x cross-entropy of a cosine label head over "
                         f"{len(data.classes)} {'/'.join(settings.label_fields)} classes" if data.classes else ""),
         "settings": dataclasses.asdict(settings), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],

@@ -1,0 +1,68 @@
+"""The text side of tower training: the tuned last layers reproduce the real MiniLM, and learn when trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoders.finetune import FinetuneSettings, finetune
+from encoders.text import TextEncoder, resolve_model_path
+from tests.test_finetune import SETTINGS, fake_text, items_for
+from vitrina.config import RuntimeConfig, TextEncoderConfig
+from vitrina.errors import ConfigError
+
+TEXTS = ["red cotton shirt for men", "Nike Women Black Running Shoes with laces and a cushioned sole", "watch", ""]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    return resolve_model_path(TextEncoderConfig().model)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_cached_inputs_plus_the_last_layers_give_the_text_encoders_vectors(minilm: str, layers: int) -> None:
+    import torch
+
+    from encoders.text_tuning import TunedTextLayers
+
+    want = TextEncoder(TextEncoderConfig(precision="fp32", jit=False),
+                       RuntimeConfig(device="cpu", threads=2, bf16=False)).encode(TEXTS)
+    side = TunedTextLayers(minilm, TEXTS, np.array([0, 1, 2, 3, 1]), layers, torch.device("cpu"), bf16=False)
+    got = side.embed(np.arange(5))
+    assert got.shape == (5, 384)
+    assert np.all((got[[0, 1, 2, 3]] * want).sum(axis=1) > 0.9999)  # the cache holds bf16 inputs
+    assert np.array_equal(got[4], got[1])  # rows with one text share it
+    assert len(side.parameters()) > 0 and all(p.requires_grad for p in side.parameters())
+
+
+def test_training_moves_the_tuned_layers_and_the_loss_falls(tmp_path: Path, catalogue: Path, minilm: str) -> None:
+    import torch
+
+    from encoders.text_tuning import TunedTextLayers
+
+    built: list[TunedTextLayers] = []
+
+    def side(texts, text_ids, device):  # type: ignore[no-untyped-def]
+        built.append(TunedTextLayers(minilm, texts, text_ids, 1, device))
+        return built[-1]
+
+    settings = FinetuneSettings(**{**SETTINGS.__dict__, "epochs": 6, "text_layers": 1, "text_lr": 1e-3})
+    res = finetune(items_for(catalogue), fake_text, "fake", settings, tmp_path / "t.pt", tmp_path / "w",
+                   progress=False, text_side=side)
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+    before = TunedTextLayers(minilm, ["x"], np.array([0]), 1, torch.device("cpu")).layers.state_dict()
+    after = built[0].layers.state_dict()
+    moved = max(float((after[k].float() - before[k].float()).abs().max()) for k in before)
+    assert moved > 1e-4
+    state = torch.load(next((tmp_path / "w").glob("run-*/state.pt")), weights_only=True)
+    assert set(state["text"]) == set(before) and state["best_text"] is not None
+
+
+def test_tuned_text_layers_need_a_text_side(tmp_path: Path, catalogue: Path) -> None:
+    settings = FinetuneSettings(**{**SETTINGS.__dict__, "text_layers": 1})
+    with pytest.raises(ConfigError, match="text_side"):
+        finetune(items_for(catalogue), fake_text, "fake", settings, tmp_path / "t.pt", tmp_path / "w",
+                 progress=False)
