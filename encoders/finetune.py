@@ -57,6 +57,7 @@ class FinetuneResult:
     skipped: int = 0
     wall_s: float = 0.0
     train_img_per_s: float = 0.0
+    state_file: Path | None = None  # the run's state (resume point; "best_text" holds tuned text layers)
 
 
 def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: Sequence[str],
@@ -122,8 +123,8 @@ def run_key(settings: FinetuneSettings, data_key: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
 
-def _start_tower(settings: FinetuneSettings) -> tuple[Any, str]:
-    """The tower training starts from, and its arch name."""
+def _start_tower(settings: FinetuneSettings) -> tuple[Any, str, dict[str, Any] | None]:
+    """The tower training starts from, its arch name, and the start checkpoint's label head (or None)."""
     src = settings.start_from
     if src and Path(src).is_file():
         try:
@@ -131,8 +132,8 @@ def _start_tower(settings: FinetuneSettings) -> tuple[Any, str]:
         except VitrinaError:
             blob = None
         if blob is not None:
-            return tower_from_checkpoint(blob), str(blob["arch"])
-    return build_tower(settings.arch, src), settings.arch
+            return tower_from_checkpoint(blob), str(blob["arch"]), blob.get("labels")
+    return build_tower(settings.arch, src), settings.arch, None
 
 
 def _param_groups(visual: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -263,7 +264,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     configure_threads(runtime)
     bf16 = settings.bf16 and bf16_supported(device)
     torch.manual_seed(settings.seed)
-    visual, arch = _start_tower(settings)
+    visual, arch, start_head = _start_tower(settings)
     size = image_size_of(model_config(arch))
 
     data = _prepare_data(items, settings, size, work_dir / "cache", encode_text, text_model_id, progress)
@@ -275,7 +276,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
 
     visual = visual.to(device)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
-    head = _init_head(data, device)  # (prototypes, log scale) or None
+    head = _init_head(data, device, start_head, settings.label_fields)  # (prototypes, log scale) or None
     text = text_side(data.distinct_texts, data.tid, device) if settings.text_layers else LockedText(text_emb, device)
     extra = [logit_scale] + (list(head) if head else [])
     groups = _param_groups(visual, settings.weight_decay) + [{"params": extra, "weight_decay": 0.0}]
@@ -400,12 +401,15 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     return FinetuneResult(output=output, epochs_run=state["epoch"], best_epoch=state["best_epoch"],
                           best_dev_metrics={k: best[k] for k in METRIC_KEYS if k in best},
                           history=state["history"], skipped=len(skipped), wall_s=state["wall_s"],
-                          train_img_per_s=state["train_images"] / max(state["train_seconds"], 1e-9))
+                          train_img_per_s=state["train_images"] / max(state["train_seconds"], 1e-9),
+                          state_file=state_path)
 
 
-def _init_head(data: _Data, device: Any) -> tuple[Any, Any] | None:
-    """The label head's parameters: class prototypes, started at the mean frozen text embedding of each
-    class's train items (so they begin in the shared space), and a learnable log temperature."""
+def _init_head(data: _Data, device: Any, start: dict[str, Any] | None = None,
+               fields: Sequence[str] = ()) -> tuple[Any, Any] | None:
+    """The label head's parameters: class prototypes and a learnable log temperature. A class the start
+    checkpoint's head (same label fields) already knows keeps its learned prototype and the head its scale;
+    any other class starts at the mean frozen text embedding of its train items (in the shared space)."""
     import torch
 
     if not data.classes:
@@ -414,9 +418,19 @@ def _init_head(data: _Data, device: Any) -> tuple[Any, Any] | None:
     protos = np.zeros((len(data.classes), dim), dtype=np.float32)
     train_labels = data.labels[data.tr_idx]
     np.add.at(protos, train_labels[train_labels >= 0], data.text_emb[data.tr_idx][train_labels >= 0])
+    scale = 20.0
+    if start and list(start["fields"]) == list(fields) and start["prototypes"].shape[1] == dim:
+        known = {tuple(c): i for i, c in enumerate(start["classes"])}
+        learned = start["prototypes"].float().numpy()
+        for i, c in enumerate(data.classes):
+            if c in known:
+                protos[i] = learned[known[c]]
+        scale = float(start["scale"])
+        log.info("label head: %d of %d classes start from the checkpoint's head",
+                 sum(c in known for c in data.classes), len(data.classes))
     protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
     return (torch.nn.Parameter(torch.from_numpy(protos).to(device)),
-            torch.nn.Parameter(torch.tensor(math.log(20.0), device=device)))
+            torch.nn.Parameter(torch.tensor(math.log(scale), device=device)))
 
 
 def _text_state(text: Any) -> dict[str, Any] | None:

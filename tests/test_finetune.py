@@ -288,3 +288,33 @@ def test_augment_erases_one_box_per_chosen_photo_and_keeps_shapes() -> None:
     for mask in blank[hit]:  # one axis-aligned rectangle: its bounding box is all blank
         rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
         assert bool(mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all())
+
+
+def test_from_a_checkpoint_with_a_label_head_keeps_its_learned_prototypes(tmp_path: Path, catalogue: Path) -> None:
+    from encoders.image import load_checkpoint
+
+    rows = {r["id"]: r for r in product_rows(48)}
+    items = [TrainItem(**{**it.__dict__, "label_values": (rows[it.id]["articleType"],)})
+             for it in items_for(catalogue)]
+    settings = FinetuneSettings(**{**SETTINGS.__dict__, "epochs": 4, "lr": 1e-2, "label_fields": ("articleType",),
+                                   "label_weight": 1.0})
+    first = tmp_path / "first.pt"
+    finetune(items, fake_text, "fake", settings, first, tmp_path / "w1", progress=False)
+    again = tmp_path / "again.pt"
+    finetune(items, fake_text, "fake", dataclass_replace(**{**settings.__dict__, "start_from": str(first),
+                                                            "epochs": 1, "lr": 1e-9}),
+             again, tmp_path / "w2", progress=False)
+    a, b = load_checkpoint(first)["labels"], load_checkpoint(again)["labels"]
+    assert a["classes"] == b["classes"] and abs(a["scale"] - b["scale"]) < 1e-3 * a["scale"]
+    pa, pb = (torch_unit(x["prototypes"]) for x in (a, b))
+    assert float((pa * pb).sum(1).min()) > 0.999
+    fresh = tmp_path / "fresh.pt"  # the same short run from random weights: prototypes from the text means
+    finetune(items, fake_text, "fake", dataclass_replace(**{**settings.__dict__, "epochs": 1, "lr": 1e-9}),
+             fresh, tmp_path / "w3", progress=False)
+    pf = torch_unit(load_checkpoint(fresh)["labels"]["prototypes"])
+    assert float((pa * pf).sum(1).min()) < 0.99
+
+
+def torch_unit(x: Any) -> np.ndarray:
+    v = x.float().numpy()
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
