@@ -90,7 +90,7 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
         "device": cfg.runtime.device, "threads": cfg.runtime.threads, "bf16": cfg.runtime.bf16})
 
 
-def _lazy_text_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
+def lazy_text_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
     """encode(texts) that loads the text tower only when first called (a text cache hit never loads it)."""
     holder: dict[str, Any] = {}
 
@@ -127,7 +127,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "settings_source": dataclasses.asdict(cfg.finetune),
     }
     resume = "require" if args.resume else "never" if args.restart else "auto"
-    result = finetune(items, _lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", settings, output,
+    result = finetune(items, lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", settings, output,
                       cfg.data_dir / "finetune", provenance=provenance, resume=resume,
                       progress=not args.no_progress)
     m = result.best_dev_metrics

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.cmd_finetune import _lazy_text_encoder, training_items  # noqa: E402
+from scripts.cmd_finetune import lazy_text_encoder, training_items  # noqa: E402
 from scripts.eval_data import load_qrels, load_queries  # noqa: E402
 from search.metrics import evaluate_run  # noqa: E402
 from vitrina.config import Config, load_config  # noqa: E402
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         s = settings(cfg, args, layers)
         t0 = time.time()
-        res = finetune(items, _lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", s, out / f"{arm}.pt",
+        res = finetune(items, lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", s, out / f"{arm}.pt",
                        cfg.data_dir / "finetune", provenance={"command": report["command"]}, resume="never",
                        text_side=side if layers else None)
         minutes = (time.time() - t0) / 60
