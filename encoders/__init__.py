@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from encoders.fusion import fuse, fuse_batch
@@ -18,13 +19,15 @@ _TEXT_LOCK = threading.Lock()
 
 
 def create_text_encoder(cfg: Config) -> TextEncoder:
-    """The text encoder for cfg, built once per (model, device, settings) and shared by every caller."""
+    """The text encoder for cfg, built once per (model, tuned layers, device, settings) and shared by every caller."""
     from encoders.runtime import resolve_device
     from encoders.text import TextEncoder, resolve_model_path
 
     device = resolve_device(cfg.runtime)
     tc = cfg.text_encoder
-    key = (resolve_model_path(tc.model), str(device), tc, cfg.runtime)
+    tuned = Path(tc.tuned_layers) if tc.tuned_layers else None
+    stamp = tuned.stat().st_mtime_ns if tuned is not None and tuned.is_file() else None  # retrained: reloaded
+    key = (resolve_model_path(tc.model), str(device), tc, stamp, cfg.runtime)
     with _TEXT_LOCK:
         encoder = _TEXT_CACHE.get(key)
         if encoder is None:

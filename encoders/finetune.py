@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from encoders.image import (build_tower, image_size_of, load_checkpoint, model_config, pixels_to_input,
-                            save_checkpoint, tower_from_checkpoint)
-from encoders.text_tuning import LockedText
+from encoders.image import (build_tower, file_sha256, image_size_of, load_checkpoint, model_config,
+                            pixels_to_input, save_checkpoint, tower_from_checkpoint)
+from encoders.text_tuning import LockedText, save_text_layers, text_layers_path
 from encoders.train_data import DEV, TRAIN, TrainItem, augment, image_cache, text_embeddings
 from vitrina.config import FinetuneConfig
 from vitrina.errors import ConfigError, VitrinaError
@@ -39,8 +39,6 @@ class FinetuneSettings(FinetuneConfig):
     device: str = "auto"
     threads: int = 2
     bf16: bool = True
-    text_layers: int = 0  # 0: the text tower locked (LiT); n: its last n layers tuned too (needs a text_side)
-    text_lr: float = 2e-5  # learning rate of those layers
 
 
 LABEL_MIN_COUNT = 5  # a label value combination needs this many train items to become a class of the head
@@ -189,7 +187,7 @@ class _Data:
     classes: list[tuple[str, ...]]  # label head classes ([] = no head)
     labels: np.ndarray  # (n,) class index per row, -1 = none
     skipped: list[TrainItem]
-    key: str  # hash of ids and texts
+    key: str  # hash of ids, texts and the text model
 
 
 def _prepare_data(items: Sequence[TrainItem], settings: FinetuneSettings, size: tuple[int, int], cache_dir: Path,
@@ -214,7 +212,7 @@ def _prepare_data(items: Sequence[TrainItem], settings: FinetuneSettings, size: 
     dv_idx = n_tr + np.flatnonzero(ok[n_tr:])
     if len(tr_idx) < 2 or len(dv_idx) < 2:
         raise ConfigError("too few decodable train/dev images to train on")
-    key = hashlib.sha256(json.dumps([[it.id for it in both], texts]).encode("utf-8")).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([[it.id for it in both], texts, text_model_id]).encode("utf-8")).hexdigest()[:16]
     classes, labels = label_classes(both, n_tr, settings)
     distinct, tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)  # same text, same id
     return _Data(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=tid,
@@ -311,6 +309,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         opt.load_state_dict(saved["opt"])
         state = saved
         log.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
+    if settings.text_layers:
+        state["text_meta"] = {"model": text.model_source, "total_layers": text.total_layers}
     wall_before = float(state["wall_s"])
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -484,9 +484,9 @@ def _write_output(output: Path, arch: str, state: dict[str, Any], settings: Fine
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
         "trained_on": {**prov.pop("trained_on", {}), "train_items": len(data.tr_idx), "dev_items": len(data.dv_idx),
                        "skipped_images": len(data.skipped), "skipped_examples": [s.id for s in data.skipped[:10]]},
-        "objective": "LiT: contrastive (InfoNCE, learnable temperature) against frozen text-tower embeddings"
-                     + (f" (its last {settings.text_layers} layer(s) tuned at lr {settings.text_lr:g})"
-                        if settings.text_layers else "")
+        "objective": "LiT: contrastive (InfoNCE, learnable temperature) against the text tower's embeddings, "
+                     + (f"its last {settings.text_layers} layer(s) tuned at lr {settings.text_lr:g}"
+                        if settings.text_layers else "the text tower locked")
                      + (f" + {settings.label_weight:g} x cross-entropy of a cosine label head over "
                         f"{len(data.classes)} {'/'.join(settings.label_fields)} classes" if data.classes else ""),
         "settings": dataclasses.asdict(settings), "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
@@ -502,4 +502,11 @@ def _write_output(output: Path, arch: str, state: dict[str, Any], settings: Fine
     labels = None if head is None or not data.classes else {
         "fields": list(settings.label_fields), "classes": [list(c) for c in data.classes],
         "prototypes": head[0], "scale": math.exp(head[1])}
+    if state.get("best_text") is not None:  # the text layers this tower was trained with, beside it
+        meta = state["text_meta"]
+        text_file = save_text_layers(text_layers_path(output), state["best_text"], meta["model"],
+                                     meta["total_layers"], {"tower": output.name, "epoch": state["best_epoch"],
+                                                            "text_lr": settings.text_lr, "created": card["created"]})
+        card["text_layers"] = {"file": text_file.name, "layers": settings.text_layers,
+                               "sha256": file_sha256(text_file)}
     save_checkpoint(output, visual, arch, state.get("best_logit", 1 / 0.07), card, labels=labels)

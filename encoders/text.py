@@ -143,6 +143,10 @@ class TextEncoder:
         configure_threads(runtime)
         t0 = time.perf_counter()
         self._tokenizer, model = _load(self.source)
+        if cfg.tuned_layers:  # the last layers as `vitrina finetune --text-layers N` tuned them on the shop's pairs
+            from encoders.text_tuning import apply_text_layers, load_text_layers
+
+            apply_text_layers(model, load_text_layers(cfg.tuned_layers))
         self.dim = int(model.config.hidden_size)
         if cfg.dim and cfg.dim != self.dim:
             raise ConfigError(f"[text_encoder].dim is {cfg.dim} but model {cfg.model!r} gives {self.dim}-d vectors")
@@ -159,7 +163,8 @@ class TextEncoder:
             self._forward = _hidden_module(self._model)
         self._lock = threading.Lock()
         self._torch = torch
-        log.info("text encoder %s on %s (%s, max_length %d) loaded in %.1fs", self.source, self.device,
+        log.info("text encoder %s%s on %s (%s, max_length %d) loaded in %.1fs", self.source,
+                 f" + tuned layers {cfg.tuned_layers}" if cfg.tuned_layers else "", self.device,
                  "bf16" if self.bf16 else "fp32", self.max_length, time.perf_counter() - t0)
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:

@@ -1,18 +1,77 @@
-"""The text side of tower training: locked (LiT, the default) or its last transformer layers lightly tuned.
+"""The text side of tower training: locked (LiT) or its last transformer layers lightly tuned.
 
-`vitrina finetune` trains against the locked text tower; `scripts/exp_text_tuning.py` measures the alternative
-the issue leaves open, with `TunedTextLayers` here: the text tower's first layers run once over every training
-text (their outputs cached), and only the last `layers` layers, then mean pooling, run (and learn) per batch.
+With `[finetune].text_layers` = 0 the tower trains against the locked text tower's cached embeddings
+(`LockedText`). With n > 0, `TunedTextLayers` runs the text tower's first layers once over every training text
+(their outputs cached) and only the last n layers, then mean pooling, per batch, so they learn with the image
+tower; `vitrina finetune` writes them beside the tower (`<output>.text.pt`) and `[text_encoder].tuned_layers`
+puts them into the text encoder for indexing and queries. `scripts/exp_text_tuning.py` compares the two.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vitrina.errors import ModelUnavailable
+
 log = logging.getLogger(__name__)
+
+TEXT_LAYERS_FORMAT = "vitrina-text-layers"
+
+
+def text_layers_path(tower_output: str | os.PathLike[str]) -> Path:
+    """Where `vitrina finetune` writes the tuned text layers beside a tower: models/x.pt -> models/x.text.pt."""
+    p = Path(tower_output)
+    return p.with_name(p.stem + ".text.pt")
+
+
+def save_text_layers(path: str | os.PathLike[str], state: Mapping[str, Any], model: str, total_layers: int,
+                     card: Mapping[str, Any]) -> Path:
+    """Write the tuned last layers (a state dict over layers 0..n-1 of the slice, stored fp16) atomically."""
+    import torch
+
+    n = 1 + max(int(k.split(".", 1)[0]) for k in state)
+    blob = {"format": TEXT_LAYERS_FORMAT, "version": 1, "model": model, "layers": n, "total_layers": total_layers,
+            "state": {k: v.detach().to("cpu", torch.float16) for k, v in state.items()}, "card": dict(card)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_text_layers(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ModelUnavailable(f"cannot read tuned text layers {path}", detail=str(e)) from e
+    if not isinstance(blob, dict) or blob.get("format") != TEXT_LAYERS_FORMAT:
+        raise ModelUnavailable(f"{path} is not a {TEXT_LAYERS_FORMAT} file (made by vitrina finetune --text-layers)")
+    return blob
+
+
+def apply_text_layers(model: Any, blob: Mapping[str, Any]) -> None:
+    """Put the tuned weights into the model's last layers (in place); ModelUnavailable if they do not fit."""
+    import torch
+
+    blocks = model.encoder.layer
+    n = int(blob["layers"])
+    if int(blob["total_layers"]) != len(blocks) or not 1 <= n <= len(blocks):
+        raise ModelUnavailable(f"tuned text layers are for a {blob['total_layers']}-layer model, "
+                               f"this one has {len(blocks)}")
+    tail = torch.nn.ModuleList(blocks[len(blocks) - n:])
+    dtype = next(tail.parameters()).dtype
+    try:
+        tail.load_state_dict({k: v.to(dtype) for k, v in blob["state"].items()}, strict=True)
+    except RuntimeError as e:
+        raise ModelUnavailable("tuned text layers do not fit the text model", detail=str(e)) from e
 
 
 class LockedText:
@@ -42,10 +101,12 @@ class TunedTextLayers:
     """The text tower's last `layers` transformer layers, trainable, over cached inputs to the first of them.
 
     texts: the distinct training texts; rows map to them through `text_ids` (rows with one text share it).
+    start: a tuned-layers file's contents to go on from (encoders.text_tuning.load_text_layers).
     """
 
     def __init__(self, model_source: str, texts: Sequence[str], text_ids: np.ndarray, layers: int, device: Any,
-                 max_length: int = 128, bf16: bool = True, batch: int = 256) -> None:
+                 max_length: int = 128, bf16: bool = True, batch: int = 256,
+                 start: Mapping[str, Any] | None = None) -> None:
         import torch
 
         from encoders.runtime import autocast
@@ -55,6 +116,13 @@ class TunedTextLayers:
         blocks = model.encoder.layer
         if not 1 <= layers <= len(blocks):
             raise ValueError(f"layers must be 1..{len(blocks)}, got {layers}")
+        if start is not None:  # go on from layers tuned before (no more of them than are tuned now)
+            if int(start["layers"]) > layers:
+                raise ValueError(f"the text tower was tuned in its last {start['layers']} layers; tune at least "
+                                 f"as many now (got {layers})")
+            apply_text_layers(model, start)
+        self.total_layers = len(blocks)
+        self.model_source = model_source
         self.layers = torch.nn.ModuleList(blocks[len(blocks) - layers:]).to(device)
         self.text_ids = torch.from_numpy(np.asarray(text_ids, dtype=np.int64))
         self.device, self.bf16 = device, bf16

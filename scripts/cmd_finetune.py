@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--crop-scale-min", type=float, metavar="AREA", help="override [finetune].crop_scale_min")
     p.add_argument("--erase", type=float, metavar="P", help="override [finetune].erase (random erasing chance)")
     p.add_argument("--label-smoothing", type=float, metavar="EPS", help="override [finetune].label_smoothing")
+    p.add_argument("--text-layers", type=int, metavar="N",
+                   help="override [finetune].text_layers: also tune the text tower's last N layers (0: locked)")
+    p.add_argument("--text-lr", type=float, help="override [finetune].text_lr")
     p.add_argument("--arch", help="override [image_encoder].arch")
     p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
                    help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
@@ -81,7 +84,7 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
     ft = cfg.finetune
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_train_items": args.max_items,
              "time_budget_min": args.time_budget, "crop_scale_min": args.crop_scale_min, "erase": args.erase,
-             "label_smoothing": args.label_smoothing,
+             "label_smoothing": args.label_smoothing, "text_layers": args.text_layers, "text_lr": args.text_lr,
              "output": str(Path(args.output).resolve()) if args.output else None}
     return FinetuneSettings(**{
         **dataclasses.asdict(ft), **{k: v for k, v in given.items() if v is not None},
@@ -101,6 +104,29 @@ def lazy_text_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
             holder["enc"] = create_text_encoder(cfg)
         return holder["enc"].encode(texts)
     return encode
+
+
+def text_model_id(cfg: Config) -> str:
+    """What decides the text vectors training caches: the model, its length limit and any tuned layers."""
+    from encoders.image import file_sha256
+
+    tc = cfg.text_encoder
+    tuned = f"|{file_sha256(tc.tuned_layers)[:16]}" if tc.tuned_layers and Path(tc.tuned_layers).is_file() else ""
+    return f"{tc.model}|{tc.max_length}{tuned}"
+
+
+def tuned_text_side(cfg: Config, layers: int) -> Callable[..., Any]:
+    """Builds the text tower's last `layers` layers for training, going on from [text_encoder].tuned_layers."""
+
+    def build(texts: Any, text_ids: Any, device: Any) -> Any:
+        from encoders.text import resolve_model_path
+        from encoders.text_tuning import TunedTextLayers, load_text_layers
+
+        tc = cfg.text_encoder
+        start = load_text_layers(tc.tuned_layers) if tc.tuned_layers else None
+        return TunedTextLayers(resolve_model_path(tc.model), texts, text_ids, layers, device,
+                               max_length=tc.max_length, start=start)
+    return build
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -127,9 +153,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "settings_source": dataclasses.asdict(cfg.finetune),
     }
     resume = "require" if args.resume else "never" if args.restart else "auto"
-    result = finetune(items, lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", settings, output,
+    result = finetune(items, lazy_text_encoder(cfg), text_model_id(cfg), settings, output,
                       cfg.data_dir / "finetune", provenance=provenance, resume=resume,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, text_side=tuned_text_side(cfg, settings.text_layers))
     m = result.best_dev_metrics
     print(f"wrote {result.output} (best epoch {result.best_epoch}/{result.epochs_run}; dev t2i R@10 "
           f"{m['t2i_recall@10']:.3f}, t2i P@10 {m['t2i_p@10']:.3f}, i2i P@10 {m['i2i_p@10']:.3f}; "

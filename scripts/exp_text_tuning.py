@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.cmd_finetune import lazy_text_encoder, training_items  # noqa: E402
+from scripts.cmd_finetune import lazy_text_encoder, text_model_id, training_items, tuned_text_side  # noqa: E402
 from scripts.eval_data import load_qrels, load_queries  # noqa: E402
 from search.metrics import evaluate_run  # noqa: E402
 from vitrina.config import Config, load_config  # noqa: E402
@@ -60,7 +60,7 @@ def query_metrics(cfg: Config, arm: str, out: Path, items: list[Any], text_model
     from encoders import create_text_encoder
     from encoders.fusion import fuse_batch
     from encoders.image import ImageEncoder, LabelHead, image_size_of, load_checkpoint, tower_from_checkpoint
-    from encoders.text_tuning import TunedTextLayers
+    from encoders.text_tuning import TunedTextLayers, load_text_layers, text_layers_path
     from encoders.train_data import image_cache
 
     items = [it for it in items if it.split == "train"] + [it for it in items if it.split == "dev"]  # cache order
@@ -76,10 +76,9 @@ def query_metrics(cfg: Config, arm: str, out: Path, items: list[Any], text_model
     image = enc.encode_pixels(pixels[keep])
     texts = [items[i].text for i in keep] + [queries[q] for q in qids]
     if layers:
-        state = torch.load(out / f"{arm}.text.pt", weights_only=True)
         side = TunedTextLayers(text_model, texts, np.arange(len(texts)), layers, torch.device("cpu"),
-                               max_length=cfg.text_encoder.max_length)
-        side.layers.load_state_dict(state)
+                               max_length=cfg.text_encoder.max_length,
+                               start=load_text_layers(text_layers_path(out / f"{arm}.pt")))
         vecs = side.embed(np.arange(len(texts)))
     else:
         vecs = create_text_encoder(cfg).encode(texts)
@@ -101,34 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="var/exp/text-tuning")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
     from encoders.finetune import finetune
     from encoders.text import resolve_model_path
-    from encoders.text_tuning import TunedTextLayers
 
     cfg = load_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     items, _ = training_items(cfg)
     text_model = resolve_model_path(cfg.text_encoder.model)
-    tc = cfg.text_encoder
     report: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "arms": {}}
     for arm in args.arms.split(","):
         layers = args.layers if arm == "tuned" else 0
-
-        def side(texts: Sequence[str], text_ids: np.ndarray, device: Any) -> TunedTextLayers:
-            return TunedTextLayers(text_model, texts, text_ids, layers, device, max_length=tc.max_length)
-
         s = settings(cfg, args, layers)
         t0 = time.time()
-        res = finetune(items, lazy_text_encoder(cfg), f"{tc.model}|{tc.max_length}", s, out / f"{arm}.pt",
+        res = finetune(items, lazy_text_encoder(cfg), text_model_id(cfg), s, out / f"{arm}.pt",
                        cfg.data_dir / "finetune", provenance={"command": report["command"]}, resume="never",
-                       text_side=side if layers else None)
+                       text_side=tuned_text_side(cfg, layers))
         minutes = (time.time() - t0) / 60
-        if layers:  # the best epoch's tuned layers
-            assert res.state_file is not None
-            torch.save(torch.load(res.state_file, weights_only=True)["best_text"], out / f"{arm}.text.pt")
         report["arms"][arm] = {"text_layers": layers, "minutes": minutes, "best_epoch": res.best_epoch,
                                "train_img_per_s": res.train_img_per_s, "dev": res.best_dev_metrics,
                                "queries": query_metrics(cfg, arm, out, items, text_model, layers)}

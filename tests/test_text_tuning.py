@@ -66,3 +66,59 @@ def test_tuned_text_layers_need_a_text_side(tmp_path: Path, catalogue: Path) -> 
     with pytest.raises(ConfigError, match="text_side"):
         finetune(items_for(catalogue), fake_text, "fake", settings, tmp_path / "t.pt", tmp_path / "w",
                  progress=False)
+
+
+def test_cli_tunes_text_layers_and_the_text_encoder_serves_them(tmp_path: Path, catalogue: Path,
+                                                                minilm: str) -> None:
+    import argparse
+    import json
+
+    import torch
+
+    from encoders import create_text_encoder
+    from encoders.image import card_path, file_sha256
+    from encoders.text_tuning import TunedTextLayers, load_text_layers, text_layers_path
+    from scripts.cmd_finetune import register
+    from tests.helpers import make_config
+    from tests.tiny_models import TEST_ARCH
+
+    cfg = make_config(tmp_path, catalogue, image_encoder={"arch": TEST_ARCH}, text_encoder={"precision": "fp32"},
+                      finetune={"epochs": 2, "batch_size": 8, "workers": 1, "lr": 3e-3, "text_lr": 1e-3})
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["finetune", "--no-progress", "--text-layers", "1"])
+    assert args.func(cfg, args) == 0
+    out = Path(cfg.finetune.output)
+    text_file = text_layers_path(out)
+    card = json.loads(card_path(out).read_text())
+    assert card["text_layers"] == {"file": text_file.name, "layers": 1, "sha256": file_sha256(text_file)}
+    assert "last 1 layer(s) tuned" in card["objective"]
+    stock = create_text_encoder(cfg).encode(TEXTS)
+    tuned_cfg = make_config(tmp_path, catalogue, text_encoder={"precision": "fp32", "tuned_layers": str(text_file)})
+    tuned = create_text_encoder(tuned_cfg).encode(TEXTS)
+    assert float((stock * tuned).sum(axis=1).min()) < 0.999  # the layers moved
+    side = TunedTextLayers(minilm, TEXTS, np.arange(4), 1, torch.device("cpu"), bf16=False,
+                           start=load_text_layers(text_file))
+    assert np.all((side.embed(np.arange(4)) * tuned).sum(axis=1) > 0.999)  # serving = what training computed
+
+
+def test_a_text_layers_file_that_does_not_fit_is_refused(tmp_path: Path, minilm: str) -> None:
+    import torch
+
+    from encoders.text import _load
+    from encoders.text_tuning import apply_text_layers, load_text_layers, save_text_layers
+    from vitrina.errors import ModelUnavailable
+
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": 1}, junk)
+    with pytest.raises(ModelUnavailable, match="not a vitrina-text-layers"):
+        load_text_layers(junk)
+    _, model = _load(minilm)
+    last = {k: v for k, v in torch.nn.ModuleList(model.encoder.layer[-1:]).state_dict().items()}
+    other = save_text_layers(tmp_path / "t.pt", last, "x", total_layers=12, card={})
+    with pytest.raises(ModelUnavailable, match="12-layer"):
+        apply_text_layers(model, load_text_layers(other))
+    wrong = save_text_layers(tmp_path / "w.pt", {k: v[..., :1] if v.ndim else v for k, v in last.items()}, "x",
+                             total_layers=6, card={})
+    with pytest.raises(ModelUnavailable, match="do not fit"):
+        apply_text_layers(model, load_text_layers(wrong))

@@ -62,6 +62,7 @@ class TextEncoderConfig:
     dim: int = 384
     precision: str = "auto"  # auto (bf16 when [runtime].bf16 and the device has it) | bf16 | fp32
     jit: bool = True  # run a TorchScript trace of the model (checked against eager at load; eager if it differs)
+    tuned_layers: str = _path("")  # the model's last layers as `vitrina finetune --text-layers N` tuned them
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ class FinetuneConfig:
     crop_scale_min: float = 0.8  # random resized crop keeps this much of the photo's area at least
     erase: float = 0.0  # chance that a training photo gets a random rectangle blanked (random erasing)
     label_smoothing: float = 0.0  # of the label head's cross-entropy
+    text_layers: int = 0  # 0: the text tower locked (LiT); n: its last n layers tuned too (<output>.text.pt)
+    text_lr: float = 2e-5  # learning rate of those layers
 
 
 @dataclass(frozen=True)
