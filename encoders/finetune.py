@@ -113,10 +113,10 @@ def label_loss(feats: Any, prototypes: Any, log_scale: Any, labels: Any, smoothi
 
 
 def run_key(settings: FinetuneSettings, data_key: str) -> str:
-    # where and how fast, and when to stop early, do not change what is trained: an early-stopped run goes on
-    # when rerun with more patience
+    # where and how fast, when to stop early and how the text layers are written do not change what is trained:
+    # an early-stopped run goes on when rerun with more patience, a finished one is rewritten with another mix
     fields = {k: v for k, v in dataclasses.asdict(settings).items()
-              if k not in {"output", "workers", "device", "threads", "patience"}}
+              if k not in {"output", "workers", "device", "threads", "patience", "text_mix"}}
     blob = json.dumps({"settings": fields, "data": data_key}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
@@ -310,7 +310,8 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
         state = saved
         log.info("resuming %s after epoch %d", run_dir.name, state["epoch"])
     if settings.text_layers:
-        state["text_meta"] = {"model": text.model_source, "total_layers": text.total_layers}
+        state["text_meta"] = {"model": text.model_source, "total_layers": text.total_layers,
+                              "start": text.start_state}
     wall_before = float(state["wall_s"])
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -503,10 +504,11 @@ def _write_output(output: Path, arch: str, state: dict[str, Any], settings: Fine
         "fields": list(settings.label_fields), "classes": [list(c) for c in data.classes],
         "prototypes": head[0], "scale": math.exp(head[1])}
     if state.get("best_text") is not None:  # the text layers this tower was trained with, beside it
-        meta = state["text_meta"]
-        text_file = save_text_layers(text_layers_path(output), state["best_text"], meta["model"],
-                                     meta["total_layers"], {"tower": output.name, "epoch": state["best_epoch"],
-                                                            "text_lr": settings.text_lr, "created": card["created"]})
-        card["text_layers"] = {"file": text_file.name, "layers": settings.text_layers,
+        meta, mix = state["text_meta"], settings.text_mix
+        tuned = {k: mix * v.float() + (1.0 - mix) * meta["start"][k].float() for k, v in state["best_text"].items()}
+        text_file = save_text_layers(text_layers_path(output), tuned, meta["model"], meta["total_layers"],
+                                     {"tower": output.name, "epoch": state["best_epoch"], "text_lr": settings.text_lr,
+                                      "mix": mix, "created": card["created"]})
+        card["text_layers"] = {"file": text_file.name, "layers": settings.text_layers, "mix": mix,
                                "sha256": file_sha256(text_file)}
     save_checkpoint(output, visual, arch, state.get("best_logit", 1 / 0.07), card, labels=labels)

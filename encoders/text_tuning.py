@@ -124,6 +124,7 @@ class TunedTextLayers:
         self.total_layers = len(blocks)
         self.model_source = model_source
         self.layers = torch.nn.ModuleList(blocks[len(blocks) - layers:]).to(device)
+        self.start_state = {k: v.detach().clone() for k, v in self.layers.state_dict().items()}
         self.text_ids = torch.from_numpy(np.asarray(text_ids, dtype=np.int64))
         self.device, self.bf16 = device, bf16
         ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,

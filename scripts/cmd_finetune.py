@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text-layers", type=int, metavar="N",
                    help="override [finetune].text_layers: also tune the text tower's last N layers (0: locked)")
     p.add_argument("--text-lr", type=float, help="override [finetune].text_lr")
+    p.add_argument("--text-mix", type=float, metavar="ALPHA",
+                   help="override [finetune].text_mix: write ALPHA x tuned + (1 - ALPHA) x start text layers")
     p.add_argument("--arch", help="override [image_encoder].arch")
     p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
                    help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
@@ -85,6 +87,7 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_train_items": args.max_items,
              "time_budget_min": args.time_budget, "crop_scale_min": args.crop_scale_min, "erase": args.erase,
              "label_smoothing": args.label_smoothing, "text_layers": args.text_layers, "text_lr": args.text_lr,
+             "text_mix": args.text_mix,
              "output": str(Path(args.output).resolve()) if args.output else None}
     return FinetuneSettings(**{
         **dataclasses.asdict(ft), **{k: v for k, v in given.items() if v is not None},

@@ -91,7 +91,7 @@ def test_cli_tunes_text_layers_and_the_text_encoder_serves_them(tmp_path: Path, 
     out = Path(cfg.finetune.output)
     text_file = text_layers_path(out)
     card = json.loads(card_path(out).read_text())
-    assert card["text_layers"] == {"file": text_file.name, "layers": 1, "sha256": file_sha256(text_file)}
+    assert card["text_layers"] == {"file": text_file.name, "layers": 1, "mix": 1.0, "sha256": file_sha256(text_file)}
     assert "last 1 layer(s) tuned" in card["objective"]
     stock = create_text_encoder(cfg).encode(TEXTS)
     tuned_cfg = make_config(tmp_path, catalogue, text_encoder={"precision": "fp32", "tuned_layers": str(text_file)})
@@ -122,3 +122,30 @@ def test_a_text_layers_file_that_does_not_fit_is_refused(tmp_path: Path, minilm:
                              total_layers=6, card={})
     with pytest.raises(ModelUnavailable, match="do not fit"):
         apply_text_layers(model, load_text_layers(wrong))
+
+
+def test_text_mix_interpolates_between_the_start_and_the_tuned_layers(tmp_path: Path, catalogue: Path,
+                                                                      minilm: str) -> None:
+    import torch
+
+    from encoders.text import _load
+    from encoders.text_tuning import load_text_layers, text_layers_path
+
+    def side(texts, text_ids, device):  # type: ignore[no-untyped-def]
+        from encoders.text_tuning import TunedTextLayers
+        return TunedTextLayers(minilm, texts, text_ids, 1, device)
+
+    out, work = tmp_path / "t.pt", tmp_path / "w"
+    settings = FinetuneSettings(**{**SETTINGS.__dict__, "epochs": 2, "text_layers": 1, "text_lr": 1e-3})
+    written = {}
+    for mix in (1.0, 0.0, 0.5):  # the second and third runs find the finished run and only rewrite the files
+        finetune(items_for(catalogue), fake_text, "fake", FinetuneSettings(**{**settings.__dict__, "text_mix": mix}),
+                 out, work, progress=False, text_side=side)
+        written[mix] = {k: v.float() for k, v in load_text_layers(text_layers_path(out))["state"].items()}
+    _, model = _load(minilm)
+    stock = torch.nn.ModuleList(model.encoder.layer[-1:]).state_dict()
+    assert len(list(work.glob("run-*"))) == 1
+    for k in stock:
+        assert torch.allclose(written[0.0][k], stock[k].half().float())
+        assert torch.allclose(written[0.5][k], (0.5 * written[1.0][k] + 0.5 * stock[k]).half().float(), atol=2e-3)
+    assert any(not torch.allclose(written[1.0][k], written[0.0][k]) for k in stock)

@@ -198,6 +198,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.0  # of the label head's cross-entropy
     text_layers: int = 0  # 0: the text tower locked (LiT); n: its last n layers tuned too (<output>.text.pt)
     text_lr: float = 2e-5  # learning rate of those layers
+    text_mix: float = 1.0  # layers written = mix x tuned + (1 - mix) x where they started (WiSE-FT); 1: as tuned
 
 
 @dataclass(frozen=True)
