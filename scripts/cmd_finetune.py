@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import shlex
 import sys
@@ -134,7 +135,7 @@ def tuned_text_side(cfg: Config, layers: int) -> Callable[..., Any]:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from encoders.finetune import finetune
-    from encoders.image import file_sha256
+    from encoders.image import card_path, file_sha256
 
     output = Path(args.output).resolve() if args.output else Path(cfg.finetune.output)
     if not str(cfg.finetune.output) and not args.output:
@@ -150,11 +151,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "config": cfg.source, "config_sha256": file_sha256(cfg.source) if cfg.source else "",
             "split_rule": SPLIT_RULE_HASH if counts["hash_split"] else f"catalogue column {cfg.catalogue.split!r}",
             "text_fields": list(cfg.catalogue.text_fields), "label_fields": list(cfg.finetune.label_fields),
-            "text_model": tc.model, "text_max_length": tc.max_length, **counts,
+            "text_model": tc.model, "text_max_length": tc.max_length, "text_tuned_layers": tc.tuned_layers,
+            **counts,
         },
         "command": "vitrina " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "settings_source": dataclasses.asdict(cfg.finetune),
     }
+    start_card = card_path(settings.start_from) if settings.start_from else None
+    if start_card is not None and start_card.is_file():  # the history behind the start, stage by stage
+        provenance["started_from_card"] = json.loads(start_card.read_text(encoding="utf-8"))
     resume = "require" if args.resume else "never" if args.restart else "auto"
     result = finetune(items, lazy_text_encoder(cfg), text_model_id(cfg), settings, output,
                       cfg.data_dir / "finetune", provenance=provenance, resume=resume,

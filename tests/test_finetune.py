@@ -318,3 +318,19 @@ def test_from_a_checkpoint_with_a_label_head_keeps_its_learned_prototypes(tmp_pa
 def torch_unit(x: Any) -> np.ndarray:
     v = x.float().numpy()
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_cli_from_a_checkpoint_keeps_its_card_as_history(tmp_path: Path, catalogue: Path) -> None:
+    cfg = make_config(tmp_path, catalogue, image_encoder={"arch": TEST_ARCH},
+                      finetune={"epochs": 1, "batch_size": 8, "workers": 1})
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    first = Path(cfg.finetune.output)
+    args = parser.parse_args(["finetune", "--no-progress"])
+    assert args.func(cfg, args) == 0
+    second = tmp_path / "second.pt"
+    args = parser.parse_args(["finetune", "--no-progress", "--from", str(first), "--output", str(second)])
+    assert args.func(cfg, args) == 0
+    before = json.loads(card_path(first).read_text())
+    after = json.loads(card_path(second).read_text())
+    assert after["started_from_card"] == before and "started_from_card" not in before
