@@ -13,5 +13,6 @@ export VITRINA_TEXT_ENCODER__TUNED_LAYERS=
 "$V" finetune "$@"
 # stage 2: 12 more epochs from stage 1's best, at a lower learning rate, 20 min budget
 "$V" finetune --from models/image_tower.pt --lr 3e-4 --epochs 12 --time-budget 20 "$@"
-# stage 3: 6 more epochs with the text tower's last 2 layers tuned too (writes models/image_tower.text.pt)
-"$V" finetune --from models/image_tower.pt --lr 3e-4 --epochs 6 --text-layers 2 --text-lr 2e-5 "$@"
+# stage 3: 6 more epochs with the text tower's last 2 layers tuned too; their weights are written at 0.3 x tuned
+# + 0.7 x stock (WiSE-FT) to models/image_tower.text.pt, which config.toml's [text_encoder].tuned_layers loads
+"$V" finetune --from models/image_tower.pt --lr 3e-4 --epochs 6 --text-layers 2 --text-lr 2e-5 --text-mix 0.3 "$@"
