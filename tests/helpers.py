@@ -90,6 +90,7 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
         },
         "image_encoder": {"checkpoint": str(tmp_path / "models" / "image_tower.pt")},
         "finetune": {"output": str(tmp_path / "models" / "image_tower.pt")},
+        "text_encoder": {"tuned_layers": ""},  # stock MiniLM: the shipped tuned layers belong to the fashion tower
         "runtime": {"threads": 2, "device": "cpu"},
         # equal weights for the tiny test towers, whatever the shipped config.toml tunes for its catalogue
         "fusion": {"image_weight": 0.5, "text_weight": 0.5},
