@@ -12,26 +12,33 @@ from vitrina.config import Config
 if TYPE_CHECKING:
     from encoders.text import TextEncoder
 
-__all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status"]
+__all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status", "text_encoder_key"]
 
 _TEXT_CACHE: dict[tuple[Any, ...], TextEncoder] = {}
 _TEXT_LOCK = threading.Lock()
 
 
-def create_text_encoder(cfg: Config) -> TextEncoder:
-    """The text encoder for cfg, built once per (model, tuned layers, device, settings) and shared by every caller."""
+def text_encoder_key(cfg: Config) -> tuple[Any, ...]:
+    """What makes two text encoders the same: model, tuned layers file (and its time: retrained = new), device,
+    settings."""
     from encoders.runtime import resolve_device
-    from encoders.text import TextEncoder, resolve_model_path
+    from encoders.text import resolve_model_path
 
-    device = resolve_device(cfg.runtime)
     tc = cfg.text_encoder
     tuned = Path(tc.tuned_layers) if tc.tuned_layers else None
-    stamp = tuned.stat().st_mtime_ns if tuned is not None and tuned.is_file() else None  # retrained: reloaded
-    key = (resolve_model_path(tc.model), str(device), tc, stamp, cfg.runtime)
+    stamp = tuned.stat().st_mtime_ns if tuned is not None and tuned.is_file() else None
+    return (resolve_model_path(tc.model), str(resolve_device(cfg.runtime)), tc, stamp, cfg.runtime)
+
+
+def create_text_encoder(cfg: Config) -> TextEncoder:
+    """The text encoder for cfg, built once per (model, tuned layers, device, settings) and shared by every caller."""
+    from encoders.text import TextEncoder
+
+    key = text_encoder_key(cfg)
     with _TEXT_LOCK:
         encoder = _TEXT_CACHE.get(key)
         if encoder is None:
-            encoder = TextEncoder(tc, cfg.runtime)
+            encoder = TextEncoder(cfg.text_encoder, cfg.runtime)
             _TEXT_CACHE[key] = encoder
         return encoder
 

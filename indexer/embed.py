@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders import create_image_encoder, create_text_encoder, fuse_batch, image_tower_status
+from encoders import (create_image_encoder, create_text_encoder, fuse_batch, image_tower_status,
+                      text_encoder_key)
 from indexer.reader import Product, Skipped, image_base
 from search.store import ItemRecord
 from vitrina.config import Config
@@ -67,7 +68,7 @@ def _text_twin(cfg: Config) -> Any:
     """A second, separately locked copy of the text encoder (cached like create_text_encoder's)."""
     from encoders.text import TextEncoder
 
-    key = (cfg.text_encoder, cfg.runtime)
+    key = text_encoder_key(cfg)
     with _TWINS_LOCK:
         if key not in _TWINS:
             _TWINS[key] = TextEncoder(cfg.text_encoder, cfg.runtime)
