@@ -12,7 +12,8 @@ from vitrina.config import Config
 if TYPE_CHECKING:
     from encoders.text import TextEncoder
 
-__all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status", "text_encoder_key"]
+__all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status",
+           "text_encoder_key"]
 
 _TEXT_CACHE: dict[tuple[Any, ...], TextEncoder] = {}
 _TEXT_LOCK = threading.Lock()

@@ -55,7 +55,6 @@ class FinetuneResult:
     skipped: int = 0
     wall_s: float = 0.0
     train_img_per_s: float = 0.0
-    state_file: Path | None = None  # the run's state (resume point; "best_text" holds tuned text layers)
 
 
 def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: Sequence[str],
@@ -402,8 +401,7 @@ def finetune(items: Sequence[TrainItem], encode_text: Callable[[list[str]], np.n
     return FinetuneResult(output=output, epochs_run=state["epoch"], best_epoch=state["best_epoch"],
                           best_dev_metrics={k: best[k] for k in METRIC_KEYS if k in best},
                           history=state["history"], skipped=len(skipped), wall_s=state["wall_s"],
-                          train_img_per_s=state["train_images"] / max(state["train_seconds"], 1e-9),
-                          state_file=state_path)
+                          train_img_per_s=state["train_images"] / max(state["train_seconds"], 1e-9))
 
 
 def _init_head(data: _Data, device: Any, start: dict[str, Any] | None = None,

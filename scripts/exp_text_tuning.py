@@ -1,10 +1,15 @@
 """Locked vs lightly tuned text tower, measured: the same `vitrina finetune` run twice from one start.
 
-    python scripts/exp_text_tuning.py [--config config.toml] [--layers 2] [--epochs 4] [--out var/exp/text-tuning]
+    VITRINA_TEXT_ENCODER__TUNED_LAYERS= python scripts/exp_text_tuning.py [--config config.toml] [--layers 2]
+        [--epochs 4] [--out var/exp/text-tuning]
+
+(the empty override compares against stock MiniLM, as measured; without it both arms start from the configured
+tuned layers)
 
 Arm `locked` trains the image tower against the locked text tower (what `vitrina finetune` does); arm `tuned`
 also trains the text tower's last --layers layers (encoders.text_tuning) at --text-lr. Both start from --from
-(default: the shipped tower) with the same settings and seed. Reported per arm: finetune's own dev metrics at its
+(default: the shipped tower; the recorded measurement started from the stage-2 tower, shipped then) with the
+same settings and seed. Reported per arm: finetune's own dev metrics at its
 best epoch, and NDCG@10 / MRR of the dev queries (queries_dev.csv, qrels_dev.csv) ranking the train + dev items by
 the query's text vector against their text vectors (`text` mode), image vectors (`image`) and fused vectors
 (`vector`, [fusion] weights): with the tuned arm, queries and item texts go through its tuned layers. Test rows are
