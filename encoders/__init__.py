@@ -13,10 +13,17 @@ if TYPE_CHECKING:
     from encoders.text import TextEncoder
 
 __all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status",
-           "text_encoder_key"]
+           "text_encoder_key", "tuned_layers_stamp"]
 
 _TEXT_CACHE: dict[tuple[Any, ...], TextEncoder] = {}
 _TEXT_LOCK = threading.Lock()
+
+
+def tuned_layers_stamp(cfg: Config) -> int | None:
+    """The modification time of [text_encoder].tuned_layers (None: none, or missing): a retrained file is new."""
+    tc = cfg.text_encoder
+    tuned = Path(tc.tuned_layers) if tc.tuned_layers else None
+    return tuned.stat().st_mtime_ns if tuned is not None and tuned.is_file() else None
 
 
 def text_encoder_key(cfg: Config) -> tuple[Any, ...]:
@@ -26,9 +33,7 @@ def text_encoder_key(cfg: Config) -> tuple[Any, ...]:
     from encoders.text import resolve_model_path
 
     tc = cfg.text_encoder
-    tuned = Path(tc.tuned_layers) if tc.tuned_layers else None
-    stamp = tuned.stat().st_mtime_ns if tuned is not None and tuned.is_file() else None
-    return (resolve_model_path(tc.model), str(resolve_device(cfg.runtime)), tc, stamp, cfg.runtime)
+    return (resolve_model_path(tc.model), str(resolve_device(cfg.runtime)), tc, tuned_layers_stamp(cfg), cfg.runtime)
 
 
 def create_text_encoder(cfg: Config) -> TextEncoder:

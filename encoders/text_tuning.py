@@ -137,8 +137,8 @@ class TunedTextLayers:
         pad = int(tokenizer.pad_token_id or 0)
         order = np.argsort([len(x) for x in ids], kind="stable")
         with torch.inference_mode():
-            for start in range(0, len(ids), batch):
-                rows = order[start:start + batch]
+            for at in range(0, len(ids), batch):
+                rows = order[at:at + batch]
                 w = max(len(ids[r]) for r in rows)
                 inp = torch.full((len(rows), w), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), w), dtype=torch.long)

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from encoders import tuned_layers_stamp
 from indexer.embed import Embedder, StageTimer, load_image_encoder
 from indexer.reader import Product, Skipped, read_catalogue
 from indexer.state import (ReindexState, RunLock, clear_state, load_state, report_path, save_state,
@@ -80,9 +81,7 @@ def fingerprint(cfg: Config, image_tower: str, limit: int = 0) -> dict[str, Any]
     """What must not change between a killed run and its resume (else the collection would be mixed)."""
     path = Path(cfg.catalogue.path)
     st = path.stat()
-    tuned = Path(cfg.text_encoder.tuned_layers) if cfg.text_encoder.tuned_layers else None
-    tuned_stamp = tuned.stat().st_mtime_ns if tuned is not None and tuned.is_file() else None
-    settings = repr((cfg.catalogue, cfg.text_encoder, tuned_stamp, cfg.fusion, cfg.image_encoder))
+    settings = repr((cfg.catalogue, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion, cfg.image_encoder))
     tower_file = Path(image_tower) if image_tower else None
     if tower_file is not None and tower_file.is_file():  # a retrained tower at the same path is a new tower
         image_tower = f"{image_tower}@{tower_file.stat().st_mtime_ns}"
