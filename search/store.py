@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
@@ -20,6 +21,7 @@ PRICE_FIELD = "price"  # always stored and indexed as a number (a float range in
 _ID_NAMESPACE = uuid.UUID("5b0c8a1e-0d6f-4d8e-9c43-7a1f1e2f9b11")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # uuid5 hashing is a third of a recommendation's reads (~17 us each)
 def point_id(item_id: str) -> str:
     """Stable Qdrant point id (a UUID string) for an external item id: reruns never duplicate."""
     return str(uuid.uuid5(_ID_NAMESPACE, item_id))

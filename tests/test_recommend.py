@@ -400,3 +400,28 @@ def test_cold_start_fills_k_past_the_candidate_pool(indexed: Any, tmp_path: Path
     ids = [r["id"] for r in indexed[2]]
     feed(small, [(f"p{u}", i, "purchase") for u, i in enumerate(ids[:10])])
     assert len(recs(small, "nobody", k=8)) == 8
+
+
+def test_similar_leans_toward_the_shoppers_usual_values(indexed: Any, tmp_path: Path, rows: dict) -> None:
+    from web import create_app
+
+    ids = list(rows)
+    kind = rows[ids[0]]["articleType"]
+    bought = [i for i in ids if rows[i]["articleType"] == kind and rows[i]["gender"] == "Women"][:2]
+
+    def similar(w: float) -> list[dict[str, Any]]:
+        cfg = indexed[0].replace(data={"dir": str(tmp_path / f"var{w}")}, personal={"affinity": ["gender=1"]},
+                                 recommend={"similar_affinity": w})
+        client = create_app(cfg, store=indexed[1], TESTING=True).test_client()
+        feed(client, [("u", i, "purchase") for i in bought])
+        return recs(client, "u", k=10, sources="similar")
+
+    plain, leaned = similar(0.0), similar(3.0)
+    women = [rows[r["id"]]["gender"] == "Women" for r in leaned]
+    assert not all(rows[r["id"]]["gender"] == "Women" for r in plain[:4])  # near by content alone
+    assert all(women[:4])  # the 4 other Women items of the kind the shopper bought come first
+    before = {r["id"]: r["explain"]["similar"] for r in plain}
+    for r in leaned:  # Women items (affinity 1, the largest) keep their score, the others drop to a quarter
+        if r["id"] in before:
+            factor = 1.0 if rows[r["id"]]["gender"] == "Women" else 0.25
+            assert r["explain"]["similar"] == pytest.approx(before[r["id"]] * factor, rel=1e-5)

@@ -166,6 +166,7 @@ class RecommendConfig:
     similar_power: float = 8.0  # cosine ** power: > 1 favours near-duplicates (the same product in a new colour)
     similar_using: str = "fused"  # named vector the latest items' neighbours are found in (fused, text, image)
     half_life_days: float = 120.0  # freshness of the shopper's items here (0 = [personal].half_life_days)
+    similar_affinity: float = 0.0  # `similar` scores x (1 + this x [personal].affinity to the shopper's buys)
 
 
 @dataclass(frozen=True)
