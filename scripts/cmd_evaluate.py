@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from datetime import datetime
@@ -48,6 +49,8 @@ def register(sub: Any) -> None:
     p.add_argument("--personal-mode", default=d.personal_mode)
     p.add_argument("--keep-profiles", action="store_true", help="do not forget the evaluation shoppers after")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.add_argument("--windows", help="CUTOFF:END,CUTOFF:END...: run the personal and recommend sections once per "
+                                     "window (instead of --cutoff/--end) and print pooled figures")
     p.set_defaults(func=run)
 
 
@@ -77,10 +80,29 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from scripts.eval_report import format_report
 
     opts = options_from_args(args)
-    report = {"command": " ".join(["vitrina"] + sys.argv[1:]), **run_evaluation(cfg, opts)}
     out = opts.out or cfg.data_dir / "eval"
+    if args.windows:
+        return _run_windows(cfg, opts, args.windows, out)
+    report = {"command": " ".join(["vitrina"] + sys.argv[1:]), **run_evaluation(cfg, opts)}
     written = write_report(report, out, chart=opts.chart)
     print(format_report(report))
     print()
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _run_windows(cfg: Config, opts: EvalOptions, text: str, out: Path) -> int:
+    """--windows: each window's report in <out>/<cutoff>_<end>/, the pooled summary in <out>/windows.json."""
+    from scripts.eval_windows import format_windows, parse_windows, run_windows
+
+    windows = parse_windows(text)
+    reports, summary = run_windows(cfg, opts, windows)
+    command = " ".join(["vitrina"] + sys.argv[1:])
+    for (cutoff, end), report in zip(windows, reports):
+        write_report({"command": command, **report}, out / f"{cutoff}_{end}", chart=opts.chart)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "windows.json").write_text(json.dumps({"command": command, **summary}, indent=2), encoding="utf-8")
+    print(format_windows(summary))
+    print()
+    print(f"wrote {out / 'windows.json'} and a report per window under {out}")
     return 0

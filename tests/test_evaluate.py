@@ -225,3 +225,54 @@ def test_naive_rerank_boosts_past_purchases(catalogue: Path, cfg: Config) -> Non
     out = naive_rerank(ranked, ["1019"], cat, {"article": 2.0, "baseColour": 0.5})
     assert out[:4] == ["1019", "1006", "1007", "1000"] and sorted(out) == sorted(ranked)
     assert naive_rerank(ranked, [], cat) == ranked  # no history: the order is kept
+
+
+def test_windows_run_each_window_and_pool(shop: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from scripts import cmd_evaluate
+
+    cfg, _ = shop
+    parser = argparse.ArgumentParser()
+    cmd_evaluate.register(parser.add_subparsers())
+    windows = "2020-04-03:2020-05-05,2020-05-01:2020-06-01"
+    args = parser.parse_args(["evaluate", "--out", str(tmp_path / "w"), "--no-chart", "--windows", windows])
+    assert args.func(cfg, args) == 0
+    assert "pooled" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "w" / "windows.json").read_text())
+    hits_base = hits_user = 0
+    for (cutoff, end), row in zip([("2020-04-03", "2020-05-05"), ("2020-05-01", "2020-06-01")], summary["windows"]):
+        alone = json.loads((tmp_path / "w" / f"{cutoff}_{end}" / "evaluate.json").read_text())
+        assert alone["options"]["cutoff"] == row["cutoff"] == cutoff and alone["options"]["end"] == end
+        assert "text" not in alone and "image" not in alone  # only the sections with purchase windows
+        warm = alone["personal"]["warm"]
+        assert row["warm_purchases"] == warm["purchases"]
+        hits_base += round(warm["base"]["hr@10"] * warm["purchases"])
+        hits_user += round(warm["personal"]["hr@10"] * warm["purchases"])
+    assert summary["windows"][0]["warm_purchases"] == 1  # u1's 1024; u2 bought nothing before 04-03 (cold)
+    assert summary["windows"][1]["warm_purchases"] == 2  # u1's 1024 and u2's 1015
+    assert summary["pooled"]["warm_hits_base"] == hits_base and summary["pooled"]["warm_hits_user"] == hits_user
+
+
+def test_window_pooling_and_parsing() -> None:
+    from scripts.eval_windows import parse_windows, pool
+    from vitrina.errors import BadInput
+
+    assert parse_windows(" 2020-01-01:2020-05-01, 2020-02-01:2020-06-01 ,") == [
+        ("2020-01-01", "2020-05-01"), ("2020-02-01", "2020-06-01")]
+    for bad in ("", "2020-01-01", "2020-05-01:2020-01-01", "2020-01-01:2020-13-01", "a:b"):
+        with pytest.raises(BadInput):
+            parse_windows(bad)
+
+    def report(n: int, base: float, user: float, blend: float, baseline: float) -> dict[str, Any]:
+        return {"options": {"cutoff": "c", "end": "e"},
+                "personal": {"warm": {"purchases": n, "base": {"hr@10": base}, "personal": {"hr@10": user}}},
+                "recommend": {"all": {"blend": {"map@12": blend}, "buy_again_then_popular": {"map@12": baseline}}}}
+
+    got = pool([report(100, 0.10, 0.15, 0.02, 0.01), report(300, 0.20, 0.20, 0.01, 0.03)])
+    assert [w["lift"] for w in got["windows"]] == pytest.approx([0.5, 0.0])
+    assert got["pooled"]["warm_hits_base"] == 70 and got["pooled"]["warm_hits_user"] == 75
+    assert got["pooled"]["lift"] == pytest.approx(75 / 70 - 1)
+    assert got["pooled"]["map_ratio"] == pytest.approx(0.03 / 0.04)
+    empty = pool([{"options": {"cutoff": "c", "end": "e"}, "personal": {"skipped": "no transactions"}}])
+    assert empty["pooled"] == {"warm_hits_base": 0.0, "warm_hits_user": 0.0, "lift": None, "map_ratio": None}
