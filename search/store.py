@@ -21,7 +21,7 @@ PRICE_FIELD = "price"  # always stored and indexed as a number (a float range in
 _ID_NAMESPACE = uuid.UUID("5b0c8a1e-0d6f-4d8e-9c43-7a1f1e2f9b11")
 
 
-@functools.lru_cache(maxsize=1 << 16)  # uuid5 hashing is a third of a recommendation's reads (~17 us each)
+@functools.lru_cache(maxsize=1 << 16)  # uuid5 (~5 us) was a third of the time a recommendation spent in reads
 def point_id(item_id: str) -> str:
     """Stable Qdrant point id (a UUID string) for an external item id: reruns never duplicate."""
     return str(uuid.uuid5(_ID_NAMESPACE, item_id))
