@@ -15,7 +15,7 @@ def _fmt(value: Any, width: int = 70) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."  # the JSON keeps the whole text
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     cells = [list(header)] + [[_fmt(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -38,7 +38,7 @@ def format_report(report: dict[str, Any]) -> str:
             metrics = text["metrics"]
             rows = [[name] + ([r.get(m) for m in metrics] if "error" not in r else ["error: " + r["error"]]
                               + [None] * (len(metrics) - 1)) for name, r in text["rows"].items()]
-            out += _table(["run"] + metrics, rows)
+            out += text_table(["run"] + metrics, rows)
             empty = {n: r["empty"] for n, r in text["rows"].items() if r.get("empty")}
             if empty:
                 out.append("  queries with no results: " + ", ".join(f"{n} {c}" for n, c in empty.items()))
@@ -50,7 +50,7 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             out.append(f"image queries: {image['queries']} {image.get('split')} photos, relevant = same "
                        f"{' + '.join(image['match'])}")
-            out += _table(["run", "P@10"], [[n, r.get("p@10", "error: " + str(r.get("error")))]
+            out += text_table(["run", "P@10"], [[n, r.get("p@10", "error: " + str(r.get("error")))]
                                             for n, r in image["rows"].items()])
     personal = report.get("personal")
     if personal:
@@ -69,14 +69,14 @@ def format_report(report: dict[str, Any]) -> str:
                         lift = g.get(f"lift_{name}")
                         rows.append([f"{group} ({g['purchases']}) {name}", g[name]["hr@10"], g[name]["mrr"],
                                      None if lift is None else f"{100 * lift:+.1f}%", g[name].get("hr@depth")])
-            out += _table(["shoppers / run", "HR@10", "MRR", "HR lift", f"HR@{personal['depth']}"], rows)
+            out += text_table(["shoppers / run", "HR@10", "MRR", "HR lift", f"HR@{personal['depth']}"], rows)
     recommend = report.get("recommend")
     if recommend:
         out.append("")
         out += _nested("recommendations", recommend)
     out.append("")
     out.append("targets (issue 5):")
-    out += _table(["target", "at least", "value", "status"],
+    out += text_table(["target", "at least", "value", "status"],
                   [[t["target"], t["at_least"], t["value"],
                     t["status"] + (f" by {t['gap']:.4f}" if t.get("gap") else "")] for t in report["targets"]])
     return "\n".join(out)
@@ -98,7 +98,7 @@ def _nested(title: str, section: dict[str, Any]) -> list[str]:
     for key, node in section.items():
         if _is_table(node):
             columns = list(dict.fromkeys(c for row in node.values() for c in row))
-            lines += [f"  {key}:"] + ["  " + line for line in _table(
+            lines += [f"  {key}:"] + ["  " + line for line in text_table(
                 ["run"] + columns, [[name] + [row.get(c) for c in columns] for name, row in node.items()])]
         elif isinstance(node, dict):
             lines.append(f"  {key}: {_flat(node)}")

@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from scripts.eval_client import ApiClient, open_client
-from scripts.evaluate import EvalOptions, run_evaluation
+from scripts.eval_report import text_table
+from scripts.evaluate import EvalOptions, report_value, run_evaluation
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -36,30 +37,22 @@ def parse_windows(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _get(report: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(report, Mapping) or key not in report:
-            return None
-        report = report[key]
-    return report
-
-
-def pool(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def pool(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-window figures and the pooled ones: warm HR@10 hits with and without the user summed over windows
     (hits = HR@10 x purchases) and their lift; the summed blend MAP@12 over the summed baseline MAP@12."""
     rows: list[dict[str, Any]] = []
     hits_base = hits_user = 0.0
     map_blend = map_base = 0.0
     for r in reports:
-        row: dict[str, Any] = {"cutoff": _get(r, "options", "cutoff"), "end": _get(r, "options", "end")}
-        warm = _get(r, "personal", "warm")
+        row: dict[str, Any] = {"cutoff": report_value(r, "options", "cutoff"), "end": report_value(r, "options", "end")}
+        warm = report_value(r, "personal", "warm")
         if warm and warm.get("purchases"):
             n = int(warm["purchases"])
             base, user = float(warm["base"]["hr@10"]), float(warm["personal"]["hr@10"])
             row.update(warm_purchases=n, hr_base=base, hr_user=user, lift=user / base - 1 if base > 0 else None)
             hits_base += round(base * n)
             hits_user += round(user * n)
-        every = _get(r, "recommend", "all")
+        every = report_value(r, "recommend", "all")
         if every and "blend" in every and BASELINE in every:
             blend, baseline = float(every["blend"]["map@12"]), float(every[BASELINE]["map@12"])
             row.update(map_blend=blend, map_baseline=baseline, ratio=blend / baseline if baseline > 0 else None)
@@ -99,12 +92,11 @@ def _num(x: float | None, fmt: str = ".4f") -> str:
 
 def format_windows(summary: Mapping[str, Any]) -> str:
     """The per-window and pooled figures as an aligned table."""
-    head = ["window", "warm", "HR@10 base", "HR@10 user", "lift", "MAP blend", "MAP baseline", "ratio"]
-    rows = [[f"{w['cutoff']}..{w['end']}", str(w.get("warm_purchases", "-")), _num(w.get("hr_base")),
-             _num(w.get("hr_user")), _pct(w.get("lift")), _num(w.get("map_blend")), _num(w.get("map_baseline")),
-             _num(w.get("ratio"), ".2f")] for w in summary["windows"]]
+    rows = [[f"{w['cutoff']}..{w['end']}", w.get("warm_purchases"), w.get("hr_base"), w.get("hr_user"),
+             _pct(w.get("lift")), w.get("map_blend"), w.get("map_baseline"), _num(w.get("ratio"), ".2f")]
+            for w in summary["windows"]]
     p = summary["pooled"]
-    rows.append(["pooled", "", f"{p['warm_hits_base']:.0f} hits", f"{p['warm_hits_user']:.0f} hits",
-                 _pct(p["lift"]), "", "", _num(p["map_ratio"], ".2f")])
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows)
+    rows.append(["pooled", None, f"{p['warm_hits_base']:.0f} hits", f"{p['warm_hits_user']:.0f} hits",
+                 _pct(p["lift"]), None, None, _num(p["map_ratio"], ".2f")])
+    return "\n".join(text_table(["window", "warm", "HR@10 base", "HR@10 user", "lift", "MAP blend", "MAP baseline",
+                                  "ratio"], rows))

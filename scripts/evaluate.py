@@ -60,7 +60,8 @@ class Target:
     read: Callable[[dict[str, Any]], float | None]
 
 
-def _get(report: dict[str, Any], *keys: str) -> Any:
+def report_value(report: dict[str, Any], *keys: str) -> Any:
+    """The value at report[keys[0]][keys[1]]..., or None where a key is missing."""
     node: Any = report
     for key in keys:
         if not isinstance(node, dict) or key not in node:
@@ -70,19 +71,19 @@ def _get(report: dict[str, Any], *keys: str) -> Any:
 
 
 def _vector_margin(r: dict[str, Any]) -> float | None:
-    vec, text, img = (_get(r, "text", "rows", m, "ndcg@10") for m in ("vector", "text", "image"))
+    vec, text, img = (report_value(r, "text", "rows", m, "ndcg@10") for m in ("vector", "text", "image"))
     if vec is None or text is None:
         return None
     return vec - max(text, img if img is not None else float("-inf"))
 
 
 TARGETS = (
-    Target("text: hybrid NDCG@10", 0.95, lambda r: _get(r, "text", "rows", "hybrid", "ndcg@10")),
-    Target("text: keyword NDCG@10", 0.915, lambda r: _get(r, "text", "rows", "keyword", "ndcg@10")),
+    Target("text: hybrid NDCG@10", 0.95, lambda r: report_value(r, "text", "rows", "hybrid", "ndcg@10")),
+    Target("text: keyword NDCG@10", 0.915, lambda r: report_value(r, "text", "rows", "keyword", "ndcg@10")),
     Target("text: vector NDCG@10 minus best of text, image", 0.03, _vector_margin),
-    Target("text: image (text->image) NDCG@10", 0.50, lambda r: _get(r, "text", "rows", "image", "ndcg@10")),
-    Target("image query: image mode P@10", 0.90, lambda r: _get(r, "image", "rows", "image", "p@10")),
-    Target("personal: HR@10 lift, shoppers with history", 0.30, lambda r: _get(r, "personal", "warm",
+    Target("text: image (text->image) NDCG@10", 0.50, lambda r: report_value(r, "text", "rows", "image", "ndcg@10")),
+    Target("image query: image mode P@10", 0.90, lambda r: report_value(r, "image", "rows", "image", "p@10")),
+    Target("personal: HR@10 lift, shoppers with history", 0.30, lambda r: report_value(r, "personal", "warm",
                                                                                "lift_personal")),
 )
 
