@@ -51,7 +51,7 @@ def format_report(report: dict[str, Any]) -> str:
             out.append(f"image queries: {image['queries']} {image.get('split')} photos, relevant = same "
                        f"{' + '.join(image['match'])}")
             out += text_table(["run", "P@10"], [[n, r.get("p@10", "error: " + str(r.get("error")))]
-                                            for n, r in image["rows"].items()])
+                                                for n, r in image["rows"].items()])
     personal = report.get("personal")
     if personal:
         out.append("")
@@ -77,8 +77,8 @@ def format_report(report: dict[str, Any]) -> str:
     out.append("")
     out.append("targets (issue 5):")
     out += text_table(["target", "at least", "value", "status"],
-                  [[t["target"], t["at_least"], t["value"],
-                    t["status"] + (f" by {t['gap']:.4f}" if t.get("gap") else "")] for t in report["targets"]])
+                      [[t["target"], t["at_least"], t["value"],
+                        t["status"] + (f" by {t['gap']:.4f}" if t.get("gap") else "")] for t in report["targets"]])
     return "\n".join(out)
 
 

@@ -83,8 +83,8 @@ TARGETS = (
     Target("text: vector NDCG@10 minus best of text, image", 0.03, _vector_margin),
     Target("text: image (text->image) NDCG@10", 0.50, lambda r: report_value(r, "text", "rows", "image", "ndcg@10")),
     Target("image query: image mode P@10", 0.90, lambda r: report_value(r, "image", "rows", "image", "p@10")),
-    Target("personal: HR@10 lift, shoppers with history", 0.30, lambda r: report_value(r, "personal", "warm",
-                                                                               "lift_personal")),
+    Target("personal: HR@10 lift, shoppers with history", 0.30,
+           lambda r: report_value(r, "personal", "warm", "lift_personal")),
 )
 
 

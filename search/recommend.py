@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from search.personal import EVENTS, Event, affinity, affinity_weights, decay, event_weight, unit
+from search.personal import EVENTS, Event, affinity_weights, decay, event_weight, unit
+from search.shopper import affinity_to
 from search.store import DENSE_VECTORS, DenseQuery, Filters, Hit
 from vitrina.config import PersonalConfig
 from vitrina.errors import ConfigError
@@ -152,13 +153,13 @@ class Recommender:
         history = self.service.profiles.recent_purchases(user_id, self.cfg.personal.affinity_history) if weights else []
         if not history:
             return near, {}
-        wanted = list(dict.fromkeys([*near, *history]))
-        read = {h.id: h for h in self.service.store.retrieve(self.service.alias, wanted)}
+        store, alias = self.service.store, self.service.alias
+        read = {h.id: h for h in store.retrieve(alias, list(dict.fromkeys([*near, *history])))}
         hits = [read[i] for i in near if i in read]
-        past = [read[i] for i in history if i in read]
-        aff = affinity([h.id for h in hits], [h.payload for h in hits], [h.id for h in past],
-                       [h.payload for h in past], weights)
-        top = 1.0 + w * max(float(aff.max()), 0.0) if len(aff) else 1.0
+        aff = affinity_to(store, alias, hits, history, weights, known=read)
+        if aff is None or not len(aff):
+            return near, {}
+        top = 1.0 + w * max(float(aff.max()), 0.0)
         out = dict(near)
         out.update((h.id, near[h.id] * (1.0 + w * max(float(a), 0.0)) / top) for h, a in zip(hits, aff))
         return out, {h.id: h for h in hits}

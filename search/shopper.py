@@ -68,15 +68,20 @@ def user_cosines(store: Store, alias: str, user: UserState, ids: Sequence[str],
 
 
 def affinity_to(store: Store, alias: str, hits: Sequence[Hit], history: Sequence[str],
-                weights: Mapping[str, float]) -> np.ndarray | None:
-    """search.personal.affinity of the candidates to the shopper's bought items (their payloads read from the
-    store; items no longer in the index are left out); None without history."""
+                weights: Mapping[str, float], known: Mapping[str, Hit] | None = None) -> np.ndarray | None:
+    """search.personal.affinity of the candidates to the shopper's bought items (their payloads taken from
+    `known` or read from the store; items no longer in the index are left out); None without history."""
     from search.personal import ITEM, affinity
 
     if not history:
         return None
-    fields = [f for f in weights if f != ITEM]
-    past = store.retrieve(alias, list(history)) if fields else [Hit(i, 0.0, {}) for i in history]
+    if any(f != ITEM for f in weights):
+        have = known or {}
+        missing = [i for i in history if i not in have]
+        read = {h.id: h for h in store.retrieve(alias, missing)} if missing else {}
+        past = [h for h in (have.get(i) or read.get(i) for i in history) if h is not None]
+    else:
+        past = [Hit(i, 0.0, {}) for i in history]
     return affinity([h.id for h in hits], [h.payload for h in hits], [h.id for h in past],
                     [h.payload for h in past], weights)
 
