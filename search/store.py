@@ -73,6 +73,13 @@ class Hit:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def best_first(hits: list[Hit]) -> list[Hit]:
+    """Query results by score, best first, equal scores in id order: the engine breaks ties by its internal
+    layout, which differs between two builds of one index (seen in tests: a keyword query's tied BM25 scores
+    came back in another order in each process), so without this the same query could rank differently."""
+    return sorted(hits, key=lambda h: (-h.score, h.id))
+
+
 @dataclass(frozen=True)
 class DenseQuery:
     """Nearest neighbours of `vector` among the items' named vector `using`."""

@@ -42,7 +42,7 @@ import qdrant_edge as qe
 
 from search import keywords
 from search.edge_shards import ShardHandle, ShardPool, check_name
-from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery, best_first,
                           Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
                           WithVectors, plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
@@ -284,7 +284,7 @@ class EdgeStore:
             live = [r for r in requests if r is not None]
             results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
                            else [h.shard.query(r) for r in live])
-            return [[_hit(p, p.score, with_vectors) for p in next(results)] if r is not None else []
+            return [best_first([_hit(p, p.score, with_vectors) for p in next(results)]) if r is not None else []
                     for r in requests]
 
     def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,

@@ -21,7 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from search import keywords
-from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery, best_first,
                           Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
                           WithVectors, plain_payload, point_id, vector_names)
 from vitrina.config import StoreConfig
@@ -297,8 +297,8 @@ class QdrantStore:
             requests = [self._request(q, flt, limit, max(0, offset), vectors, dims, with_payload) for q in queries]
             live = [r for r in requests if r is not None]
             responses = iter(self.client.query_batch_points(collection, requests=live) if live else [])
-            return [[_hit(p, p.score, with_vectors) for p in next(responses).points] if r is not None else []
-                    for r in requests]
+            return [best_first([_hit(p, p.score, with_vectors) for p in next(responses).points])
+                    if r is not None else [] for r in requests]
 
     def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,
                limit: int = 20) -> dict[str, dict[str, int]]:
