@@ -240,7 +240,7 @@ class ImageEncoder:
 
     def __init__(self, visual: Any, image_size: tuple[int, int], device: Any, bf16: bool = True,
                  batch_size: int = 128, name: str = "", mean: Sequence[float] = MEAN,
-                 std: Sequence[float] = STD, labels: LabelHead | None = None) -> None:
+                 std: Sequence[float] = STD, labels: LabelHead | None = None, flip_average: bool = False) -> None:
         import torch
 
         from encoders.runtime import bf16_supported
@@ -252,6 +252,7 @@ class ImageEncoder:
         self.name = name
         self.mean, self.std = tuple(mean), tuple(std)
         self.labels = labels
+        self.flip_average = bool(flip_average)
         self._visual = visual.to(device).eval()
         self._torch = torch
         self._lock = threading.Lock()
@@ -289,7 +290,12 @@ class ImageEncoder:
 
         x = pixels_to_input(pixels.to(self.device), self.mean, self.std)
         with autocast(self.device, self.bf16):
-            feats = self._visual(x)
+            if self.flip_average:  # the tower trained on mirrored photos too: both views, one vector
+                both = self._torch.nn.functional.normalize(self._visual(self._torch.cat([x, x.flip(-1)])).float(),
+                                                           dim=-1)
+                feats = both[:len(x)] + both[len(x):]
+            else:
+                feats = self._visual(x)
         return self._torch.nn.functional.normalize(feats.float(), dim=-1)
 
 
@@ -319,7 +325,7 @@ def _build_encoder(cfg: Config) -> ImageEncoder:
             detail="train one with `vitrina finetune` (writes [finetune].output), or set "
                    "[image_encoder].checkpoint / [image_encoder].pretrained")
     enc = ImageEncoder(visual, size, device, bf16=cfg.runtime.bf16, batch_size=ic.batch_size, name=name,
-                       mean=mean, std=std, labels=labels)
+                       mean=mean, std=std, labels=labels, flip_average=ic.flip_average)
     if enc.dim != cfg.text_encoder.dim:
         log.warning("image tower %s gives %d-d vectors but the text encoder gives %d-d: text->image search "
                     "will not work with it", name, enc.dim, cfg.text_encoder.dim)
@@ -343,8 +349,8 @@ def create_image_encoder(cfg: Config) -> ImageEncoder:
     ic = cfg.image_encoder
     ckpt = Path(ic.checkpoint) if ic.checkpoint else None
     stamp = ckpt.stat().st_mtime_ns if ckpt is not None and ckpt.is_file() else None
-    key = (str(ckpt), stamp, ic.pretrained, ic.arch, ic.batch_size, cfg.runtime.device, cfg.runtime.bf16,
-           cfg.runtime.threads)
+    key = (str(ckpt), stamp, ic.pretrained, ic.arch, ic.batch_size, ic.flip_average, cfg.runtime.device,
+           cfg.runtime.bf16, cfg.runtime.threads)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

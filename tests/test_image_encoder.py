@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from encoders.image import (build_tower, card_path, create_image_encoder, image_tower_status, load_checkpoint,
                             local_model_configs, model_config, to_tower_pixels)
@@ -44,6 +44,22 @@ def test_encode_shape_norm_and_determinism(tiny_cfg) -> None:  # type: ignore[no
     np.testing.assert_allclose(v, one_by_one, atol=1e-5)
     assert not np.allclose(v[0], v[1], atol=1e-3)  # different photos, different vectors
     assert enc.encode([]).shape == (0, 384)
+
+
+def test_flip_average_is_the_mean_of_a_photo_and_its_mirror(tmp_path: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt")
+    plain = create_image_encoder(make_config(tmp_path, image_encoder={"checkpoint": str(ckpt), "arch": TEST_ARCH,
+                                                                      "flip_average": False}))
+    both = create_image_encoder(make_config(tmp_path, image_encoder={"checkpoint": str(ckpt), "arch": TEST_ARCH,
+                                                                     "flip_average": True}))
+    assert both is not plain
+    shots = photos()
+    mirrored = [ImageOps.mirror(p) for p in shots]
+    a, b = plain.encode(shots), plain.encode(mirrored)
+    assert not np.allclose(a, b, atol=1e-3)  # the tiny tower is not mirror-symmetric by itself
+    want = (a + b) / np.linalg.norm(a + b, axis=1, keepdims=True)
+    np.testing.assert_allclose(both.encode(shots), want, atol=2e-2)  # bf16 autocast rounds each view
+    np.testing.assert_allclose(both.encode(shots), both.encode(mirrored), atol=2e-2)
 
 
 def test_encoder_is_shared_and_thread_safe(tiny_cfg) -> None:  # type: ignore[no-untyped-def]

@@ -71,6 +71,7 @@ class ImageEncoderConfig:
     checkpoint: str = _path("models/image_tower.pt")  # trained by `vitrina finetune`
     pretrained: str = ""  # optional open_clip pretrained tag or file to start fine-tuning from
     batch_size: int = 128
+    flip_average: bool = False  # each photo's vector = mean of it and its mirror image (test-time augmentation)
 
 
 @dataclass(frozen=True)
