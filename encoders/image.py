@@ -288,15 +288,15 @@ class ImageEncoder:
     def _forward(self, pixels: Any) -> Any:
         from encoders.runtime import autocast
 
+        unit = self._torch.nn.functional.normalize
         x = pixels_to_input(pixels.to(self.device), self.mean, self.std)
         with autocast(self.device, self.bf16):
-            if self.flip_average:  # the tower trained on mirrored photos too: both views, one vector
-                both = self._torch.nn.functional.normalize(self._visual(self._torch.cat([x, x.flip(-1)])).float(),
-                                                           dim=-1)
+            if self.flip_average:  # the tower trained on mirrored photos too: both views in one batch, one vector
+                both = unit(self._visual(self._torch.cat([x, x.flip(-1)])).float(), dim=-1)
                 feats = both[:len(x)] + both[len(x):]
             else:
                 feats = self._visual(x)
-        return self._torch.nn.functional.normalize(feats.float(), dim=-1)
+        return unit(feats.float(), dim=-1)
 
 
 def _build_encoder(cfg: Config) -> ImageEncoder:
