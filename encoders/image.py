@@ -220,11 +220,15 @@ class LabelHead:
             return None
         return cls(lab["fields"], lab["classes"], lab["prototypes"].float().numpy(), lab["scale"])
 
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, classes): each (n, dim) image vector's softmax over the class prototypes."""
+        logits = self.scale * (np.asarray(vectors, dtype=np.float32) @ self.prototypes.T)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
     def predict(self, vector: np.ndarray) -> dict[str, tuple[str, float]]:
         """{field: (most likely value, its probability)}; a field's probability sums over the classes."""
-        logits = self.scale * (self.prototypes @ np.asarray(vector, dtype=np.float32))
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
+        p = self.probabilities(np.asarray(vector, dtype=np.float32)[None, :])[0]
         out: dict[str, tuple[str, float]] = {}
         for j, field in enumerate(self.fields):
             mass: dict[str, float] = {}

@@ -45,11 +45,6 @@ def indexed_vectors(cfg: Config, ids: set[str]) -> dict[str, np.ndarray]:
         store.close()
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def neighbour_votes(queries: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray, classes: int, k: int,
                     temperature: float = 0.05) -> np.ndarray:
     """(n, classes) distribution: the k nearest pool rows' labels, weighted by exp(cosine / temperature)."""
@@ -101,7 +96,7 @@ def run(cfg: Config, k: int, epochs: int) -> dict[str, Any]:
     x = {name: np.stack([vectors[it.id] for it in rows]) for name, rows in split.items()}
     y = {name: np.array([index[it.label_values] for it in rows]) for name, rows in split.items()}
     n_cls = len(head.classes)
-    head_p = {name: softmax(head.scale * (x[name] @ head.prototypes.T)) for name in x}
+    head_p = {name: head.probabilities(x[name]) for name in x}
     votes = neighbour_votes(x["dev"], x["train"], y["train"], n_cls, k)
     dists = {"head": head_p["dev"], "neighbours": votes, "head+neighbours": (head_p["dev"] + votes) / 2,
              "linear": probe(x["train"], y["train"], x["dev"], n_cls, 0, epochs),
