@@ -1,4 +1,4 @@
-"""Training data for the image tower: items, hash split, decoded-image and text-embedding caches, augmentation."""
+"""Training data for the image tower: items, hash split, decoded-image and text-embedding caches, the prepared set."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,12 +16,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from encoders.image import to_tower_pixels
+from vitrina.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 TRAIN, DEV = "train", "dev"
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 20_000_000
+LABEL_MIN_COUNT = 5  # a label value combination needs this many train items to become a class of the head
 
 
 @dataclass(frozen=True)
@@ -144,45 +147,63 @@ def text_embeddings(texts: Sequence[str], encode: Callable[[list[str]], np.ndarr
     return out
 
 
-def augment(pixels: Any, generator: Any, scale: tuple[float, float] = (0.8, 1.0),
-            ratio: tuple[float, float] = (0.9, 1.1), flip: float = 0.5, erase: float = 0.0) -> Any:
-    """Random resized crop + horizontal flip of a normalised (n, 3, h, w) batch, then with chance `erase` one
-    random rectangle (2-20% of the area) set to the mean colour; colours are left alone."""
-    import torch
+@dataclass
+class TrainingData:
+    """Everything a training run reads, prepared once: pixels, text targets, splits and labels."""
 
-    n = pixels.shape[0]
-    dev = pixels.device
+    pixels: np.ndarray  # uint8 (n, h, w, 3), train items then dev items
+    text_emb: np.ndarray  # (n, d) frozen text embeddings, same order
+    tid: np.ndarray  # (n,) index of each item's text among the distinct texts
+    distinct_texts: list[str]  # the distinct texts, in tid order ([] when read from a pack: no text tuning)
+    tr_idx: np.ndarray  # rows used for training (decodable, maybe subsampled)
+    dv_idx: np.ndarray  # decodable dev rows
+    dev_labels: list[str]
+    classes: list[tuple[str, ...]]  # label head classes ([] = no head)
+    labels: np.ndarray  # (n,) class index per row, -1 = none
+    skipped: list[str]  # ids of the items whose image did not decode
+    key: str  # hash of ids, texts and the text model
+    ids: list[str] = field(default_factory=list)  # item id per row
 
-    def uniform(lo: float, hi: float) -> Any:
-        return torch.rand(n, generator=generator).mul_(hi - lo).add_(lo).to(dev)
 
-    area = uniform(*scale)
-    log_r = uniform(float(np.log(ratio[0])), float(np.log(ratio[1])))
-    r = torch.exp(log_r)
-    sw = torch.sqrt(area * r).clamp(max=1.0)
-    sh = torch.sqrt(area / r).clamp(max=1.0)
-    tx = (uniform(-1.0, 1.0)) * (1.0 - sw)
-    ty = (uniform(-1.0, 1.0)) * (1.0 - sh)
-    sign = torch.where(torch.rand(n, generator=generator).to(dev) < flip, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=dev, dtype=pixels.dtype)
-    theta[:, 0, 0] = sw * sign
-    theta[:, 0, 2] = tx
-    theta[:, 1, 1] = sh
-    theta[:, 1, 2] = ty
-    grid = torch.nn.functional.affine_grid(theta, list(pixels.shape), align_corners=False)
-    out = torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if erase <= 0:
-        return out
-    h, w = out.shape[-2:]
-    area = uniform(0.02, 0.2)
-    r = torch.exp(uniform(float(np.log(0.3)), float(np.log(3.3))))
-    eh = (torch.sqrt(area * r) * h).clamp(1, h)
-    ew = (torch.sqrt(area / r) * w).clamp(1, w)
-    y0 = uniform(0.0, 1.0) * (h - eh)
-    x0 = uniform(0.0, 1.0) * (w - ew)
-    on = torch.rand(n, generator=generator).to(dev) < erase
-    ys = torch.arange(h, device=dev, dtype=out.dtype)[None, :, None]
-    xs = torch.arange(w, device=dev, dtype=out.dtype)[None, None, :]
-    box = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
-           & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]) & on[:, None, None])
-    return out.masked_fill(box[:, None], 0.0)
+def label_classes(items: Sequence[TrainItem], n_train: int, label_fields: Sequence[str]
+                  ) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """The label head's classes (value combinations with LABEL_MIN_COUNT train items) and each item's class
+    index (-1: no head, a missing value or a rare combination)."""
+    if not label_fields:
+        return [], np.full(len(items), -1, dtype=np.int64)
+    counts = Counter(it.label_values for it in items[:n_train] if it.label_values and all(it.label_values))
+    classes = sorted(v for v, c in counts.items() if c >= LABEL_MIN_COUNT)
+    index = {v: i for i, v in enumerate(classes)}
+    return classes, np.array([index.get(it.label_values, -1) for it in items], dtype=np.int64)
+
+
+def prepare_data(items: Sequence[TrainItem], size: tuple[int, int], cache_dir: Path,
+                 encode_text: Callable[[list[str]], np.ndarray], text_model_id: str, label_fields: Sequence[str],
+                 max_train_items: int = 0, seed: int = 0, workers: int = 2, progress: bool = True) -> TrainingData:
+    """Decoded pixels and text embeddings of the train and dev items (others are dropped unread)."""
+    train = [it for it in items if it.split == TRAIN]
+    dev = [it for it in items if it.split == DEV]
+    if not train or not dev:
+        raise ConfigError(f"finetune needs train and dev items, got {len(train)} train and {len(dev)} dev")
+    both = train + dev
+    pixels, ok = image_cache(both, size, cache_dir, workers=workers, progress=progress)
+    texts = [it.text for it in both]
+    text_emb = text_embeddings(texts, encode_text, text_model_id, cache_dir, progress=progress)
+    skipped = [it for it, good in zip(both, ok) if not good]
+    if skipped:
+        log.warning("skipped %d items whose image did not decode (e.g. %s)", len(skipped), skipped[0].image)
+    n_tr = len(train)
+    tr_idx = np.flatnonzero(ok[:n_tr])
+    if max_train_items and len(tr_idx) > max_train_items:  # a subset; the cache holds all
+        pick = np.random.default_rng(seed).choice(len(tr_idx), max_train_items, replace=False)
+        tr_idx = tr_idx[np.sort(pick)]
+    dv_idx = n_tr + np.flatnonzero(ok[n_tr:])
+    if len(tr_idx) < 2 or len(dv_idx) < 2:
+        raise ConfigError("too few decodable train/dev images to train on")
+    key = hashlib.sha256(json.dumps([[it.id for it in both], texts, text_model_id]).encode("utf-8")).hexdigest()[:16]
+    classes, labels = label_classes(both, n_tr, label_fields)
+    distinct, tid = np.unique(np.asarray(texts, dtype=object), return_inverse=True)  # same text, same id
+    return TrainingData(classes=classes, labels=labels, pixels=pixels, text_emb=text_emb, tid=tid,
+                        distinct_texts=[str(t) for t in distinct], tr_idx=tr_idx, dv_idx=dv_idx,
+                        dev_labels=[both[i].label or both[i].id for i in dv_idx], skipped=[s.id for s in skipped],
+                        key=key, ids=[it.id for it in both])

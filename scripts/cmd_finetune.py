@@ -38,11 +38,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text-lr", type=float, help="override [finetune].text_lr")
     p.add_argument("--text-mix", type=float, metavar="ALPHA",
                    help="override [finetune].text_mix: write ALPHA x tuned + (1 - ALPHA) x start text layers")
+    p.add_argument("--augment", choices=("mild", "strong"), help="override [finetune].augment")
+    p.add_argument("--view-weight", type=float, metavar="W",
+                   help="override [finetune].view_weight (NT-Xent between two views of each photo; 0: off)")
+    p.add_argument("--state-every", type=float, metavar="S", help="override [finetune].state_every_s")
     p.add_argument("--arch", help="override [image_encoder].arch")
     p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
                    help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
                         "instead of [image_encoder].pretrained / random init")
     p.add_argument("--output", help="override [finetune].output")
+    pack = p.add_mutually_exclusive_group()
+    pack.add_argument("--write-pack", metavar="FILE",
+                      help="prepare the train and dev set (photos, text vectors, labels) into one portable file "
+                           "and stop, for training on another machine (e.g. a GPU) with --pack")
+    pack.add_argument("--pack", metavar="FILE", help="train from a pack written by --write-pack (no catalogue, "
+                                                     "photos or text model needed)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a partial run (error if there is none)")
     group.add_argument("--restart", action="store_true", help="ignore any partial run and start over")
@@ -88,7 +98,8 @@ def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_train_items": args.max_items,
              "time_budget_min": args.time_budget, "crop_scale_min": args.crop_scale_min, "erase": args.erase,
              "label_smoothing": args.label_smoothing, "text_layers": args.text_layers, "text_lr": args.text_lr,
-             "text_mix": args.text_mix,
+             "text_mix": args.text_mix, "augment": args.augment, "view_weight": args.view_weight,
+             "state_every_s": args.state_every,
              "output": str(Path(args.output).resolve()) if args.output else None}
     return FinetuneSettings(**{
         **dataclasses.asdict(ft), **{k: v for k, v in given.items() if v is not None},
@@ -133,23 +144,51 @@ def tuned_text_side(cfg: Config, layers: int) -> Callable[..., Any]:
     return build
 
 
+def write_pack(cfg: Config, args: argparse.Namespace) -> int:
+    """--write-pack: the prepared train and dev set into one file (test rows are never read)."""
+    from encoders.image import image_size_of, model_config
+    from encoders.train_data import prepare_data
+    from encoders.train_pack import write_pack as write
+
+    settings = settings_for(cfg, args)
+    items, counts = training_items(cfg)
+    log.info("catalogue: %s", counts)
+    fields = settings.label_fields if settings.label_weight > 0 else ()
+    data = prepare_data(items, image_size_of(model_config(settings.arch)), cfg.data_dir / "finetune" / "cache",
+                        lazy_text_encoder(cfg), text_model_id(cfg), fields, settings.max_train_items, settings.seed,
+                        settings.workers, not args.no_progress)
+    path = write(data, args.write_pack, workers=settings.workers)
+    print(f"wrote {path}: {len(data.tr_idx)} train + {len(data.dv_idx)} dev photos, "
+          f"{path.stat().st_size / 1e6:.1f} MB; train from it with `vitrina finetune --pack {path}`")
+    return 0
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from encoders.finetune import finetune
     from encoders.image import card_path, file_sha256
 
+    if args.write_pack:
+        return write_pack(cfg, args)
     output = Path(args.output).resolve() if args.output else Path(cfg.finetune.output)
     if not str(cfg.finetune.output) and not args.output:
         raise ConfigError("set [finetune].output or pass --output")
-    items, counts = training_items(cfg)
-    log.info("catalogue: %s", counts)
     settings = settings_for(cfg, args)
+    if args.pack:
+        from encoders.train_pack import read_pack
+
+        data = read_pack(args.pack)
+        items: Any = data
+        counts: dict[str, Any] = {"pack": str(args.pack), "pack_sha256": file_sha256(args.pack), "rows": len(data.ids)}
+    else:
+        items, counts = training_items(cfg)
+        log.info("catalogue: %s", counts)
     tc = cfg.text_encoder
     cat_file = Path(cfg.catalogue.path)
     provenance = {
         "trained_on": {
-            "catalogue": str(cat_file), "catalogue_sha256": file_sha256(cat_file),
+            "catalogue": str(cat_file), "catalogue_sha256": file_sha256(cat_file) if cat_file.is_file() else "",
             "config": cfg.source, "config_sha256": file_sha256(cfg.source) if cfg.source else "",
-            "split_rule": SPLIT_RULE_HASH if counts["hash_split"] else f"catalogue column {cfg.catalogue.split!r}",
+            "split_rule": SPLIT_RULE_HASH if counts.get("hash_split") else f"catalogue column {cfg.catalogue.split!r}",
             "text_fields": list(cfg.catalogue.text_fields), "label_fields": list(cfg.finetune.label_fields),
             "text_model": tc.model, "text_max_length": tc.max_length, "text_tuned_layers": tc.tuned_layers,
             **counts,

@@ -13,6 +13,7 @@ import pytest
 
 import encoders.finetune as ft
 import encoders.train_data as td
+from encoders.augment import mild_view
 from encoders.finetune import FinetuneSettings, finetune, retrieval_metrics
 from encoders.image import card_path, create_image_encoder
 from encoders.train_data import TrainItem, hash_split
@@ -236,8 +237,9 @@ def test_label_head_learns_the_label_fields_and_ships_in_the_checkpoint(tmp_path
     settings = FinetuneSettings(**{**SETTINGS.__dict__, "epochs": 6, "label_fields": ("articleType",),
                                    "label_weight": 1.0})
     train = [it for it in items if it.split == "train"]
-    classes, labels = ft.label_classes(train + [it for it in items if it.split != "train"], len(train), settings)
-    assert classes and all(sum(it.label_values == c for it in train) >= ft.LABEL_MIN_COUNT for c in classes)
+    classes, labels = td.label_classes(train + [it for it in items if it.split != "train"], len(train),
+                                       settings.label_fields)
+    assert classes and all(sum(it.label_values == c for it in train) >= td.LABEL_MIN_COUNT for c in classes)
     out = tmp_path / "tower.pt"
     res = finetune(items, fake_text, "fake", settings, out, tmp_path / "work", progress=False)
     assert all("label_acc" in h for h in res.history)
@@ -272,15 +274,15 @@ def test_label_loss_ignores_unlabelled_rows() -> None:
     assert torch.allclose(smooth, naive, atol=1e-5)
 
 
-def test_augment_erases_one_box_per_chosen_photo_and_keeps_shapes() -> None:
+def test_mild_view_erases_one_box_per_chosen_photo_and_keeps_shapes() -> None:
     import torch
 
     gen = torch.Generator().manual_seed(0)
     x = torch.ones(64, 3, 16, 12)
-    plain = td.augment(x, gen)
+    plain = mild_view(x, gen)
     assert plain.shape == x.shape and torch.allclose(plain, x)  # a crop of a flat image stays flat
-    erased = td.augment(x, gen, scale=(0.5, 1.0), erase=0.5)
-    blank = (erased == 0).all(dim=1)  # (n, h, w): pixels set to the mean colour in every channel
+    erased = mild_view(x, gen, scale=(0.5, 1.0), erase=0.5)
+    blank = (erased == 0.5).all(dim=1)  # (n, h, w): pixels set to grey in every channel
     share = blank.flatten(1).float().mean(dim=1)
     hit = share > 0
     assert 16 <= int(hit.sum()) <= 48  # about half the photos

@@ -201,6 +201,12 @@ class FinetuneConfig:
     text_layers: int = 0  # 0: the text tower locked (LiT); n: its last n layers tuned too (<output>.text.pt)
     text_lr: float = 2e-5  # learning rate of those layers
     text_mix: float = 1.0  # layers written = mix x tuned + (1 - mix) x where they started (WiSE-FT); 1: as tuned
+    augment: str = "mild"  # mild: crop + mirror; strong: two views per photo (encoders.augment), one maybe mild
+    view_weight: float = 0.0  # > 0 (augment strong): NT-Xent between the two views of each photo, this weight
+    view_temperature: float = 0.1
+    robust_dev: int = 1000  # dev photos altered once (fixed seed) for the rob_ dev metrics; 0 = none
+    state_every_s: float = 0.0  # write the resumable state and best tower at most this often (0: every epoch)
+    eval_every: int = 1  # epochs between dev evaluations (and chances to keep the tower); the last is always judged
 
 
 @dataclass(frozen=True)
