@@ -36,10 +36,18 @@ def _encode_webp(pixels: np.ndarray) -> bytes:
 
 
 def _decode(blob: bytes) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(blob)) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError):  # a Pillow built without WebP: OpenCV, where installed, reads it
+        import cv2
+
+        bgr = cv2.imdecode(np.frombuffer(blob, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise
+        return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def quantise_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
