@@ -108,6 +108,17 @@ def to_tower_pixels(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def stretch_levels(pixels: np.ndarray, low: float = 1.0, high: float = 99.0, min_span: int = 24) -> np.ndarray:
+    """(h, w, 3) uint8 with its levels stretched so the low-th percentile is black and the high-th white, the
+    same for the three channels (hues kept). A studio shot (white background, dark product) barely changes;
+    a dark, flat phone photo gets its range back. Nearly flat photos (span < min_span) are left alone."""
+    lo, hi = np.percentile(pixels, (low, high))
+    if hi - lo < min_span:
+        return pixels
+    out = (pixels.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
 def pixels_to_input(pixels: Any, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> Any:
     """uint8 (n, h, w, 3) tensor -> normalised float (n, 3, h, w), the tower's input."""
     import torch
@@ -244,7 +255,8 @@ class ImageEncoder:
 
     def __init__(self, visual: Any, image_size: tuple[int, int], device: Any, bf16: bool = True,
                  batch_size: int = 128, name: str = "", mean: Sequence[float] = MEAN,
-                 std: Sequence[float] = STD, labels: LabelHead | None = None, flip_average: bool = False) -> None:
+                 std: Sequence[float] = STD, labels: LabelHead | None = None, flip_average: bool = False,
+                 autocontrast: bool = False) -> None:
         import torch
 
         from encoders.runtime import bf16_supported
@@ -257,6 +269,7 @@ class ImageEncoder:
         self.mean, self.std = tuple(mean), tuple(std)
         self.labels = labels
         self.flip_average = bool(flip_average)
+        self.autocontrast = bool(autocontrast)
         self._visual = visual.to(device).eval()
         self._torch = torch
         self._lock = threading.Lock()
@@ -274,8 +287,13 @@ class ImageEncoder:
                 raise BadInput(f"image #{i} is {type(img).__name__}, expected PIL.Image.Image")
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
-        pixels = np.stack([to_tower_pixels(img, self.image_size) for img in items])
-        return self.encode_pixels(pixels)
+        return self.encode_pixels(np.stack([self.pixels(img) for img in items]))
+
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """The photo as this tower reads it: (h, w, 3) uint8 at its size, levels stretched if configured. The
+        indexer and uploaded photos both come through here, so both sides are prepared the same way."""
+        px = to_tower_pixels(img, self.image_size)
+        return stretch_levels(px) if self.autocontrast else px
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Like encode, for uint8 (n, h, w, 3) arrays already at the tower's size."""
@@ -329,7 +347,7 @@ def _build_encoder(cfg: Config) -> ImageEncoder:
             detail="train one with `vitrina finetune` (writes [finetune].output), or set "
                    "[image_encoder].checkpoint / [image_encoder].pretrained")
     enc = ImageEncoder(visual, size, device, bf16=cfg.runtime.bf16, batch_size=ic.batch_size, name=name,
-                       mean=mean, std=std, labels=labels, flip_average=ic.flip_average)
+                       mean=mean, std=std, labels=labels, flip_average=ic.flip_average, autocontrast=ic.autocontrast)
     if enc.dim != cfg.text_encoder.dim:
         log.warning("image tower %s gives %d-d vectors but the text encoder gives %d-d: text->image search "
                     "will not work with it", name, enc.dim, cfg.text_encoder.dim)
@@ -353,8 +371,8 @@ def create_image_encoder(cfg: Config) -> ImageEncoder:
     ic = cfg.image_encoder
     ckpt = Path(ic.checkpoint) if ic.checkpoint else None
     stamp = ckpt.stat().st_mtime_ns if ckpt is not None and ckpt.is_file() else None
-    key = (str(ckpt), stamp, ic.pretrained, ic.arch, ic.batch_size, ic.flip_average, cfg.runtime.device,
-           cfg.runtime.bf16, cfg.runtime.threads)
+    key = (str(ckpt), stamp, ic.pretrained, ic.arch, ic.batch_size, ic.flip_average, ic.autocontrast,
+           cfg.runtime.device, cfg.runtime.bf16, cfg.runtime.threads)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

@@ -130,9 +130,7 @@ class Embedder:
             img = load_image(product.image, self.base, self.cfg.indexer)
             if self.image_encoder is None:
                 return None
-            from encoders.image import to_tower_pixels
-
-            return to_tower_pixels(img, self.image_encoder.image_size)
+            return self.image_encoder.pixels(img)
         except VitrinaError as e:
             return Skipped(product.id, f"bad image: {e.message}", product.row)
         except Exception as e:  # noqa: BLE001 - a bad image must never abort the batch

@@ -161,3 +161,18 @@ def test_a_file_that_is_not_a_pack_is_refused(tmp_path: Path) -> None:
     (tmp_path / "y.npz").write_bytes(b"not a zip")
     with pytest.raises(ConfigError):
         read_pack(tmp_path / "y.npz")
+
+
+def test_stretch_levels_restores_a_dark_flat_photo_and_leaves_a_studio_shot() -> None:
+    from encoders.image import stretch_levels
+
+    rng = np.random.default_rng(3)
+    studio = np.full((32, 32, 3), 255, np.uint8)
+    studio[8:24, 8:24] = rng.integers(0, 120, (16, 16, 3))
+    assert np.abs(stretch_levels(studio).astype(int) - studio.astype(int)).mean() < 6
+    dark = (studio.astype(np.float32) * 0.6 + 20).astype(np.uint8)  # darker and flatter
+    back = stretch_levels(dark)
+    assert back.max() == 255 and back.min() <= 5
+    assert np.abs(back.astype(int) - studio.astype(int)).mean() < 8
+    flat = np.full((8, 8, 3), 90, np.uint8)
+    assert np.array_equal(stretch_levels(flat), flat)

@@ -72,6 +72,7 @@ class ImageEncoderConfig:
     pretrained: str = ""  # optional open_clip pretrained tag or file to start fine-tuning from
     batch_size: int = 128
     flip_average: bool = False  # each photo's vector = mean of it and its mirror image (test-time augmentation)
+    autocontrast: bool = False  # stretch each photo's levels (1st-99th percentile to 0-255) before the tower
 
 
 @dataclass(frozen=True)
