@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -47,19 +48,27 @@ class SearchService:
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._matcher: tuple[float, str | None, AttributeMatcher] | None = None
         self._count_cache: tuple[float, int] = (0.0, -1)
+        self._root = self  # owner of the lazily built resources (a view made by with_config shares its root's)
+
+    def with_config(self, cfg: Config) -> SearchService:
+        """A view of this service that ranks with another config (an experiment's variant: search, personal,
+        recommend, ranker settings) and shares its store, models, profiles and caches."""
+        view = copy.copy(self)
+        view.cfg = cfg
+        return view
 
     # ---- lazily built resources -------------------------------------------------------------------------
     def _lazy(self, name: str, build: Callable[[], Any]) -> Any:
         """The resource kept in `self._<name>`, built by `build` on first use under its own lock (double-checked,
         so concurrent first requests build it once)."""
-        attr = "_" + name
-        value = getattr(self, attr)
+        attr, root = "_" + name, self._root
+        value = getattr(root, attr)
         if value is None:
             with self._locks[name]:
-                value = getattr(self, attr)
+                value = getattr(root, attr)
                 if value is None:
                     value = build()
-                    setattr(self, attr, value)
+                    setattr(root, attr, value)
         return value
 
     @property

@@ -17,6 +17,9 @@ EVENTS = ("view", "click", "cart", "purchase")
 PRICE_FIELD = "price"  # payload key of the catalogue's price column
 MAX_ID_CHARS = 256
 _USER_ID = re.compile(r"^[A-Za-z0-9_.:@+\-]{1,128}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+MAX_POSITION = 10_000
+EVENT_FIELDS = ("user_id", "item_id", "event", "ts", "request_id", "position")
 _SCALAR_PARAMS = frozenset({"q", "k", "offset", "mode", "user_id", "image_weight", "facets", "image_url"})
 
 Params = Mapping[str, Sequence[str]]  # every query-string / form key with all its values
@@ -50,6 +53,8 @@ class FeedbackEvent:
     item_id: str
     event: str
     ts: float
+    request_id: str | None = None  # the response the shopper acted on (its `request_id`), when known
+    position: int | None = None  # the item's 0-based place in that response's ranking
 
 
 def _one(params: Params, name: str) -> str | None:
@@ -236,6 +241,22 @@ def parse_ts(raw: Any, now: float) -> float:
     return ts
 
 
+def _request_id(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not _REQUEST_ID.match(raw):
+        raise BadInput("'request_id' is not a request id", "give the `request_id` of the response, as it came")
+    return raw
+
+
+def _position(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_POSITION:
+        raise BadInput("'position' must be an integer", f"the item's 0-based place in the response, 0..{MAX_POSITION}")
+    return raw
+
+
 def parse_events(body: Any, now: float, max_events: int) -> list[FeedbackEvent]:
     """One event object or a list of them; the detail names the index of the first bad one."""
     items = body if isinstance(body, list) else [body]
@@ -249,15 +270,17 @@ def parse_events(body: Any, now: float, max_events: int) -> list[FeedbackEvent]:
         try:
             if not isinstance(item, dict):
                 raise BadInput("must be an object", f"got {type(item).__name__}")
-            unknown = set(item) - {"user_id", "item_id", "event", "ts"}
+            unknown = set(item) - set(EVENT_FIELDS)
             if unknown:
-                raise BadInput(f"unknown field(s) {sorted(unknown)}", "fields: user_id, item_id, event, ts")
+                raise BadInput(f"unknown field(s) {sorted(unknown)}", f"fields: {', '.join(EVENT_FIELDS)}")
             kind = item.get("event")
             if kind not in EVENTS:
                 raise BadInput(f"unknown event type {str(kind)[:40]!r}", f"event types: {', '.join(EVENTS)}")
             events.append(FeedbackEvent(user_id=parse_user_id(item.get("user_id")),
                                         item_id=parse_item_id(item.get("item_id")),
-                                        event=kind, ts=parse_ts(item.get("ts"), now)))
+                                        event=kind, ts=parse_ts(item.get("ts"), now),
+                                        request_id=_request_id(item.get("request_id")),
+                                        position=_position(item.get("position"))))
         except BadInput as e:
             raise BadInput(f"{where}: {e.message}", e.detail) from e
     return events

@@ -172,6 +172,49 @@ class RecommendConfig:
 
 
 @dataclass(frozen=True)
+class ImpressionsConfig:
+    enabled: bool = True  # log what each response showed (search/impressions.py), under <data dir>/impressions
+    sync_s: float = 1.0  # fsync the log at most this often (0: after every record); a write() is done per record
+    features: bool = False  # compute and log the ranker features of shown items even while the hand blend ranks
+    keep_days: int = 0  # day files older than this are deleted at start (0: kept)
+
+
+@dataclass(frozen=True)
+class ExperimentsConfig:
+    name: str = ""  # the running experiment ("" = none: every shopper gets the config as it is)
+    salt: str = ""  # hashed with the shopper id to split them ("" = the name); a new salt reshuffles
+    variants: tuple[str, ...] = ()  # "name: section.key=value; ..." (the first is the control)
+    shares: tuple[str, ...] = ()  # traffic share per variant (default equal)
+    method: str = "ab"  # ab: each shopper sees one variant | interleave: team-draft of the first two
+    primary: str = "ctr"  # metric the verdict is about: ctr | cart_rate | conversion | revenue
+    alpha: float = 0.05  # error rate of the verdict (always-valid: the report may be read at any time)
+    min_shoppers: int = 100  # per variant before any verdict
+    min_impressions: int = 1000  # per variant before any verdict
+    attribution_s: float = 86400.0  # feedback without a request_id counts for the shopper's last response this recent
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    search_model: str = _path("")  # a learned ranker file (vitrina train-ranker) for search; "" = the hand blend
+    recommend_model: str = _path("")  # the same for recommendations
+    candidates: int = 100  # the blend's top-N the learned ranker re-scores
+    online: bool = False  # a logistic click model: feedback adjusts it as it arrives (search/online.py)
+    online_rate: float = 0.05  # FTRL alpha (per-coordinate learning rate scale)
+    online_l2: float = 1.0  # FTRL L2 (keeps weights near the trained ones: the prior is the trained model)
+    online_shopper_cap: int = 50  # most examples one shopper adds per hour
+    online_checkpoint_every: int = 200  # updates between durable checkpoints (and at shutdown)
+
+
+@dataclass(frozen=True)
+class SegmentsConfig:
+    k: int = 0  # interest groups k-means makes of the user vectors (0 = off)
+    min_evidence: float = 1.0  # shoppers with at least this much (decayed) evidence shape the groups
+    borrow: float = 0.0  # a shopper with evidence e leans borrow * s / (e + s) toward their group's taste
+    borrow_saturation: float = 6.0  # s above
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -225,6 +268,10 @@ class Config:
     recommend: RecommendConfig = RecommendConfig()
     web: WebConfig = WebConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    impressions: ImpressionsConfig = ImpressionsConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
+    ranker: RankerConfig = RankerConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     source: str = ""  # the file this was read from ("" = built-in defaults)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
@@ -272,6 +319,19 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if not isinstance(value, (str, int, float)):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return str(value)
+
+
+def override(cfg: Config, key: str, value: Any) -> Config:
+    """A copy of cfg with one "section.key" set from text or a TOML value, checked like the file's keys."""
+    name, dot, field_name = key.strip().partition(".")
+    section = getattr(cfg, name, None) if dot and name != "source" else None
+    if section is None or not dataclasses.is_dataclass(section):
+        raise ConfigError(f"unknown config key {key!r}", "expected section.key, e.g. search.keyword_weight")
+    hints = typing.get_type_hints(type(section))
+    if field_name not in hints:
+        raise ConfigError(f"unknown config key {key!r}", f"[{name}] has {sorted(hints)}")
+    value = _coerce(value, hints[field_name], key)
+    return cfg.replace(**{name: {field_name: value}})
 
 
 def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: str, base: Path) -> Any:

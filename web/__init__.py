@@ -10,6 +10,7 @@ from flask import Flask
 
 from search.engine import SearchService
 from search.store import Store
+from search.traffic import Traffic
 from vitrina.config import Config, load_config
 from web.deps import api_keys
 from web.errors import register_error_handlers
@@ -17,7 +18,7 @@ from web.errors import register_error_handlers
 log = logging.getLogger(__name__)
 
 # Blueprints from other parts of the project, registered when their module exists in this build.
-OPTIONAL_BLUEPRINTS = ("web.page", "web.api_recommend")
+OPTIONAL_BLUEPRINTS = ("web.page", "web.api_recommend", "web.api_experiments")
 FORM_SLACK_BYTES = 64 * 1024  # room for the form fields next to a maximum-size photo
 
 
@@ -36,6 +37,7 @@ def create_app(cfg: Config | None = None, store: Store | None = None, **override
     app.json.sort_keys = False  # type: ignore[attr-defined]
     service = SearchService(cfg, store=store)
     app.extensions["vitrina"] = service
+    app.extensions["vitrina_traffic"] = Traffic(service)
     app.extensions["vitrina_config"] = cfg
     app.extensions["vitrina_api_keys"] = api_keys(cfg)
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, TypeVar
 from flask import current_app, request
 
 from search.engine import SearchService
+from search.traffic import Traffic
 from vitrina.config import Config
 from vitrina.errors import Unauthorized
 
@@ -18,6 +19,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def get_service() -> SearchService:
     return current_app.extensions["vitrina"]
+
+
+def get_traffic() -> Traffic:
+    """The app's Traffic: the service's responses assigned to variants, logged and stamped."""
+    return current_app.extensions["vitrina_traffic"]
 
 
 def get_config() -> Config:
