@@ -41,5 +41,6 @@ def serve(cfg: Config, args: argparse.Namespace) -> int:
     log.info("serving on http://%s:%d with %d threads", host, port, threads)
     waitress.serve(app, host=host, port=port, threads=threads, ident="vitrina",
                    max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024)
+    app.extensions["vitrina_traffic"].close()  # the impression log synced, the online model checkpointed
     service.close()
     return 0

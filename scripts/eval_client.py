@@ -93,6 +93,9 @@ class InProcessClient:
 
     def close(self) -> None:
         """Release what the app opened (the embedded store allows one opener per process at a time)."""
+        traffic = self.app.extensions.get("vitrina_traffic")
+        if traffic is not None:
+            traffic.close()
         service = self.app.extensions.get("vitrina")
         if service is not None:
             service.close()

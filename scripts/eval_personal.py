@@ -124,6 +124,7 @@ def run_personal_report(client: ApiClient, catalogue: Catalogue, purchases: Sequ
     user_cache: dict[tuple[str, str], list[str]] = {}
     runs: dict[str, dict[str, list[list[str]]]] = {"warm": defaultdict(list), "cold": defaultdict(list)}
     targets: dict[str, list[str]] = {"warm": [], "cold": []}
+    buyers: dict[str, list[str]] = {"warm": [], "cold": []}
     try:
         for p in tests:
             q = catalogue.rows[p.item][query_field]
@@ -135,6 +136,7 @@ def run_personal_report(client: ApiClient, catalogue: Catalogue, purchases: Sequ
                 user_cache[(p.user, q)] = [str(r["id"]) for r in body.get("results", [])]
             group = "warm" if p.user in past else "cold"
             targets[group].append(p.item)
+            buyers[group].append(p.user)
             runs[group]["base"].append(base_cache[q])
             runs[group]["personal"].append(user_cache[(p.user, q)])
             if group == "warm":
@@ -151,6 +153,11 @@ def run_personal_report(client: ApiClient, catalogue: Catalogue, purchases: Sequ
     }
     for group in ("warm", "cold"):
         report[group] = _summary(runs[group], targets[group], k)
+        # each purchase's shopper and the bought article's rank (1-based, 0 = not in the list) per run: for paired
+        # comparisons of two configs and intervals clustered by shopper (scripts/exp_ranker.py)
+        report[group]["per_purchase"] = {"user": buyers[group], **{
+            name: [r.index(t) + 1 if t in r else 0 for r, t in zip(ranking, targets[group])]
+            for name, ranking in runs[group].items() if name in ("base", "personal")}}
     all_runs = {name: runs["warm"][name] + runs["cold"][name] for name in ("base", "personal")}
     report["all"] = _summary(all_runs, targets["warm"] + targets["cold"], k)
     return report

@@ -181,6 +181,9 @@ def run_recommend_report(cfg: Config, client: ApiClient, cutoff: str = "2020-05-
         "shoppers": len(users), "warm_shoppers": len(warm), "cold_shoppers": len(cold),
         "target_purchases": sum(len(targets[u]) for u in users),
         "all": summarise(runs, targets, users, k),
+        # each shopper's AP@k for the blend and the baseline (paired comparisons of two configs, scripts/exp_ranker.py)
+        "per_user": {"user": users, **{name: [average_precision_at_k(runs[name].get(u, []), targets[u], k)
+                                              for u in users] for name in ("blend", "buy_again_then_popular")}},
         "warm": summarise(runs, targets, warm, k),
         "cold": summarise(runs, targets, cold, k),
         "weights": {s: getattr(cfg.recommend, s) for s in SOURCES},

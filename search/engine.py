@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from search.learned import Reranker, configured_ranker
 from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
 from search.results import api_result, local_image
+from search.segments import borrow
 from search.shopper import affinity_to, personal_list, record_events, user_cosines
 from search.store import DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
 from search.understand import AttributeMatcher, match_share, photo_boost
@@ -151,27 +153,36 @@ class SearchService:
         return text_vec if text_vec is not None else photo_vec
 
     # ---- search -----------------------------------------------------------------------------------------
-    def search(self, req: SearchRequest) -> dict[str, Any]:
+    def search(self, req: SearchRequest, ranker: Reranker | None = None) -> dict[str, Any]:
         """Ranked results for a validated request: {"results", "total", "took_ms"[, "facets"]}.
 
         Facets count the values of the requested fields over the ranked results (`total` of them: the
         candidates the query and filters found, before paging), so they follow the query and the filters.
+        `ranker` replaces the configured learned ranker ([ranker].search_model) for this search (e.g. a Capture
+        collecting training data); with one, the body also holds "_features" (the shown items' rows) for the log.
         """
         t0 = time.perf_counter()
         s = self.cfg.search
         photo = self.photo_vector(req) if req.has_photo else None  # bad photos fail before any search
         text_vec = self.text_vector(req.q) if req.q and req.mode != "keyword" else None
         qvec = self.query_vector(text_vec, photo, req.image_weight)
-        user = self.profiles.get(req.user_id) if req.user_id is not None else None
-        rerank = user is not None or self.cfg.personal.popularity_weight > 0
+        user = borrow(self, self.profiles.get(req.user_id)) if req.user_id is not None else None
+        ranker = ranker if ranker is not None else configured_ranker(self)
+        rerank = user is not None or self.cfg.personal.popularity_weight > 0 or ranker is not None
         pool = max(s.candidates, req.offset + req.k)
         hits, explain = self._retrieve(req, qvec, pool, user)
         if photo is not None and req.mode != "keyword":
             hits, explain = photo_boost(hits, explain, self.read_photo(photo), s.photo_attribute_weight)
-        ranked = self._rank(hits, explain, user, req.user_id) if rerank else self._plain(hits, explain)
+        ranked = self._rank(hits, explain, user, req.user_id, ranker is not None) if rerank \
+            else self._plain(hits, explain)
+        if ranker is not None:  # the learned ranker re-orders the blend's top-N (search.learned)
+            ranked = ranker.rerank(self, ranked, qvec, user, self.profiles.clock())
         page = ranked[req.offset:req.offset + req.k]
+        features = ranker.finish(page) if ranker is not None else None
         self._add_cosines(page, qvec)
         out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
+        if features is not None:
+            out["_features"] = features
         if req.facets:
             out["facets"] = facet_counts((h.payload for h, _ in ranked), req.facets)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
@@ -268,8 +279,9 @@ class SearchService:
         return list(zip(hits, explain))
 
     def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user: UserState | None,
-              user_id: str | None) -> list[tuple[Hit, dict[str, Any]]]:
-        """The personal rerank of the candidates (search.personal.rerank); parts go into explain."""
+              user_id: str | None, raw: bool = False) -> list[tuple[Hit, dict[str, Any]]]:
+        """The personal rerank of the candidates (search.personal.rerank); parts go into explain, and with `raw`
+        (a learned ranker reads them) the unweighted user cosine, shared values, popularity and bought flag."""
         if not hits:
             return []
         from search.personal import affinity_weights, blend_weight, evidence_at, rerank
@@ -278,15 +290,15 @@ class SearchService:
         ids = [h.id for h in hits]
         purchased = aff = None
         weights = affinity_weights(pc) if user is not None and user_id is not None else {}
-        if user is not None and user_id is not None and (pc.purchased == "demote" or weights):
-            if pc.purchased == "demote":
+        if user is not None and user_id is not None and (pc.purchased == "demote" or weights or raw):
+            if pc.purchased == "demote" or raw:
                 bought = self.profiles.purchased(user_id)
                 purchased = np.array([i in bought for i in ids], dtype=bool)
             if weights:
                 history = self.profiles.recent_purchases(user_id, pc.affinity_history)
                 aff = affinity_to(self.store, self.alias, hits, history, weights)
         popularity = None
-        if pc.popularity_weight > 0:
+        if pc.popularity_weight > 0 or raw:
             pop = self.profiles.popularity(ids, now=now)
             popularity = np.array([pop.get(i, 0.0) for i in ids], dtype=np.float64)
         known = {h.id: e.pop(_USER_COS) for h, e in zip(hits, explain) if _USER_COS in e}
@@ -294,7 +306,8 @@ class SearchService:
         if cos is None:
             user = None
         relevance = np.array([e["relevance"] for e in explain], dtype=np.float64)
-        final, parts = rerank(relevance, None, user, pc, purchased=purchased, popularity=popularity, now=now,
+        final, parts = rerank(relevance, None, user, pc, purchased=purchased if pc.purchased == "demote" else None,
+                              popularity=popularity if pc.popularity_weight > 0 else None, now=now,
                               item_cosines=cos, affinity=aff)
         blend = blend_weight(evidence_at(user, now, pc), pc) if user is not None else 0.0
         for i, e in enumerate(explain):
@@ -302,6 +315,11 @@ class SearchService:
                      affinity=float(parts["affinity"][i]),
                      popularity=float(parts["popularity"][i]), demotion=float(parts["demotion"][i]),
                      blend=blend, final=float(final[i]))
+            if raw:
+                e.update(user_cosine=float(cos[i]) if cos is not None else 0.0,
+                         shared=float(aff[i]) if aff is not None else 0.0,
+                         item_popularity=float(popularity[i]) if popularity is not None else 0.0,
+                         bought=bool(purchased[i]) if purchased is not None else False)
         order = sorted(range(len(hits)), key=lambda i: -final[i])  # stable: ties keep the engine's order
         return [(hits[i], explain[i]) for i in order]
 

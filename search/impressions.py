@@ -99,8 +99,8 @@ class ImpressionLog:
 
     # ----- writing -----
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (a JSON object with a `kind`) as one line."""
+    def write(self, record: dict[str, Any]) -> Position:
+        """Append one record (a JSON object with a `kind`) as one line; returns the position just past it."""
         line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode()
         day = _day(time.time())
         with self._lock:
@@ -115,11 +115,13 @@ class ImpressionLog:
                     view = view[os.write(self._fd, view):]
                 if self.sync_s <= 0:
                     os.fsync(self._fd)
+                end = Position(f"{self._fd_day}.jsonl", os.lseek(self._fd, 0, os.SEEK_CUR))
             except OSError as e:
                 raise StoreError(f"cannot write the impression log: {e}") from e
             self._dirty = True
         if self.sync_s > 0 and self._syncer is None:
             self._start_syncer()
+        return end
 
     def _open(self, day: str) -> None:
         if self._fd is not None:
@@ -152,14 +154,14 @@ class ImpressionLog:
                 os.fsync(self._fd)
                 self._dirty = False
 
-    def impression(self, request_id: str, surface: str, items: Sequence[str], **fields: Any) -> None:
+    def impression(self, request_id: str, surface: str, items: Sequence[str], **fields: Any) -> Position:
         """Log one response (see impression_record)."""
-        self.write(impression_record(request_id, surface, items, **fields))
+        return self.write(impression_record(request_id, surface, items, **fields))
 
     def feedback(self, user_id: str, item_id: str, event: str, ts: float, request_id: str | None = None,
-                 position: int | None = None) -> None:
+                 position: int | None = None) -> Position:
         """Log one feedback event (see feedback_record)."""
-        self.write(feedback_record(user_id, item_id, event, ts, request_id, position))
+        return self.write(feedback_record(user_id, item_id, event, ts, request_id, position))
 
     # ----- reading -----
 

@@ -243,6 +243,20 @@ class ProfileStore:
             "updated_at": _iso(state.updated_at),
         }
 
+    def vectors(self) -> Iterator[tuple[str, UserState]]:
+        """Every shopper with a taste vector, and their state (for grouping shoppers into segments)."""
+        last = ""
+        while True:
+            rows = self._read("SELECT user_id, vector, evidence, updated_at, counts, first_ts, last_ts FROM profiles "
+                              f"WHERE user_id > ? ORDER BY user_id LIMIT {_BATCH}", (last,))
+            for row in rows:
+                state, _, _ = self._state(row[1:])
+                if state is not None and state.vector.size:
+                    yield row[0], state
+            if len(rows) < _BATCH:
+                return
+            last = rows[-1][0]
+
     def purchased(self, user_id: str) -> set[str]:
         """Items this shopper has bought (from the event log)."""
         rows = self._read("SELECT DISTINCT item_id FROM events WHERE user_id = ? AND event = 'purchase'",
@@ -317,6 +331,17 @@ class ProfileStore:
     def dump_signals(self) -> dict[str, Any]:
         """Every derived signal as plain data (tests, and checking a rebuild)."""
         return dict(self._locked_read(signals.dump))
+
+    def last_seen(self, item_ids: Sequence[str]) -> dict[str, float]:
+        """Time of the newest event on each item that has one (items never seen are left out)."""
+        out: dict[str, float] = {}
+        ids = list(dict.fromkeys(item_ids))
+        for start in range(0, len(ids), signals.CHUNK):
+            chunk = ids[start:start + signals.CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT item_id, updated_at FROM popularity WHERE item_id IN ({marks})", chunk)
+            out.update((item_id, float(at)) for item_id, at in rows)
+        return out
 
     def latest_ts(self) -> float | None:
         """Time of the newest event in the log (the shop's clock), or None when the log is empty."""

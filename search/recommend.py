@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from search.learned import configured_ranker
 from search.personal import EVENTS, Event, affinity_weights, decay, event_weight, unit
 from search.shopper import affinity_to
 from search.store import DENSE_VECTORS, DenseQuery, Filters, Hit
@@ -18,6 +19,7 @@ from vitrina.errors import ConfigError
 
 if TYPE_CHECKING:
     from search.engine import SearchService
+    from search.learned import Reranker
 
 SOURCES = ("similar", "co_bought", "buy_again", "popular")
 _POPULAR_PAGES = 20  # pages of the popularity list read to satisfy narrow filters
@@ -224,12 +226,14 @@ class Recommender:
     # ----- the two lists -----
 
     def for_user(self, user_id: str, k: int, filters: Filters | None = None, exclude_purchased: bool | None = None,
-                 now: float | None = None, sources: Sequence[str] | None = None) -> dict[str, Any]:
+                 now: float | None = None, sources: Sequence[str] | None = None, ranker: Reranker | None = None
+                 ) -> dict[str, Any]:
         """Top-k for a shopper; an unknown shopper gets the popular list (narrowed by the filters).
 
         Freshness is measured against `now`, by default the newest event in the log (never later than
         the wall clock), so a shopper idle for long leans on popularity while a replayed log still works.
-        `sources` keeps only some of SOURCES (each alone is how the evaluation compares them).
+        `sources` keeps only some of SOURCES (each alone is how the evaluation compares them). A learned ranker
+        ([ranker].recommend_model, or `ranker`) re-orders the blend's top-N of the full blend (not of one source).
         """
         use = tuple(s for s in SOURCES if sources is None or s in sources)
         weights = {s: self.weights[s] for s in use}
@@ -278,14 +282,26 @@ class Recommender:
                     parts[item]["popular"] = min(1.0, pop / top)
         final = {i: blend(p, weights) for i, p in parts.items()}
         ranked = sorted(parts, key=lambda i: (-final[i], -parts[i].get("popular", 0.0), i))
+        ranker = ranker if ranker is not None else configured_ranker(self.service, "recommend") \
+            if sources is None else None
+        scored: dict[str, Any] = {}
+        if ranker is not None:
+            ranked, scored = ranker.rerank_items(self.service, user_id, ranked, parts, final, now)
+        shown = self._shown(ranked, filters, k, known)
+        learned, rows = ranker.explain_items(scored, [h.id for h in shown]) if scored and ranker else ({}, None)
         results = []
-        for hit in self._shown(ranked, filters, k, known):
+        for hit in shown:
             p = parts[hit.id]
             explain: dict[str, Any] = {"sources": sorted(s for s in p if s != "popular" or hit.id in popular)}
             explain.update({s: p.get(s, 0.0) for s in SOURCES})
             explain["final"] = final[hit.id]
+            if hit.id in learned:
+                explain["ranker"] = learned[hit.id]
             results.append(self.service.result(hit, explain))
-        return {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
+        out = {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
+        if rows is not None:
+            out["_features"] = rows
+        return out
 
     def also_bought(self, item_id: str, k: int, filters: Filters | None = None) -> dict[str, Any]:
         """Items co-bought with this one (normalised, see signals.neighbours); vector neighbours fill up."""

@@ -139,3 +139,18 @@ def simulate(shop: Shop, rankers: Mapping[str, Ranker], assign: Callable[[str], 
             if buy[s, p]:
                 records.append(feedback_record(shopper, ids[p], "purchase", t + 60.0, rids[s], p))
     return records
+
+
+SIM_FEATURES = ("taste_signal", "noise")  # what a learned ranker sees of a simulated item (see taste_features)
+
+
+def taste_features(noise: float = 0.5, seed: int = 0) -> Callable[[Shop, np.ndarray, np.ndarray], np.ndarray]:
+    """Features of the shown items: the shopper's true taste for the item seen through Gaussian noise (a model
+    can learn that it predicts clicks) and pure noise (it must learn to ignore)."""
+
+    def features(shop: Shop, users: np.ndarray, shown: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        true = np.einsum("sd,skd->sk", shop.tastes[users], shop.items[shown])
+        return np.stack([true + noise * rng.normal(size=true.shape), rng.normal(size=true.shape)], axis=-1)
+
+    return features

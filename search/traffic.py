@@ -17,6 +17,7 @@ from vitrina.errors import BadInput, NotFound, VitrinaError
 
 if TYPE_CHECKING:
     from search.engine import SearchService
+    from search.online import OnlineModel
     from search.recommend import Recommender
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Traffic:
         self._recommenders: dict[str | None, Recommender] = {}
         self._log: ImpressionLog | None = None
         self._lock = threading.Lock()
+        self._feedback_lock = threading.Lock()
 
     @property
     def log(self) -> ImpressionLog | None:
@@ -47,6 +49,15 @@ class Traffic:
                 if self._log is None:
                     self._log = open_log(self.cfg.data_dir, ic.sync_s, ic.keep_days)
         return self._log
+
+    @property
+    def online(self) -> OnlineModel | None:
+        """The online click model when any variant (or the config itself) serves it ([ranker].online)."""
+        if not any(c.ranker.online for c in [self.cfg, *self.experiments.configs.values()]):
+            return None
+        from search.online import online_model
+
+        return online_model(self.service, self.log)
 
     def view(self, variant: Variant | None) -> SearchService:
         return self.service if variant is None else self._views[variant.name]
@@ -89,6 +100,8 @@ class Traffic:
                                     teams=teams, features=features)
             except VitrinaError as e:  # the shopper still gets the answer; the log says what it missed
                 log.warning("impression not logged: %s", e.message)
+        if surface == "search" and features is not None and self.online is not None:
+            self.online.remember(request_id, user_id, shown, offset, features)
         out.update(request_id=request_id, experiment=ex.name if variant is not None else None, variant=name)
         return out
 
@@ -150,9 +163,14 @@ class Traffic:
     def feedback(self, events: Sequence[FeedbackEvent]) -> int:
         """Record events in the profile store (which checks the items), then in the impression log."""
         accepted = self.service.record_feedback(events)
-        if self.log is not None:
+        online, log_ = self.online, self.log
+        if log_ is None:
+            return accepted
+        with self._feedback_lock:  # log order = learning order, so a restart replays exactly what came after
             for e in events:
-                self.log.feedback(e.user_id, e.item_id, e.event, e.ts, e.request_id, e.position)
+                at = log_.feedback(e.user_id, e.item_id, e.event, e.ts, e.request_id, e.position)
+                if online is not None:
+                    online.learn(e.user_id, e.item_id, e.event, e.request_id, e.position, at=at)
         return accepted
 
     def prices(self, item_ids: Sequence[str]) -> Mapping[str, float]:
@@ -197,6 +215,8 @@ class Traffic:
         return {"running": running, "experiments": [{"name": n, "impressions": c} for n, c in seen.items()]}
 
     def close(self) -> None:
+        if any(c.ranker.online for c in [self.cfg, *self.experiments.configs.values()]):
+            self.online.checkpoint()  # type: ignore[union-attr]
         if self._log is not None:
             self._log.close()
 
