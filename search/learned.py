@@ -157,7 +157,9 @@ def configured_ranker(service: SearchService, surface: str = "search") -> Rerank
 
         return Reranker(online_model(service), rc.candidates)
     path = rc.search_model if surface == "search" else rc.recommend_model
-    return Reranker(load_model(path, surface), rc.candidates) if path else None
+    if path:
+        return Reranker(load_model(path, surface), rc.candidates)
+    return Observe(rc.candidates) if surface == "search" and service.cfg.impressions.features else None
 
 
 class Reranker:
@@ -269,6 +271,28 @@ class Capture(Reranker):
         if top:
             self.groups.append((list(top), recommend_matrix(service, user_id, top, parts, final, now)))
         return ranked, {}
+
+
+class Observe(Reranker):
+    """The hand blend ranks; the shown items' feature rows still go to the impression log ([impressions].features),
+    so a ranker can later be trained from the shop's own clicks (`vitrina train-ranker --source log`)."""
+
+    def __init__(self, candidates: int) -> None:
+        from search.features import SEARCH_FEATURES
+
+        super().__init__(_Identity(SEARCH_FEATURES), candidates)
+
+    def rerank(self, service: SearchService, ranked: Ranked, query: np.ndarray | None, user: UserState | None,
+               now: float) -> Ranked:
+        top = ranked[:self.candidates]
+        if top:
+            for (_, e), row in zip(top, self.features(service, top, query, user, now)):
+                e["_x"] = row
+        return ranked
+
+    def finish(self, page: Ranked) -> list[list[float]] | None:
+        rows = [e.pop("_x", None) for _, e in page]
+        return None if not page or any(r is None for r in rows) else np.stack(rows).tolist()  # type: ignore
 
 
 @dataclass(frozen=True)

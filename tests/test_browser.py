@@ -23,6 +23,7 @@ CHROMIUM = os.environ.get("VITRINA_CHROMIUM") or shutil.which("chromium") or "/u
 CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 KEY = "browser-test-key"
+EXPERIMENT = "page-test"
 N_ITEMS = 48
 
 if not Path(CHROMIUM).is_file():
@@ -78,7 +79,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     tmp = tmp_path_factory.mktemp("browser")
     catalogue = write_catalogue(tmp / "shop", product_rows(N_ITEMS))
-    cfg = make_config(tmp, catalogue, web={"api_keys": (KEY,)})
+    # an A/A experiment (the twin's override changes no ranking): the page shows the variant, the report renders
+    cfg = make_config(tmp, catalogue, web={"api_keys": (KEY,)},
+                      experiments={"name": EXPERIMENT, "variants": ("control", "twin: search.query_cache=1024"),
+                                   "min_shoppers": 1, "min_impressions": 1})
     write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint))
     summary = reindex(cfg, progress=False)
     assert summary.written == N_ITEMS and summary.image_vectors
@@ -249,6 +253,58 @@ def test_score_breakdown_and_more_like_this(page: Any) -> None:
     page.wait_for_selector("#summary:has-text('More like')")
     assert first in page.inner_text("#summary")
     assert first not in card_titles(page)  # the item itself is left out
+
+
+def test_variant_in_the_breakdown_and_feedback_names_the_response(page: Any, server: Server) -> None:
+    set_key(page, KEY)
+    page.fill("#q", "blue jeans")
+    with page.expect_response(lambda r: "/api/search" in r.url) as info:
+        page.press("#q", "Enter")
+    body = info.value.json()
+    page.wait_for_selector("#grid .card:not(.skeleton)")
+    assert body["experiment"] == EXPERIMENT and body["variant"] in ("control", "twin")
+    page.locator("#grid .card").nth(1).locator(".explain-toggle").click()
+    text = page.locator("#grid .card").nth(1).locator(".explain").inner_text()
+    assert "Variant" in text and f"{body['variant']} (experiment {EXPERIMENT})" in text
+    with page.expect_response(lambda r: "/api/feedback" in r.url) as clicked:
+        page.click("#grid .card >> nth=1 >> .card-open")
+    sent = json.loads(clicked.value.request.post_data)
+    assert clicked.value.status == 200
+    assert sent["request_id"] == body["request_id"] and sent["position"] == 1 and sent["event"] == "click"
+    assert sent["item_id"] == body["results"][1]["id"]
+    page.keyboard.press("Escape")
+
+
+def test_experiment_report_in_the_browser(page: Any, server: Server) -> None:
+    shop = server.app.test_client()  # some shoppers' traffic through the same app (and log) first
+    for n in range(40):
+        body = shop.get("/api/search", query_string={"q": ("red shoes", "blue jeans")[n % 2], "k": 6,
+                                                     "user_id": f"visitor-{n}"}).get_json()
+        if n % 3:
+            pos = n % 6
+            shop.post("/api/feedback", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"user_id": f"visitor-{n}", "item_id": body["results"][pos]["id"], "event": "click",
+                            "request_id": body["request_id"], "position": pos})
+    status, report = server.get_json(f"/api/experiments/{EXPERIMENT}")
+    assert status == 200 and report["variants"]
+    page.goto(f"{server.url}/experiments/{EXPERIMENT}")
+    page.wait_for_selector("body[data-ready='true']")
+    assert page.inner_text("#verdict") == report["verdict"]["text"]
+    rows = page.eval_on_selector_all("#variants tbody tr", "trs => trs.map(t => t.cells[0].textContent)")
+    assert rows == [v["name"] for v in report["variants"]] == ["control", "twin"]
+    responses = page.eval_on_selector_all("#variants tbody tr", "trs => trs.map(t => t.cells[2].textContent)")
+    assert responses == [str(v["impressions"]) for v in report["variants"]]
+    with_data = [v for v in report["variants"] if v["impressions"]]
+    assert page.locator("#plot svg circle.dot").count() == len(with_data) == 2
+    assert page.locator("#plot svg line.whisker").count() == 2  # each with its interval
+    assert page.locator("#comparisons tbody tr").count() == len(report["comparisons"]) >= 3
+    assert "CTR" in page.inner_text("#variants thead")
+    out = Path(os.environ.get("VITRINA_SCREENSHOT_DIR", tempfile.gettempdir())) / "vitrina-experiment.png"
+    page.screenshot(path=str(out), full_page=True)
+    assert out.stat().st_size > 10_000
+    page.goto(f"{server.url}/experiments/no-such-experiment")
+    page.wait_for_selector("body[data-ready='true']")
+    assert page.is_visible("#error") and "no experiment" in page.inner_text("#error")
 
 
 def test_screenshot(page: Any, server: Server) -> None:
