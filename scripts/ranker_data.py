@@ -13,7 +13,7 @@ import numpy as np
 from scripts.eval_client import ApiClient, forget
 from scripts.eval_data import Catalogue, Purchase
 from scripts.eval_personal import eval_user, epoch, feed_history
-from search.impressions import FEEDBACK, IMPRESSION
+from search.impressions import FEEDBACK, IMPRESSION, features_of
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def from_log(records: Iterable[Mapping[str, Any]], since: float | None = None, u
         y = np.zeros(len(s["items"]))
         for i, grade in labels.items():
             y[i] = grade
-        out.add(np.array(s["features"]), y, int(s.get("offset") or 0) + np.arange(len(y)), "log")
+        out.add(features_of(s), y, int(s.get("offset") or 0) + np.arange(len(y)), "log")
     out.stats["log_responses"] += len(shown)
     out.stats["log_responses_with_feedback"] += len(done)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -11,7 +12,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from vitrina.errors import StoreError
 
@@ -45,7 +48,8 @@ def impression_record(request_id: str, surface: str, items: Sequence[str], user_
                       features: Sequence[Sequence[float]] | None = None, segment: int | None = None,
                       ts: float | None = None) -> dict[str, Any]:
     """One response as a log record: the items shown (position = offset + index), who asked, which variant
-    answered (and, interleaved, which team placed each item), the ranker features of each shown item."""
+    answered (and, interleaved, which team placed each item), the ranker features of each shown item (read
+    them back with features_of)."""
     record: dict[str, Any] = {"kind": IMPRESSION, "request_id": request_id,
                               "ts": round(time.time() if ts is None else ts, 3), "surface": surface,
                               "user_id": user_id, "items": list(items), "offset": offset}
@@ -55,9 +59,20 @@ def impression_record(request_id: str, surface: str, items: Sequence[str], user_
             record[key] = value
     if teams is not None:
         record["teams"] = list(teams)
-    if features is not None:
-        record["features"] = [[round(float(x), 5) for x in row] for row in features]
+    if features is not None:  # little-endian float32, base64: a tenth of the time floats as JSON text take
+        record["features"] = base64.b64encode(np.asarray(features, dtype="<f4").tobytes()).decode("ascii")
     return record
+
+
+def features_of(record: Mapping[str, Any]) -> np.ndarray | None:
+    """A logged response's feature rows (one per shown item) as a float64 array, None when it has none."""
+    raw = record.get("features")
+    if raw is None or not record.get("items"):
+        return None
+    if isinstance(raw, str):
+        flat = np.frombuffer(base64.b64decode(raw), dtype="<f4").astype(np.float64)
+        return flat.reshape(len(record["items"]), -1)
+    return np.asarray(raw, dtype=np.float64)
 
 
 def feedback_record(user_id: str, item_id: str, event: str, ts: float, request_id: str | None = None,

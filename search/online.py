@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from search.impressions import FEEDBACK, IMPRESSION, Position
+from search.impressions import FEEDBACK, IMPRESSION, Position, features_of
 from search.learned import Logistic
 from vitrina.config import RankerConfig
 
@@ -116,9 +116,9 @@ class OnlineModel:
     # ----- feedback in -----
 
     def remember(self, request_id: str, user_id: str | None, items: Sequence[str], offset: int,
-                 rows: Sequence[Sequence[float]] | None) -> None:
+                 rows: np.ndarray | None) -> None:
         """Keep a logged response's feature rows (the most recent REMEMBERED) to learn from its feedback."""
-        if user_id is None or not rows or len(rows) != len(items):
+        if user_id is None or rows is None or len(rows) != len(items) or not len(items):
             return
         with self._lock:
             self._shown[request_id] = Shown(user_id, list(items), offset, np.asarray(rows, dtype=np.float64), set())
@@ -174,7 +174,7 @@ class OnlineModel:
         for r, pos in records:
             if r.get("kind") == IMPRESSION and r.get("features"):
                 self.remember(r["request_id"], r.get("user_id"), r.get("items") or [], int(r.get("offset") or 0),
-                              r["features"])
+                              features_of(r))
             elif r.get("kind") == FEEDBACK:
                 added += self.learn(r["user_id"], r["item_id"], r["event"], r.get("request_id"), r.get("position"),
                                     now=float(r.get("ts", 0.0)), at=pos, mark_only=pos <= learn_after)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from search.experiment_report import experiment_report
 from search.experiments import Experiments, Variant
-from search.impressions import IMPRESSION, ImpressionLog, new_request_id, open_log
+from search.impressions import IMPRESSION, ImpressionLog, features_of, impression_record, new_request_id, open_log
 from search.interleaving import coin, team_draft
 from search.request import FeedbackEvent, SearchRequest
 from search.store import Filters
@@ -59,6 +59,14 @@ class Traffic:
 
         return online_model(self.service, self.log)
 
+    def segment(self, user_id: str | None) -> int | None:
+        """The shopper's interest group now ([segments].k > 0 and groups built), for the report per segment."""
+        if user_id is None or self.cfg.segments.k <= 0:
+            return None
+        from search.segments import segment_of
+
+        return segment_of(self.service, self.service.profiles.get(user_id))
+
     def view(self, variant: Variant | None) -> SearchService:
         return self.service if variant is None else self._views[variant.name]
 
@@ -94,14 +102,15 @@ class Traffic:
         features = out.pop("_features", None)
         shown = [r["id"] for r in out["results"]]
         if self.log is not None:
+            record = impression_record(request_id, surface, shown, user_id=user_id, offset=offset, query=query,
+                                       mode=mode, experiment=ex.name if variant is not None else None,
+                                       variant=name, teams=teams, features=features, segment=self.segment(user_id))
             try:
-                self.log.impression(request_id, surface, shown, user_id=user_id, offset=offset, query=query,
-                                    mode=mode, experiment=ex.name if variant is not None else None, variant=name,
-                                    teams=teams, features=features)
+                self.log.write(record)
             except VitrinaError as e:  # the shopper still gets the answer; the log says what it missed
                 log.warning("impression not logged: %s", e.message)
-        if surface == "search" and features is not None and self.online is not None:
-            self.online.remember(request_id, user_id, shown, offset, features)
+            if surface == "search" and features is not None and self.online is not None:
+                self.online.remember(request_id, user_id, shown, offset, features_of(record))  # as a replay sees it
         out.update(request_id=request_id, experiment=ex.name if variant is not None else None, variant=name)
         return out
 

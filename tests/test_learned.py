@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from scripts.cmd_ranker import TrainOptions, month_windows, train
 from search.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+from search.impressions import features_of
 from search.learned import load_model
 from tests.test_engine import build_index
 from vitrina.errors import BadInput
@@ -55,7 +56,7 @@ def test_train_from_the_click_log_and_serve_with_contributions(indexed: Any, tmp
     run = shop_with_red_lovers(cfg, store, rows, tmp_path)
     logged = [json.loads(line) for f in sorted((tmp_path / "impressions").glob("*.jsonl")) for line in f.open()]
     first = next(r for r in logged if r["kind"] == "impression")
-    assert len(first["features"]) == 10 and len(first["features"][0]) == len(SEARCH_FEATURES)
+    assert features_of(first).shape == (10, len(SEARCH_FEATURES))  # type: ignore[union-attr]
     path, card = train(run, TrainOptions(source="log", kind="logistic", until="2100-01-01",
                                          out=tmp_path / "ranker.json", valid=0.0))
     assert card["source"] == "log" and card["features"] == list(SEARCH_FEATURES) and card["version"]
@@ -76,8 +77,8 @@ def test_train_from_the_click_log_and_serve_with_contributions(indexed: Any, tmp
     assert top["model"] == model.version and set(top["contributions"]) <= set(SEARCH_FEATURES)
     logged_now = next(r for r in client.application.extensions["vitrina_traffic"].log.read(kinds=("impression",))
                       if r["request_id"] == body["request_id"])
-    x = np.array(logged_now["features"][0])
-    assert model.score(x[None, :])[0] == pytest.approx(top["score"], abs=1e-4)
+    x = features_of(logged_now)[0]  # type: ignore[index]
+    assert model.score(x[None, :])[0] == pytest.approx(top["score"], abs=1e-3)  # the logged row is float32
     total = sum(top["contributions"].values()) + model.logistic.bias  # type: ignore[union-attr]
     assert total == pytest.approx(top["score"], abs=1e-3)  # the contributions add up to the score
 
@@ -112,7 +113,8 @@ def test_purchases_replayed_against_the_engine_train_both_rankers(indexed: Any, 
     served = run.replace(ranker={"recommend_model": card["recommend_model"]})
     shop = app_for(served, store).test_client()
     for item in by_colour["Red"][:3]:
-        assert shop.post("/api/feedback", json={"user_id": "c3", "item_id": item, "event": "purchase"}).status_code == 200
+        bought = shop.post("/api/feedback", json={"user_id": "c3", "item_id": item, "event": "purchase"})
+        assert bought.status_code == 200
     body = shop.get("/api/users/c3/recommendations?k=4").get_json()
     assert body["results"] and all("ranker" in r["explain"] for r in body["results"])
     with pytest.raises(BadInput, match="held-back"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from scripts.train_ranker import fit_logistic_rows
-from search.impressions import FEEDBACK, IMPRESSION, ImpressionLog
+from search.impressions import FEEDBACK, IMPRESSION, ImpressionLog, features_of
 from search.learned import Logistic
 from search.online import OnlineModel, Shown, examples
 from search.simulator import SIM_FEATURES, make_shop, simulate, taste_features, taste_ranker
@@ -31,7 +31,7 @@ def click_log(searches: int = 4000, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def start(records: list[dict[str, Any]]) -> Logistic:
-    rows = np.concatenate([r["features"] for r in records if r["kind"] == IMPRESSION])
+    rows = np.concatenate([features_of(r) for r in records if r["kind"] == IMPRESSION])
     return Logistic(np.zeros(2), 0.0, rows.mean(0), rows.std(0))
 
 
@@ -39,7 +39,7 @@ def run_online(records: list[dict[str, Any]], cfg: RankerConfig, begin: Logistic
     model = OnlineModel(begin or start(records), SIM_FEATURES, cfg, None)
     for r in records:
         if r["kind"] == IMPRESSION:
-            model.remember(r["request_id"], r["user_id"], r["items"], r["offset"], r["features"])
+            model.remember(r["request_id"], r["user_id"], r["items"], r["offset"], features_of(r))
         else:
             model.learn(r["user_id"], r["item_id"], r["event"], r["request_id"], r["position"], now=r["ts"])
     return model
@@ -51,7 +51,7 @@ def batch_examples(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarra
     xs, ys = [], []
     for r in records:
         if r["kind"] == IMPRESSION:
-            shown[r["request_id"]] = Shown(r["user_id"], r["items"], 0, np.array(r["features"]), set())
+            shown[r["request_id"]] = Shown(r["user_id"], r["items"], 0, features_of(r), set())
         elif r["event"] in ("click", "cart", "purchase") and r["position"] not in shown[r["request_id"]].clicked:
             s = shown[r["request_id"]]
             for row, label in examples(s, r["position"]):
@@ -83,7 +83,7 @@ def test_one_shopper_cannot_swing_the_model() -> None:
     cfg = RankerConfig(online_rate=0.1, online_shopper_cap=50)
     fair = run_online(records, cfg)
     # a shopper who clicks only the item shown lowest, with the least taste signal, a thousand times an hour
-    worst = min((r for r in records if r["kind"] == IMPRESSION), key=lambda r: r["features"][-1][0])
+    worst = min((r for r in records if r["kind"] == IMPRESSION), key=lambda r: features_of(r)[-1][0])
     attack = []
     for n in range(1000):
         rid = f"attack-{n}"
@@ -110,7 +110,7 @@ def test_checkpoint_then_crash_then_catch_up_from_the_log(tmp_path: Path) -> Non
             "for i, r in enumerate(records):\n"
             "    at = log.write(r)\n"
             "    if r['kind'] == 'impression':\n"
-            "        model.remember(r['request_id'], r['user_id'], r['items'], r['offset'], r['features'])\n"
+            "        model.remember(r['request_id'], r['user_id'], r['items'], r['offset'], features_of(r))\n"
             "    else:\n"
             "        model.learn(r['user_id'], r['item_id'], r['event'], r['request_id'], r['position'], r['ts'], at)\n"
             "    if model.updates >= 1234 and model.updates % 100:\n"
