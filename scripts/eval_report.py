@@ -52,6 +52,18 @@ def format_report(report: dict[str, Any]) -> str:
                        f"{' + '.join(image['match'])}")
             out += text_table(["run", "P@10"], [[n, r.get("p@10", "error: " + str(r.get("error")))]
                                                 for n, r in image["rows"].items()])
+            robust = image.get("robustness")
+            if robust:
+                out.append(f"altered photos ({robust['queries']} of them, {robust['mode']} mode, "
+                           f"seed {robust['seed']}, {robust['suite']}):")
+                out += text_table(["alteration", "P@10", "failed"], [[n, r["p@10"], r["failed"]]
+                                                                    for n, r in robust["rows"].items()])
+            cross = image.get("cross")
+            if cross:
+                out.append(f"another shop's photos ({cross['catalogue']}): P@10 {cross['p@10']:.4f} over "
+                           f"{cross['queries']} photos (random {cross['random_p@10']:.4f}); by type: "
+                           + ", ".join(f"{t} {v['p@10']:.2f} ({v['queries']})" for t, v in sorted(
+                               cross["per_type"].items(), key=lambda kv: -kv[1]["queries"])[:8]))
     personal = report.get("personal")
     if personal:
         out.append("")

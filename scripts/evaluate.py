@@ -41,6 +41,9 @@ class EvalOptions:
     image_split: str = "dev"
     image_match: tuple[str, ...] = ("articleType", "gender")
     image_modes: tuple[str, ...] = ("image", "vector")
+    robust_queries: int = 300  # dev photos under each alteration of evaluation/alterations.py (0 = none)
+    cross_catalogue: Path | None = None  # another shop's config: its photos against this index (None = none)
+    cross_queries: int = 300
     transactions: Path | None = None  # default: transactions.csv next to the catalogue
     cutoff: str = "2020-05-01"
     end: str = "2020-06-01"
@@ -77,6 +80,16 @@ def _vector_margin(r: dict[str, Any]) -> float | None:
     return vec - max(text, img if img is not None else float("-inf"))
 
 
+def _robust(r: dict[str, Any], name: str) -> float | None:
+    return report_value(r, "image", "robustness", "rows", name, "p@10")
+
+
+def _worst_single(r: dict[str, Any]) -> float | None:
+    rows = report_value(r, "image", "robustness", "rows") or {}
+    singles = [v["p@10"] for k, v in rows.items() if k not in {"clean", "combined"} and "p@10" in v]
+    return min(singles) if singles else None
+
+
 TARGETS = (
     Target("text: hybrid NDCG@10", 0.95, lambda r: report_value(r, "text", "rows", "hybrid", "ndcg@10")),
     Target("text: keyword NDCG@10", 0.915, lambda r: report_value(r, "text", "rows", "keyword", "ndcg@10")),
@@ -85,6 +98,10 @@ TARGETS = (
     Target("image query: image mode P@10", 0.90, lambda r: report_value(r, "image", "rows", "image", "p@10")),
     Target("personal: HR@10 lift, shoppers with history", 0.30,
            lambda r: report_value(r, "personal", "warm", "lift_personal")),
+    Target("photos (issue 16): clean P@10", 0.80, lambda r: _robust(r, "clean")),
+    Target("photos (issue 16): worst single alteration P@10", 0.70, lambda r: _worst_single(r)),
+    Target("photos (issue 16): combined alterations P@10", 0.60, lambda r: _robust(r, "combined")),
+    Target("photos (issue 16): cross-catalogue P@10", 0.45, lambda r: report_value(r, "image", "cross", "p@10")),
 )
 
 
@@ -152,7 +169,35 @@ def _image(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any, ou
         return {"skipped": f"no {opts.image_split!r} products with a local image"}
     report = run_image_report(client, catalogue, queries, cfg.catalogue.image, opts.image_match,
                               opts.image_modes, opts.seed, cache=out / "pixels16.npz")
+    if opts.robust_queries:
+        from evaluation.robustness import run_robustness_report
+
+        few = queries[:min(opts.robust_queries, opts.limit or opts.robust_queries)]
+        report["robustness"] = run_robustness_report(client, catalogue, few, cfg.catalogue.image, opts.image_match,
+                                                     seed=opts.seed)
+    if opts.cross_catalogue is not None:
+        report["cross"] = _cross(cfg, opts, client, catalogue)
     return {"split": opts.image_split, "seed": opts.seed, **report}
+
+
+def _cross(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> dict[str, Any]:
+    """Another shop's photos against this index: the type map read in whichever direction fits the two."""
+    from evaluation.robustness import TYPE_MAP_FILE, load_type_map, run_cross_report
+    from vitrina.config import load_config
+
+    other_cfg = load_config(str(opts.cross_catalogue))
+    other = load_catalogue(other_cfg)
+    mine, theirs = cfg.catalogue.category, other_cfg.catalogue.category
+    forward = load_type_map()
+    their_types = {row.get(theirs, "") for row in other.rows.values()}
+    type_map = forward if len(their_types & set(forward)) >= len(their_types & set(load_type_map(reverse=True))) \
+        else load_type_map(reverse=True)
+    split = (other_cfg.catalogue.split, opts.image_split) if other_cfg.catalogue.split and any(
+        other_cfg.catalogue.split in row for row in list(other.rows.values())[:1]) else None
+    n = min(opts.cross_queries, opts.limit) if opts.limit else opts.cross_queries
+    report = run_cross_report(client, catalogue, mine, other, other_cfg.catalogue.image, theirs, type_map, n,
+                              seed=opts.seed, other_split=split)
+    return {"catalogue": other_cfg.catalogue.path, "type_map": str(TYPE_MAP_FILE), "photo_split": split, **report}
 
 
 def _personal(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> dict[str, Any]:
