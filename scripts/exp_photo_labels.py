@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.cmd_finetune import training_items  # noqa: E402
-from search.store import open_store  # noqa: E402
+from search.store.factory import open_store  # noqa: E402
 from vitrina.config import Config, load_config  # noqa: E402
 
 

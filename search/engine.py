@@ -15,7 +15,8 @@ from search.ranking import cosines, facet_counts, rrf
 from search.request import FeedbackEvent, SearchRequest
 from search.results import api_result, local_image
 from search.shopper import affinity_to, personal_list, record_events, user_cosines
-from search.store import DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
+from search.store.factory import open_store
+from search.store.interface import DenseQuery, Filters, Hit, KeywordQuery, Store
 from search.understand import AttributeMatcher, match_share, photo_boost
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError

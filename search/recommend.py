@@ -12,7 +12,7 @@ import numpy as np
 
 from search.personal import EVENTS, Event, affinity_weights, decay, event_weight, unit
 from search.shopper import affinity_to
-from search.store import DENSE_VECTORS, DenseQuery, Filters, Hit
+from search.store.interface import DENSE_VECTORS, DenseQuery, Filters, Hit
 from vitrina.config import PersonalConfig
 from vitrina.errors import ConfigError
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from search.request import FeedbackEvent
-from search.store import DenseQuery, Filters, Hit, Store
+from search.store.interface import DenseQuery, Filters, Hit, Store
 from vitrina.errors import BadInput, NotFound
 
 if TYPE_CHECKING:

@@ -220,7 +220,7 @@ def test_text_modes_find_the_right_products(service: Any, indexed: Any, mode: st
 def test_image_mode_cross_modal_runs_on_image_vectors(service: Any, indexed: Any) -> None:
     _, store, _ = indexed
     resp = search(service, q="red caps", k=5, mode="image")
-    from search.store import DenseQuery
+    from search.store.interface import DenseQuery
 
     qvec = service.text_vector("red caps")
     want = [h.id for h in store.query("vitrina", DenseQuery(qvec, "image"), limit=5)]

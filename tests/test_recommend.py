@@ -13,7 +13,8 @@ from flask.testing import FlaskClient
 
 from search.profiles import FILENAME, ProfileStore
 from search.recommend import SOURCES, matches
-from search.store import Filters, ItemRecord, open_store
+from search.store.factory import open_store
+from search.store.interface import Filters, ItemRecord
 from tests.helpers import make_config, product_rows
 from vitrina.config import Config
 
@@ -316,9 +317,9 @@ def test_source_helpers_against_the_formulas() -> None:
 
 @pytest.mark.parametrize("backend", ["edge", "qdrant"])
 def test_store_query_without_payload_keeps_ids_and_scores(tmp_path: Path, backend: str) -> None:
-    from search.store import ID_FIELD, DenseQuery
-    from search.store_edge import EdgeStore
-    from search.store_qdrant import QdrantStore
+    from search.store.edge import EdgeStore
+    from search.store.interface import ID_FIELD, DenseQuery
+    from search.store.qdrant import QdrantStore
     from vitrina.config import StoreConfig
 
     rows = product_rows(12)
@@ -373,8 +374,8 @@ def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -
 
 
 def test_ratio_interval_against_a_naive_bootstrap() -> None:
-    from search.metrics import average_precision_at_k
     from scripts.eval_recommend import ratio_interval
+    from search.metrics import average_precision_at_k
 
     users = [f"u{i}" for i in range(30)]
     targets = {u: {"a"} if i % 3 else {"b"} for i, u in enumerate(users)}
