@@ -17,7 +17,7 @@ import numpy as np
 from scripts.eval_client import ApiClient, ApiError, forget, open_client
 from scripts.eval_data import Purchase, load_catalogue, load_purchases
 from search.metrics import average_precision_at_k, hit_rate_at_k
-from search.recommend import SOURCES
+from search.shopper.recommend import SOURCES
 from vitrina.config import Config, load_config
 from vitrina.errors import BadInput
 

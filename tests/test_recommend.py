@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from search.profiles import FILENAME, ProfileStore
-from search.recommend import SOURCES, matches
+from search.shopper.profiles import FILENAME, ProfileStore
+from search.shopper.recommend import SOURCES, matches
 from search.store.factory import open_store
 from search.store.interface import Filters, ItemRecord
 from tests.helpers import make_config, product_rows
@@ -297,8 +297,8 @@ def test_eval_report_runs_through_the_api(indexed: Any, tmp_path: Path) -> None:
 
 
 def test_source_helpers_against_the_formulas() -> None:
-    from search.personal import Event
-    from search.recommend import blend, buy_again_scores, recent_items
+    from search.shopper.personal import Event
+    from search.shopper.recommend import blend, buy_again_scores, recent_items
     from vitrina.config import PersonalConfig
 
     pc = PersonalConfig(half_life_days=10)
@@ -363,8 +363,8 @@ def test_filters_apply_to_every_source(client: FlaskClient, rows: dict) -> None:
 
 
 def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -> None:
-    from search.engine import SearchService
-    from search.recommend import Recommender
+    from search.query.engine import SearchService
+    from search.shopper.recommend import Recommender
     from vitrina.errors import ConfigError
 
     service = SearchService(app_cfg.replace(recommend={"similar_using": "text"}), store=indexed[1])
