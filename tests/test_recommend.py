@@ -253,8 +253,8 @@ def test_rebuild_signals_cli_entry(app_cfg: Config, tmp_path: Path, capsys: pyte
 
 
 def test_eval_baselines_by_hand() -> None:
-    from scripts.eval_data import Purchase
-    from scripts.eval_recommend import buy_again_then_popular, popular_last_days, split, summarise
+    from evaluation.data import Purchase
+    from evaluation.recommend import buy_again_then_popular, popular_last_days, split, summarise
 
     ps = [Purchase("2020-03-01", "a", "old"), Purchase("2020-04-10", "a", "x"), Purchase("2020-04-11", "b", "x"),
           Purchase("2020-04-20", "b", "y"), Purchase("2020-04-25", "c", "z"), Purchase("2020-05-03", "a", "y"),
@@ -270,8 +270,8 @@ def test_eval_baselines_by_hand() -> None:
 
 
 def test_eval_report_runs_through_the_api(indexed: Any, tmp_path: Path) -> None:
-    from scripts.eval_client import InProcessClient
-    from scripts.eval_recommend import run_recommend_report
+    from evaluation.client import InProcessClient
+    from evaluation.recommend import run_recommend_report
     from tests.helpers import write_catalogue
 
     cfg0, store, rows = indexed
@@ -374,8 +374,8 @@ def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -
 
 
 def test_ratio_interval_against_a_naive_bootstrap() -> None:
-    from scripts.eval_recommend import ratio_interval
-    from search.metrics import average_precision_at_k
+    from evaluation.metrics import average_precision_at_k
+    from evaluation.recommend import ratio_interval
 
     users = [f"u{i}" for i in range(30)]
     targets = {u: {"a"} if i % 3 else {"b"} for i, u in enumerate(users)}
