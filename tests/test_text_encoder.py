@@ -171,11 +171,11 @@ def test_imports_stay_torch_free() -> None:
 
 
 def test_bench_text_smoke(cfg: Config, tmp_path: Path) -> None:
-    """scripts/bench_text.py runs on a small catalogue and reports a throughput row per setting."""
+    """benchmarks/text.py runs on a small catalogue and reports a throughput row per setting."""
     import argparse
     import json
 
-    from scripts import bench_text
+    from benchmarks import text as bench_text
 
     parser = argparse.ArgumentParser()
     bench_text.add_arguments(parser)
