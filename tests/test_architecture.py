@@ -21,7 +21,7 @@ LAYERS = {
     "evaluation": 4,
     "benchmarks": 4,
     "scripts": 5,  # the `vitrina` CLI: thin commands over everything below
-    "evaluation.experiments": 6,  # programs (`python -m`); they reuse `vitrina finetune`'s training_items
+    "evaluation.experiments": 6,  # programs (`python -m`); they reuse scripts/cmd_finetune.py's helpers
 }
 HEAVY = ("torch", "torchvision", "open_clip", "transformers")
 TORCH_FREE = ("vitrina", "search", "indexer", "web")  # encoders imports the heavy libraries only when a model is built
