@@ -1,1 +1,2 @@
-"""Evaluation beyond the service's own report sections: altered photos and another shop's photos."""
+"""Evaluation: the `vitrina evaluate` harness, its sections (photo alterations and another shop's photos too),
+ranking metrics, reports and windows, and experiments."""

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scripts.evaluate import SECTIONS, EvalOptions, run_evaluation, write_report
+from evaluation.harness import SECTIONS, EvalOptions, run_evaluation, write_report
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -89,7 +89,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from scripts.eval_report import format_report
+    from evaluation.report import format_report
 
     opts = options_from_args(args)
     out = opts.out or cfg.data_dir / "eval"
@@ -107,7 +107,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 def _run_windows(cfg: Config, opts: EvalOptions, text: str, out: Path) -> int:
     """--windows: each window's report in <out>/<cutoff>_<end>/, the pooled summary in <out>/windows.json."""
-    from scripts.eval_windows import format_windows, parse_windows, run_windows
+    from evaluation.windows import format_windows, parse_windows, run_windows
 
     windows = parse_windows(text)
     reports, summary = run_windows(cfg, opts, windows)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.eval_client import ApiError, HttpClient, InProcessClient
-from scripts.eval_data import load_catalogue
-from scripts.eval_image import pixel_neighbours, precision_of
-from scripts.eval_personal import naive_rerank
-from scripts.evaluate import EvalOptions, run_evaluation, write_report
+from evaluation.client import ApiError, HttpClient, InProcessClient
+from evaluation.data import load_catalogue
+from evaluation.harness import EvalOptions, run_evaluation, write_report
+from evaluation.image import pixel_neighbours, precision_of
+from evaluation.personal import naive_rerank
 from tests.helpers import index_vectors, make_config, product_rows, write_catalogue
 from vitrina.config import Config
 
@@ -258,7 +258,7 @@ def test_windows_run_each_window_and_pool(shop: Any, tmp_path: Path, capsys: pyt
 
 
 def test_window_pooling_and_parsing() -> None:
-    from scripts.eval_windows import parse_windows, pool
+    from evaluation.windows import parse_windows, pool
     from vitrina.errors import BadInput
 
     assert parse_windows(" 2020-01-01:2020-05-01, 2020-02-01:2020-06-01 ,") == [

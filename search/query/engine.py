@@ -11,18 +11,19 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from search.ranking import cosines, facet_counts, rrf
-from search.request import FeedbackEvent, SearchRequest
-from search.results import api_result, local_image
-from search.shopper import affinity_to, personal_list, record_events, user_cosines
-from search.store import DenseQuery, Filters, Hit, KeywordQuery, Store, open_store
-from search.understand import AttributeMatcher, match_share, photo_boost
+from search.query.ranking import cosines, facet_counts, rrf
+from search.query.request import FeedbackEvent, SearchRequest
+from search.query.results import api_result, local_image
+from search.query.understand import AttributeMatcher, match_share, photo_boost
+from search.shopper.lookup import affinity_to, personal_list, record_events, user_cosines
+from search.store.factory import open_store
+from search.store.interface import DenseQuery, Filters, Hit, KeywordQuery, Store
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError
 
 if TYPE_CHECKING:
-    from search.personal import UserState
-    from search.profiles import ProfileStore
+    from search.shopper.personal import UserState
+    from search.shopper.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SearchService:
 
     @property
     def profiles(self) -> ProfileStore:
-        from search.profiles import open_profiles
+        from search.shopper.profiles import open_profiles
 
         return self._lazy("profiles", lambda: open_profiles(self.cfg))
 
@@ -172,10 +173,10 @@ class SearchService:
                   ) -> tuple[list[Hit], list[dict[str, Any]]]:
         """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses.
 
-        Hybrid text search for a known shopper adds a third list (search.shopper.personal_list): the items nearest to
-        the user vector among those carrying the attribute values the query names, so the rerank can reach
-        items of the asked kind that suit the shopper but sit below the query's own top-N."""
-        # no vectors come back: the personal rerank asks the store for the user's cosines (search.shopper)
+        Hybrid text search for a known shopper adds a third list (search.shopper.lookup.personal_list): the items
+        nearest to the user vector among those carrying the attribute values the query names, so the rerank can
+        reach items of the asked kind that suit the shopper but sit below the query's own top-N."""
+        # no vectors come back: the personal rerank asks the store for the user's cosines (search.shopper.lookup)
         s, pc, filters, st = self.cfg.search, self.cfg.personal, req.filters or None, self.store
         if req.mode == "keyword":
             hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool)
@@ -260,10 +261,10 @@ class SearchService:
 
     def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user: UserState | None,
               user_id: str | None) -> list[tuple[Hit, dict[str, Any]]]:
-        """The personal rerank of the candidates (search.personal.rerank); parts go into explain."""
+        """The personal rerank of the candidates (search.shopper.personal.rerank); parts go into explain."""
         if not hits:
             return []
-        from search.personal import affinity_weights, blend_weight, evidence_at, rerank
+        from search.shopper.personal import affinity_weights, blend_weight, evidence_at, rerank
 
         pc, now = self.cfg.personal, self.profiles.clock()
         ids = [h.id for h in hits]
@@ -311,7 +312,7 @@ class SearchService:
 
     # ---- results ----------------------------------------------------------------------------------------
     def result(self, hit: Hit, explain: dict[str, Any] | None = None, detail: bool = False) -> dict[str, Any]:
-        """One result in the API's shape (see search.results.api_result)."""
+        """One result in the API's shape (see search.query.results.api_result)."""
         return api_result(hit, explain, detail)
 
     # ---- items ------------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ class SearchService:
 
     # ---- feedback and profiles --------------------------------------------------------------------------
     def record_feedback(self, events: Sequence[FeedbackEvent]) -> int:
-        """Store events (see search.shopper.record_events); NotFound names unknown items."""
+        """Store events (see search.shopper.lookup.record_events); NotFound names unknown items."""
         return record_events(self.store, self.alias, self.profiles, events)
 
     def profile(self, user_id: str) -> dict[str, Any]:

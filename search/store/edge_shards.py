@@ -1,7 +1,7 @@
 """Open Qdrant Edge shards of one store root: per-collection flock, lazy opening, reference counts, and alias
 pointer files re-read on change so that an alias swap moves this process's readers to the new shard.
 
-See search/store_edge.py for the file layout and the process and thread rules this implements.
+See search/store/edge.py for the file layout and the process and thread rules this implements.
 """
 
 from __future__ import annotations

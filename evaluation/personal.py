@@ -8,9 +8,9 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from scripts.eval_client import ApiClient, ApiError, forget
-from scripts.eval_data import Catalogue, Purchase
-from search.metrics import hit_rate_at_k, reciprocal_rank
+from evaluation.client import ApiClient, ApiError, forget
+from evaluation.data import Catalogue, Purchase
+from evaluation.metrics import hit_rate_at_k, reciprocal_rank
 
 log = logging.getLogger(__name__)
 

@@ -98,18 +98,3 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return 0
-
-
-def main() -> int:
-    from vitrina.config import load_config
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config")
-    add_arguments(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    return run(load_config(args.config), args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

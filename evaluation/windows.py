@@ -6,9 +6,9 @@ import dataclasses
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from scripts.eval_client import ApiClient, open_client
-from scripts.eval_report import text_table
-from scripts.evaluate import EvalOptions, report_value, run_evaluation
+from evaluation.client import ApiClient, open_client
+from evaluation.harness import EvalOptions, report_value, run_evaluation
+from evaluation.report import text_table
 from vitrina.config import Config
 from vitrina.errors import BadInput
 

@@ -1,4 +1,4 @@
-"""Store-backed parts of personal search: feedback in, a shopper's own candidates, their cosines, affinity."""
+"""Personal search's lookups in the index: feedback in, a shopper's own candidates, their cosines, affinity."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from search.request import FeedbackEvent
-from search.store import DenseQuery, Filters, Hit, Store
+from search.query.request import FeedbackEvent
+from search.store.interface import DenseQuery, Filters, Hit, Store
 from vitrina.errors import BadInput, NotFound
 
 if TYPE_CHECKING:
-    from search.personal import UserState
-    from search.profiles import ProfileStore
+    from search.shopper.personal import UserState
+    from search.shopper.profiles import ProfileStore
 
 log = logging.getLogger(__name__)
 
 
 def _unit(user: UserState) -> np.ndarray | None:
     """The user vector scaled to length 1, or None when it has no direction."""
-    from search.personal import unit
+    from search.shopper.personal import unit
 
     v = unit(user.vector)
     return v if v.any() else None
@@ -69,9 +69,9 @@ def user_cosines(store: Store, alias: str, user: UserState, ids: Sequence[str],
 
 def affinity_to(store: Store, alias: str, hits: Sequence[Hit], history: Sequence[str],
                 weights: Mapping[str, float], known: Mapping[str, Hit] | None = None) -> np.ndarray | None:
-    """search.personal.affinity of the candidates to the shopper's bought items (their payloads taken from
+    """search.shopper.personal.affinity of the candidates to the shopper's bought items (their payloads taken from
     `known` or read from the store; items no longer in the index are left out); None without history."""
-    from search.personal import ITEM, affinity
+    from search.shopper.personal import ITEM, affinity
 
     if not history:
         return None
@@ -89,7 +89,7 @@ def affinity_to(store: Store, alias: str, hits: Sequence[Hit], history: Sequence
 def record_events(store: Store, alias: str, profiles: ProfileStore, events: Sequence[FeedbackEvent]) -> int:
     """Store feedback events, each item's fused vector looked up in the index; NotFound names unknown items
     (and nothing is stored)."""
-    from search.personal import Event
+    from search.shopper.personal import Event
 
     ids = list(dict.fromkeys(e.item_id for e in events))
     hits = store.retrieve(alias, ids, with_vectors=("fused",))  # the one named vector a profile folds in

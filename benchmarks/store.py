@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search.store import DenseQuery, Filters, ItemRecord, Store
+from search.store.interface import DenseQuery, Filters, ItemRecord, Store
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -185,8 +185,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from search.store_edge import EdgeStore
-    from search.store_qdrant import QdrantStore
+    from search.store.edge import EdgeStore
+    from search.store.qdrant import QdrantStore
     from vitrina.config import StoreConfig
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

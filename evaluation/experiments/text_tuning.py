@@ -1,6 +1,6 @@
 """Locked vs lightly tuned text tower, measured: the same `vitrina finetune` run twice from one start.
 
-    VITRINA_TEXT_ENCODER__TUNED_LAYERS= python scripts/exp_text_tuning.py [--config config.toml] [--layers 2]
+    VITRINA_TEXT_ENCODER__TUNED_LAYERS= python -m evaluation.experiments.text_tuning [--config config.toml] [--layers 2]
         [--epochs 4] [--out var/exp/text-tuning]
 
 (the empty override compares against stock MiniLM, as measured; without it both arms start from the configured
@@ -29,12 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.cmd_finetune import lazy_text_encoder, text_model_id, training_items, tuned_text_side  # noqa: E402
-from scripts.eval_data import load_qrels, load_queries  # noqa: E402
-from search.metrics import evaluate_run  # noqa: E402
-from vitrina.config import Config, load_config  # noqa: E402
+from evaluation.data import load_qrels, load_queries
+from evaluation.metrics import evaluate_run
+from scripts.cmd_finetune import lazy_text_encoder, text_model_id, training_items, tuned_text_side
+from vitrina.config import Config, load_config
 
 log = logging.getLogger("exp_text_tuning")
 METRICS = ("ndcg@10", "mrr")

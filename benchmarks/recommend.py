@@ -6,14 +6,12 @@ import argparse
 import csv
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from scripts.bench_http import Client, format_table, loopback_target, run_phase, wait_ready
-from scripts.cmd_bench import standalone
+from benchmarks.http import Client, format_table, loopback_target, run_phase, wait_ready
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -107,11 +105,3 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "shoppers": len(events), "events": len(flat)}, indent=2))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return standalone("recommend", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from scripts.eval_client import ApiClient, ApiError, forget, open_client
-from scripts.eval_data import Purchase, load_catalogue, load_purchases
-from search.metrics import average_precision_at_k, hit_rate_at_k
-from search.recommend import SOURCES
+from evaluation.client import ApiClient, ApiError, forget, open_client
+from evaluation.data import Purchase, load_catalogue, load_purchases
+from evaluation.metrics import average_precision_at_k, hit_rate_at_k
+from search.shopper.recommend import SOURCES
 from vitrina.config import Config, load_config
 from vitrina.errors import BadInput
 

@@ -1,4 +1,4 @@
-"""The typed vector-store interface every backend implements, and `open_store(cfg)` that picks one."""
+"""The typed vector-store interface every backend implements: item, query and hit types, shared checks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from vitrina.config import Config
-from vitrina.errors import BadInput, ConfigError, StoreError
+from vitrina.errors import BadInput, StoreError
 
 # Named vectors stored per item. `image` is absent for items whose image could not be embedded
 # (or while no trained image tower exists); `keywords` is the sparse BM25 vector.
@@ -207,17 +206,3 @@ def plain_payload(item: ItemRecord) -> dict[str, Any]:
     payload[ID_FIELD] = item.id
     return payload
 
-
-def open_store(cfg: Config) -> Store:
-    """The backend named by cfg.store.backend: `edge` (in-process, on disk) or `qdrant` (client)."""
-    backend = cfg.store.backend
-    if backend == "edge":
-        from search.store_edge import EdgeStore
-
-        return EdgeStore(cfg.data_dir / "store", timeout_s=cfg.store.timeout_s, bm25_avg_len=cfg.store.bm25_avg_len,
-                         hnsw_ef=cfg.store.hnsw_ef or None)
-    if backend == "qdrant":
-        from search.store_qdrant import QdrantStore
-
-        return QdrantStore.from_config(cfg.store)
-    raise ConfigError(f"[store].backend must be 'edge' or 'qdrant', got {backend!r}")

@@ -7,7 +7,7 @@ import sqlite3
 from collections import OrderedDict, defaultdict
 from typing import Any, Iterable, Iterator, Sequence
 
-from search.personal import EVENTS, DAY_S, Event, decay, event_weight
+from search.shopper.personal import EVENTS, DAY_S, Event, decay, event_weight
 from vitrina.config import PersonalConfig
 from vitrina.errors import ConfigError
 

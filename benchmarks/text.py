@@ -8,17 +8,12 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-if __package__ in (None, ""):  # run as `python scripts/bench_text.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.cmd_bench import standalone  # noqa: E402
-from vitrina.config import Config  # noqa: E402
-from vitrina.errors import BadInput  # noqa: E402
+from vitrina.config import Config
+from vitrina.errors import BadInput
 
 
 def _ints(text: str) -> list[int]:
@@ -148,13 +143,3 @@ def _per_query(cfg: Config, texts: list[str]) -> list[dict[str, Any]]:
         print(f"one at a time, 1 thread, {precision} {'traced' if jit else 'eager '}: {ms:6.2f} ms CPU per text "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return standalone("text", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from search.personal import EVENTS, Event, affinity_weights, decay, event_weight, unit
-from search.shopper import affinity_to
-from search.store import DENSE_VECTORS, DenseQuery, Filters, Hit
+from search.shopper.lookup import affinity_to
+from search.shopper.personal import EVENTS, Event, affinity_weights, decay, event_weight, unit
+from search.store.interface import DENSE_VECTORS, DenseQuery, Filters, Hit
 from vitrina.config import PersonalConfig
 from vitrina.errors import ConfigError
 
 if TYPE_CHECKING:
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
 SOURCES = ("similar", "co_bought", "buy_again", "popular")
 _POPULAR_PAGES = 20  # pages of the popularity list read to satisfy narrow filters

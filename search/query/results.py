@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from search.store import ID_FIELD, Hit
+from search.store.interface import ID_FIELD, Hit
 from vitrina.config import CatalogueConfig
 from vitrina.errors import NotFound
 

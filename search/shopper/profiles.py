@@ -14,8 +14,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from search import signals
-from search.personal import EVENTS, Event, UserState, decay, update_user, validate_event
+from search.shopper import signals
+from search.shopper.personal import EVENTS, Event, UserState, decay, update_user, validate_event
 from vitrina.config import Config, PersonalConfig
 from vitrina.errors import BadInput, StoreError
 

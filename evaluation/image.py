@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from scripts.eval_client import ApiClient, ApiError
-from scripts.eval_data import Catalogue
+from evaluation.client import ApiClient, ApiError
+from evaluation.data import Catalogue
 
 log = logging.getLogger(__name__)
 

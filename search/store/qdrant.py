@@ -1,6 +1,6 @@
 """The client backend: a Qdrant server or cluster (`url`), or qdrant-client's local mode (`path`, ":memory:").
 
-Behaves like EdgeStore (same ids, payload, BM25 vectors from search.keywords, RRF fusion in the
+Behaves like EdgeStore (same ids, payload, BM25 vectors from search.store.keywords, RRF fusion in the
 engine) and uses Qdrant's own aliases, which every client sees at once. Local mode is pure Python,
 meant for tests and small catalogues: it ignores payload indexes, searches by brute force, and is
 not thread-safe, so calls on a local client are serialised here. A remote client is thread-safe.
@@ -20,10 +20,10 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from search import keywords
-from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery, best_first,
-                          Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
-                          WithVectors, plain_payload, point_id, vector_names)
+from search.store import keywords
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+                                    best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
+                                    check_query_vector, WithVectors, plain_payload, point_id, vector_names)
 from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError, VitrinaError
 

@@ -7,9 +7,9 @@ import random
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from scripts.eval_client import ApiClient, ApiError
-from scripts.eval_data import Catalogue
-from search.metrics import evaluate_run
+from evaluation.client import ApiClient, ApiError
+from evaluation.data import Catalogue
+from evaluation.metrics import evaluate_run
 
 log = logging.getLogger(__name__)
 

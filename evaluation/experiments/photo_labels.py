@@ -1,6 +1,7 @@
 """How well can the indexed image vectors tell a photo's labels? The ceiling of photo-query P@10, measured.
 
-    python scripts/exp_photo_labels.py [--config config.toml] [--k 20] [--epochs 30] [--out var/exp/photo-labels]
+    python -m evaluation.experiments.photo_labels [--config config.toml] [--k 20] [--epochs 30]
+        [--out var/exp/photo-labels]
 
 Photo-query P@10 counts results sharing every [finetune].label_fields value with the query (articleType and
 gender for the fashion catalogue), and the label head's boost puts the items it reads first, so P@10 follows how
@@ -20,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.cmd_finetune import training_items  # noqa: E402
-from search.store import open_store  # noqa: E402
-from vitrina.config import Config, load_config  # noqa: E402
+from scripts.cmd_finetune import training_items
+from search.store.factory import open_store
+from vitrina.config import Config, load_config
 
 
 def indexed_vectors(cfg: Config, ids: set[str]) -> dict[str, np.ndarray]:

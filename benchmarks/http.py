@@ -10,7 +10,6 @@ import json
 import os
 import random
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -19,12 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
-if __package__ in (None, ""):  # run as `python scripts/bench_http.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.cmd_bench import standalone  # noqa: E402
-from vitrina.config import Config  # noqa: E402
-from vitrina.errors import BadInput  # noqa: E402
+from vitrina.config import Config
+from vitrina.errors import BadInput
 
 # Targets from issue 4 (4 concurrent clients).
 TEXT_P95_MS = 50.0
@@ -474,11 +469,3 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.check and any(r["verdict"].startswith("MISS") for r in rows):
         return 1
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return standalone("http", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

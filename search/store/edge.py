@@ -6,7 +6,7 @@ Layout under `root`:
     collections/<name>/lock        flock'ed by the one process that has the shard open; holds its pid
     aliases/<alias>                the collection name, replaced atomically (write temp + os.replace)
 
-The open shards, their locks and the alias pointers are kept by search/edge_shards.py's ShardPool.
+The open shards, their locks and the alias pointers are kept by search/store/edge_shards.py's ShardPool.
 
 Processes. A shard is open in at most one process at a time (EdgeShard itself refuses a second
 opener). The lock file turns that into a StoreError that names the holder. A shard is opened
@@ -40,11 +40,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import qdrant_edge as qe
 
-from search import keywords
-from search.edge_shards import ShardHandle, ShardPool, check_name
-from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery, best_first,
-                          Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
-                          WithVectors, plain_payload, point_id, vector_names)
+from search.store import keywords
+from search.store.edge_shards import ShardHandle, ShardPool, check_name
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+                                    best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
+                                    check_query_vector, WithVectors, plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from scripts.eval_client import ApiClient, ApiError, open_client
-from scripts.eval_data import load_catalogue, load_purchases, load_qrels, load_queries
+from evaluation.client import ApiClient, ApiError, open_client
+from evaluation.data import load_catalogue, load_purchases, load_qrels, load_queries
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -141,7 +141,7 @@ def _service_info(client: ApiClient) -> dict[str, Any]:
 
 
 def _text(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> dict[str, Any]:
-    from scripts.eval_text import run_text_report
+    from evaluation.text import run_text_report
 
     queries_path = _next_to_catalogue(cfg, opts.queries, "queries_dev.csv")
     qrels_path = _next_to_catalogue(cfg, opts.qrels, "qrels_dev.csv")
@@ -157,7 +157,7 @@ def _text(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> 
 
 
 def _image(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any, out: Path) -> dict[str, Any]:
-    from scripts.eval_image import run_image_report, sample_queries
+    from evaluation.image import run_image_report, sample_queries
 
     some_row = next(iter(catalogue.rows.values()), {})
     missing = [f for f in opts.image_match if f not in some_row]
@@ -201,7 +201,7 @@ def _cross(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) ->
 
 
 def _personal(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> dict[str, Any]:
-    from scripts.eval_personal import run_personal_report
+    from evaluation.personal import run_personal_report
 
     path = _next_to_catalogue(cfg, opts.transactions, "transactions.csv")
     if not path.is_file():
@@ -216,10 +216,10 @@ def _personal(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any)
 
 def _recommend(cfg: Config, opts: EvalOptions, client: ApiClient) -> dict[str, Any]:
     try:
-        module = importlib.import_module("scripts.eval_recommend")
+        module = importlib.import_module("evaluation.recommend")
     except ModuleNotFoundError as e:
-        if e.name == "scripts.eval_recommend":
-            return {"skipped": "scripts/eval_recommend.py is not part of this build"}
+        if e.name == "evaluation.recommend":
+            return {"skipped": "evaluation/recommend.py is not part of this build"}
         raise
     wanted = {"end": opts.end, "limit": opts.limit, "keep_profiles": opts.keep_profiles,
               "transactions": opts.transactions}
@@ -267,7 +267,7 @@ def run_evaluation(cfg: Config, opts: EvalOptions, client: ApiClient | None = No
 
 def write_report(report: dict[str, Any], out: Path, chart: bool = True) -> list[Path]:
     """evaluate.json (and evaluate.png unless chart=False) under out; returns the paths written."""
-    from scripts.eval_report import draw_chart
+    from evaluation.report import draw_chart
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "evaluate.json"

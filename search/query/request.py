@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from search.store import Filters
+from search.store.interface import Filters
 from vitrina.config import Config
 from vitrina.errors import BadInput, PayloadTooLarge
 
