@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-from search.profiles import FILENAME, ProfileStore
+from search.shopper.profiles import FILENAME, ProfileStore
 from vitrina.config import Config
 from vitrina.errors import NotFound
 
@@ -29,7 +29,7 @@ def rebuild_signals(cfg: Config, args: argparse.Namespace) -> int:
     try:
         stats = store.rebuild_signals()
         if cfg.segments.k > 0:  # the interest groups are rebuilt with the signals
-            from search.segments import rebuild
+            from search.shopper.segments import rebuild
 
             groups = rebuild(store, cfg)
             stats["segments"] = 0 if groups is None else int(groups.centroids.shape[0])

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from search.experiment_report import experiment_report
-from search.experiments import Experiments, Variant, assign, bucket, parse_variant, parse_variants
-from search.impressions import (
+from search.online.experiments import Experiments, Variant, assign, bucket, parse_variant, parse_variants
+from search.online.impressions import (
     FEEDBACK, IMPRESSION, ImpressionLog, Position, feedback_record, features_of, impression_record,
 )
-from search.interleaving import credit, outcome, team_draft
-from search.simulator import Behaviour, make_shop, simulate, taste_ranker
-from search.stats import always_valid_radius, ratio
+from search.online.interleaving import credit, outcome, team_draft
+from search.online.report import experiment_report
+from search.online.simulator import Behaviour, make_shop, simulate, taste_ranker
+from search.online.stats import always_valid_radius, ratio
 from vitrina.config import ExperimentsConfig, load_config
 from vitrina.errors import ConfigError
 
@@ -71,7 +71,7 @@ def test_log_under_8_threads_loses_nothing(tmp_path: Path) -> None:
 
 def test_log_survives_kill_and_skips_a_torn_line(tmp_path: Path) -> None:
     folder = tmp_path / "imp"
-    code = ("import os, sys; from search.impressions import ImpressionLog\n"
+    code = ("import os, sys; from search.online.impressions import ImpressionLog\n"
             f"log = ImpressionLog({str(folder)!r}, sync_s=60)\n"
             "for i in range(500):\n    log.impression(f'r{i}', 'search', ['a', 'b'], user_id='u')\n"
             "print('written', flush=True); sys.stdin.read()\n")

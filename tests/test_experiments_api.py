@@ -9,8 +9,8 @@ from typing import Any, Iterator
 import pytest
 from flask.testing import FlaskClient
 
-from search.experiments import Experiments
-from search.impressions import ImpressionLog
+from search.online.experiments import Experiments
+from search.online.impressions import ImpressionLog
 from tests.test_engine import build_index
 
 VARIANTS = ("control", "plain: search.attribute_weight=0; search.keyword_weight=0.2")
@@ -39,8 +39,8 @@ def log_of(client: FlaskClient) -> ImpressionLog:
 
 
 def test_responses_carry_request_id_and_the_shoppers_variant(indexed: Any, tmp_path: Path) -> None:
-    from search.engine import SearchService
-    from search.request import parse_search
+    from search.query.engine import SearchService
+    from search.query.request import parse_search
 
     cfg, store, _ = indexed
     client = make_client(cfg, store, tmp_path)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from scripts.cmd_ranker import TrainOptions, month_windows, train
-from search.features import RECOMMEND_FEATURES, SEARCH_FEATURES
-from search.impressions import features_of
-from search.learned import load_model
+from evaluation.ranker_fit import TrainOptions, month_windows, train
+from search.online.impressions import features_of
+from search.query.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+from search.query.learned import load_model
 from tests.test_engine import build_index
 from vitrina.errors import BadInput
 
@@ -84,7 +84,7 @@ def test_train_from_the_click_log_and_serve_with_contributions(indexed: Any, tmp
 
 
 def test_purchases_replayed_against_the_engine_train_both_rankers(indexed: Any, tmp_path: Path) -> None:
-    from scripts.eval_client import InProcessClient
+    from evaluation.client import InProcessClient
 
     cfg, store, rows = indexed
     rng = np.random.default_rng(0)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scripts.train_ranker import fit_logistic_rows
-from search.impressions import FEEDBACK, IMPRESSION, ImpressionLog, features_of
-from search.learned import Logistic
-from search.online import OnlineModel, Shown, examples
-from search.simulator import SIM_FEATURES, make_shop, simulate, taste_features, taste_ranker
+from evaluation.ranker_fit import fit_logistic_rows
+from search.online.clicks import OnlineModel, Shown, examples
+from search.online.impressions import FEEDBACK, IMPRESSION, ImpressionLog, features_of
+from search.online.simulator import SIM_FEATURES, make_shop, simulate, taste_features, taste_ranker
+from search.query.learned import Logistic
 from vitrina.config import RankerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_checkpoint_then_crash_then_catch_up_from_the_log(tmp_path: Path) -> Non
     records = click_log(1500)
     cfg = RankerConfig(online_rate=0.1, online_shopper_cap=10_000, online_checkpoint_every=100)
     folder = tmp_path / "imp"
-    code = ("import json, sys\nfrom search.impressions import ImpressionLog\nfrom tests.test_online import *\n"
+    code = ("import json, sys\nfrom search.online.impressions import ImpressionLog\nfrom tests.test_online import *\n"
             f"records = click_log(1500)\nlog = ImpressionLog({str(folder)!r}, sync_s=60)\n"
             f"model = OnlineModel(start(records), SIM_FEATURES, RankerConfig(online_rate=0.1, "
             f"online_shopper_cap=10_000, online_checkpoint_every=100), __import__('pathlib').Path({str(tmp_path)!r})"

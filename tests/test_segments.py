@@ -8,8 +8,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from search.personal import Event
-from search.segments import FILENAME, current, kmeans, rebuild
+from search.shopper.personal import Event
+from search.shopper.segments import FILENAME, current, kmeans, rebuild
 from tests.test_engine import build_index
 
 
@@ -54,8 +54,8 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_thin_profiles_borrow_their_groups_taste(indexed: Any, tmp_path: Path) -> None:
-    from search.engine import SearchService
-    from search.segments import borrow
+    from search.query.engine import SearchService
+    from search.shopper.segments import borrow
 
     cfg, store, rows = indexed
     run = cfg.replace(data={"dir": str(tmp_path)}, segments={"k": 2, "borrow": 0.8, "borrow_saturation": 6.0,

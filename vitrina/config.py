@@ -173,7 +173,7 @@ class RecommendConfig:
 
 @dataclass(frozen=True)
 class ImpressionsConfig:
-    enabled: bool = True  # log what each response showed (search/impressions.py), under <data dir>/impressions
+    enabled: bool = True  # log what each response showed (search/online/impressions.py), under <data dir>/impressions
     sync_s: float = 1.0  # fsync the log at most this often (0: after every record); a write() is done per record
     features: bool = False  # compute and log the ranker features of shown items even while the hand blend ranks
     keep_days: int = 0  # day files older than this are deleted at start (0: kept)
@@ -198,7 +198,7 @@ class RankerConfig:
     search_model: str = _path("")  # a learned ranker file (vitrina train-ranker) for search; "" = the hand blend
     recommend_model: str = _path("")  # the same for recommendations
     candidates: int = 100  # the blend's top-N the learned ranker re-scores
-    online: bool = False  # a logistic click model: feedback adjusts it as it arrives (search/online.py)
+    online: bool = False  # a logistic click model: feedback adjusts it as it arrives (search/online/clicks.py)
     online_rate: float = 0.05  # FTRL alpha (per-coordinate learning rate scale)
     online_l2: float = 1.0  # FTRL L2 (keeps weights near the trained ones: the prior is the trained model)
     online_shopper_cap: int = 50  # most examples one shopper adds per hour

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from search.traffic import check_name
+from search.online.traffic import check_name
 from web.deps import get_traffic
 from web.openapi import Param, spec
 

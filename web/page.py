@@ -66,7 +66,7 @@ def index() -> Response:
 @bp.get("/experiments/<name>")
 def experiment(name: str) -> Response:
     """A readable experiment report: the verdict, a table per variant, a plot (the data: /api/experiments/<name>)."""
-    from search.traffic import check_name
+    from search.online.traffic import check_name
 
     html = render_template("experiment.html", name=check_name(name))
     resp = Response(html, mimetype="text/html")
