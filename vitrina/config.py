@@ -212,6 +212,7 @@ class SegmentsConfig:
     borrow: float = 0.0  # a shopper with evidence e leans borrow * s / (e + s) toward their group's taste
     borrow_saturation: float = 6.0  # s above
     seed: int = 0
+    rebuild_every: int = 0  # rebuild the groups after this many feedback events (0: by `vitrina rebuild-signals`)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class Traffic:
         self._log: ImpressionLog | None = None
         self._lock = threading.Lock()
         self._feedback_lock = threading.Lock()
+        self._events_seen = 0
 
     @property
     def log(self) -> ImpressionLog | None:
@@ -175,14 +176,29 @@ class Traffic:
         """Record events in the profile store (which checks the items), then in the impression log."""
         accepted = self.service.record_feedback(events)
         online, log_ = self.online, self.log
-        if log_ is None:
-            return accepted
-        with self._feedback_lock:  # log order = learning order, so a restart replays exactly what came after
-            for e in events:
-                at = log_.feedback(e.user_id, e.item_id, e.event, e.ts, e.request_id, e.position)
-                if online is not None:
-                    online.learn(e.user_id, e.item_id, e.event, e.request_id, e.position, at=at)
+        if log_ is not None:
+            with self._feedback_lock:  # log order = learning order: a restart replays exactly what came after
+                for e in events:
+                    at = log_.feedback(e.user_id, e.item_id, e.event, e.ts, e.request_id, e.position)
+                    if online is not None:
+                        online.learn(e.user_id, e.item_id, e.event, e.request_id, e.position, at=at)
+        self._segments_after(len(events))
         return accepted
+
+    def _segments_after(self, n: int) -> None:
+        """Rebuild the interest groups once every [segments].rebuild_every feedback events (in the request that
+        crosses the mark)."""
+        sc = self.cfg.segments
+        if sc.k <= 0 or sc.rebuild_every <= 0:
+            return
+        with self._lock:
+            before = self._events_seen
+            self._events_seen += n
+            due = before // sc.rebuild_every != self._events_seen // sc.rebuild_every
+        if due:
+            from search.shopper.segments import rebuild
+
+            rebuild(self.service.profiles, self.cfg)
 
     def prices(self, item_ids: Sequence[str]) -> Mapping[str, float]:
         """Catalogue prices of these items (none when the catalogue has no price column)."""
