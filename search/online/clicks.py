@@ -113,6 +113,11 @@ class OnlineModel:
         self._delta = -self.z / ((self.beta + np.sqrt(self.n)) / alpha + l2)
         self.updates += 1
 
+    def update(self, row: np.ndarray, label: float) -> None:
+        """One example straight in (no shopper budget): replaying examples, experiments."""
+        with self._lock:
+            self._step(np.asarray(row, dtype=np.float64), float(label))
+
     # ----- feedback in -----
 
     def remember(self, request_id: str, user_id: str | None, items: Sequence[str], offset: int,
