@@ -28,8 +28,15 @@ ROUNDS, PATIENCE = 400, 40
 
 
 def split(groups: Groups, valid: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Group indices for training and validation (a random `valid` share of the groups, at least one each)."""
+    """Group indices for training and validation. Groups replayed from several windows: the latest window validates
+    (a random split would let the model learn which articles sell in a window from one half of its searches and
+    meet them again in the other). Otherwise a random `valid` share of the groups, at least one each; none when
+    valid = 0."""
     n = len(groups.y)
+    windows = sorted({s.rsplit(":", 1)[0] for s in groups.source if s.count(":") == 2})
+    if valid > 0 and len(windows) > 1:
+        last = np.array([s.rsplit(":", 1)[0] == windows[-1] for s in groups.source])
+        return np.flatnonzero(~last), np.flatnonzero(last)
     order = np.random.default_rng(seed).permutation(n)
     cut = min(max(1, int(round(n * valid))), n - 1) if n > 1 and valid > 0 else 0
     return np.sort(order[cut:]), np.sort(order[:cut])
