@@ -27,6 +27,12 @@ RESULTS_SCHEMA = {
                    "total": {"type": "integer", "description": "results the ranking holds (pages reach up to "
                              "it; at most max([search].candidates, offset + k))"},
                    "took_ms": {"type": "number"},
+                   "request_id": {"type": "string", "description": "this response in the impression log; feedback "
+                                  "may name it (with the item's position)"},
+                   "experiment": {"type": ["string", "null"], "description": "the running experiment the shopper "
+                                  "is in ([experiments]), null outside one"},
+                   "variant": {"type": ["string", "null"], "description": "the variant that served it (interleaved: "
+                               "'A+B', each result's explain names its team)"},
                    "facets": {"type": "object", "additionalProperties": {
                        "type": "object", "additionalProperties": {"type": "integer"}}}}}
 _STATUS_TEXT = {200: "OK", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",

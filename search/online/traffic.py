@@ -42,6 +42,7 @@ class Traffic:
         self._lock = threading.Lock()
         self._feedback_lock = threading.Lock()
         self._events_seen = 0
+        self._reports: dict[str, tuple[tuple[tuple[str, int], ...], dict[str, Any]]] = {}
 
     @property
     def log(self) -> ImpressionLog | None:
@@ -221,10 +222,16 @@ class Traffic:
         running = name == ex.name and bool(ex.variants)
         order = [v.name for v in ex.variants] if running and ex.method == "ab" else \
             [v.name for v in ex.pair()] if running else []
+        stamp = tuple((f.name, f.stat().st_size) for f in self.log.files())
+        cached = self._reports.get(name)
+        if cached is not None and cached[0] == stamp:  # the log has not grown since: the same report
+            return cached[1]
         body = experiment_report(self.log.read(), name, self.cfg.experiments, order, self.prices)
         if not running and not body.get("variants") and not body.get("interleaving", {}).get("shoppers"):
             raise NotFound(f"no experiment {name!r}", "neither running nor in the impression log")
-        return {**body, "running": running}
+        body = {**body, "running": running}
+        self._reports[name] = (stamp, body)
+        return body
 
     def overview(self) -> dict[str, Any]:
         """GET /api/experiments: the running experiment and every experiment name the log holds."""
