@@ -80,18 +80,8 @@ def replay_purchases(client: Any, catalogue: Catalogue, purchases: Sequence[Purc
             capture = Capture(candidates)
             for (user, q), bought in sorted(wanted.items()):
                 req = parse_search({"q": [q], "k": ["10"], "user_id": [eval_user(user)]}, service.cfg)
-                before = len(capture.groups)
                 service.search(req, ranker=capture)
-                if len(capture.groups) == before:
-                    continue
-                ids, x = capture.groups[-1]
-                y = np.array([1.0 if i in bought else 0.0 for i in ids])
-                key = "warm" if user in warm else "cold"
-                out.stats[f"searches_{key}"] += 1
-                if not y.any():
-                    out.stats[f"missed_{key}"] += 1
-                    continue
-                out.add(x, y, np.arange(len(ids)), f"{cutoff}:{end}:{key}")
+                _label(out, capture, bought, f"{cutoff}:{end}", "warm" if user in warm else "cold", "searches")
             if recommend is not None:
                 _replay_recommendations(client, purchases, cutoff, end, warm, candidates, catalogue, recommend)
         finally:
@@ -111,18 +101,22 @@ def _replay_recommendations(client: Any, purchases: Sequence[Purchase], cutoff: 
     _, targets = split(purchases, cutoff, end, set(catalogue.rows))
     capture = Capture(candidates, "recommend")
     for user, bought in sorted(targets.items()):
-        before = len(capture.groups)
         recommender.for_user(eval_user(user), 12, ranker=capture)
-        if len(capture.groups) == before:
-            continue
-        ids, x = capture.groups[-1]
-        y = np.array([1.0 if i in bought else 0.0 for i in ids])
-        key = "warm" if user in warm else "cold"
-        groups.stats[f"shoppers_{key}"] += 1
-        if not y.any():
-            groups.stats[f"missed_{key}"] += 1
-            continue
-        groups.add(x, y, np.arange(len(ids)), f"{cutoff}:{end}:{key}")
+        _label(groups, capture, bought, f"{cutoff}:{end}", "warm" if user in warm else "cold", "shoppers")
+
+
+def _label(groups: Groups, capture: Any, bought: set[str], window: str, key: str, counted: str) -> None:
+    """The group the capture just took (if it took one: a search with no candidates takes none), the bought ids
+    labelled 1; left out (and counted as missed) when none of them is among the candidates."""
+    if not capture.groups:
+        return
+    ids, x = capture.groups.pop()
+    y = np.array([1.0 if i in bought else 0.0 for i in ids])
+    groups.stats[f"{counted}_{key}"] += 1
+    if not y.any():
+        groups.stats[f"missed_{key}"] += 1
+        return
+    groups.add(x, y, np.arange(len(ids)), f"{window}:{key}")
 
 
 def from_log(records: Iterable[Mapping[str, Any]], since: float | None = None, until: float | None = None,

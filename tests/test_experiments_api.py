@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 
 from search.online.experiments import Experiments
 from search.online.impressions import ImpressionLog
-from tests.test_engine import build_index
 
 VARIANTS = ("control", "plain: search.attribute_weight=0; search.keyword_weight=0.2")
 
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    cfg, store, rows = build_index(tmp_path_factory.mktemp("exp"))
-    yield cfg, store, rows
-    store.close()
 
 
 def make_client(cfg: Any, store: Any, tmp: Path, **experiments: Any) -> FlaskClient:
@@ -38,11 +30,11 @@ def log_of(client: FlaskClient) -> ImpressionLog:
     return traffic.log
 
 
-def test_responses_carry_request_id_and_the_shoppers_variant(indexed: Any, tmp_path: Path) -> None:
+def test_responses_carry_request_id_and_the_shoppers_variant(shop_index: Any, tmp_path: Path) -> None:
     from search.query.engine import SearchService
     from search.query.request import parse_search
 
-    cfg, store, _ = indexed
+    cfg, store, _ = shop_index
     client = make_client(cfg, store, tmp_path)
     ex = Experiments(client.application.extensions["vitrina_config"])
     seen = set()
@@ -71,8 +63,8 @@ def test_responses_carry_request_id_and_the_shoppers_variant(indexed: Any, tmp_p
     assert first["user_id"] == "shopper-0" and first["query"] == "men black watches" and len(first["items"]) == 5
 
 
-def test_feedback_names_its_response_and_the_report_counts_it(indexed: Any, tmp_path: Path) -> None:
-    cfg, store, _ = indexed
+def test_feedback_names_its_response_and_the_report_counts_it(shop_index: Any, tmp_path: Path) -> None:
+    cfg, store, _ = shop_index
     client = make_client(cfg, store, tmp_path)
     sent: dict[str, list[int]] = {"control": [0, 0], "plain": [0, 0]}  # variant -> [responses, clicked]
     for n in range(30):
@@ -102,8 +94,8 @@ def test_feedback_names_its_response_and_the_report_counts_it(indexed: Any, tmp_
     assert overview["running"]["name"] == "e1" and {"name": "e1", "impressions": 30} in overview["experiments"]
 
 
-def test_interleaving_marks_teams_and_credits_clicks(indexed: Any, tmp_path: Path) -> None:
-    cfg, store, _ = indexed
+def test_interleaving_marks_teams_and_credits_clicks(shop_index: Any, tmp_path: Path) -> None:
+    cfg, store, _ = shop_index
     client = make_client(cfg, store, tmp_path, method="interleave")
     for n in range(10):
         user = f"i{n}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,17 +15,10 @@ from evaluation.ranker_fit import TrainOptions, month_windows, train
 from search.online.impressions import features_of
 from search.query.features import RECOMMEND_FEATURES, SEARCH_FEATURES
 from search.query.learned import load_model
-from tests.test_engine import build_index
 from vitrina.errors import BadInput
 
 KEY = "k-123"
 
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    cfg, store, rows = build_index(tmp_path_factory.mktemp("learned"))
-    yield cfg, store, rows
-    store.close()
 
 
 def app_for(cfg: Any, store: Any) -> Any:
@@ -51,8 +44,8 @@ def shop_with_red_lovers(cfg: Any, store: Any, rows: list[dict[str, Any]], tmp: 
     return run
 
 
-def test_train_from_the_click_log_and_serve_with_contributions(indexed: Any, tmp_path: Path) -> None:
-    cfg, store, rows = indexed
+def test_train_from_the_click_log_and_serve_with_contributions(shop_index: Any, tmp_path: Path) -> None:
+    cfg, store, rows = shop_index
     run = shop_with_red_lovers(cfg, store, rows, tmp_path)
     logged = [json.loads(line) for f in sorted((tmp_path / "impressions").glob("*.jsonl")) for line in f.open()]
     first = next(r for r in logged if r["kind"] == "impression")
@@ -83,10 +76,10 @@ def test_train_from_the_click_log_and_serve_with_contributions(indexed: Any, tmp
     assert total == pytest.approx(top["score"], abs=1e-3)  # the contributions add up to the score
 
 
-def test_purchases_replayed_against_the_engine_train_both_rankers(indexed: Any, tmp_path: Path) -> None:
+def test_purchases_replayed_against_the_engine_train_both_rankers(shop_index: Any, tmp_path: Path) -> None:
     from evaluation.client import InProcessClient
 
-    cfg, store, rows = indexed
+    cfg, store, rows = shop_index
     rng = np.random.default_rng(0)
     by_colour: dict[str, list[str]] = {}
     for r in rows:

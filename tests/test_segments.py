@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pytest
 
 from search.shopper.personal import Event
 from search.shopper.segments import FILENAME, current, kmeans, rebuild
-from tests.test_engine import build_index
 
 
 def oracle_assign(x: np.ndarray, centres: np.ndarray) -> list[int]:
@@ -46,18 +44,12 @@ def test_kmeans_finds_planted_groups_and_is_a_fixed_point() -> None:
     assert few.shape[0] == 2 and sorted(few_labels.tolist()) == [0, 1]
 
 
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    cfg, store, rows = build_index(tmp_path_factory.mktemp("segments"))
-    yield cfg, store, rows
-    store.close()
 
-
-def test_thin_profiles_borrow_their_groups_taste(indexed: Any, tmp_path: Path) -> None:
+def test_thin_profiles_borrow_their_groups_taste(shop_index: Any, tmp_path: Path) -> None:
     from search.query.engine import SearchService
     from search.shopper.segments import borrow
 
-    cfg, store, rows = indexed
+    cfg, store, rows = shop_index
     run = cfg.replace(data={"dir": str(tmp_path)}, segments={"k": 2, "borrow": 0.8, "borrow_saturation": 6.0,
                                                             "min_evidence": 0.5})
     service = SearchService(run, store=store)
@@ -94,11 +86,11 @@ def test_thin_profiles_borrow_their_groups_taste(indexed: Any, tmp_path: Path) -
     assert borrow(off, newcomer) is newcomer
 
 
-def test_rebuild_signals_rebuilds_segments_and_the_report_splits_by_them(indexed: Any, tmp_path: Path) -> None:
+def test_rebuild_signals_rebuilds_segments_and_the_report_splits_by_them(shop_index: Any, tmp_path: Path) -> None:
     from scripts.cli import main
     from web import create_app
 
-    cfg, store, rows = indexed
+    cfg, store, rows = shop_index
     run = cfg.replace(data={"dir": str(tmp_path)}, segments={"k": 2, "min_evidence": 0.5, "rebuild_every": 40},
                       experiments={"name": "seg", "variants": ("a", "b: search.keyword_weight=0.5"),
                                    "min_shoppers": 1, "min_impressions": 1})
