@@ -49,6 +49,12 @@ def _stack(groups: Groups, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return x, y, pos, [len(groups.y[i]) for i in idx]
 
 
+def hit_rate(groups: Groups, idx: np.ndarray, scores: list[np.ndarray], k: int = 10) -> float:
+    """Share of these groups with a positive among the k best of a scoring (ties broken by the given order)."""
+    hits = [float(np.any(groups.y[i][np.argsort(-s, kind="stable")[:k]] > 0)) for i, s in zip(idx, scores)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
 def ndcg(groups: Groups, idx: np.ndarray, scores: list[np.ndarray], k: int = 10) -> float:
     """Mean NDCG@k over these groups of a scoring (one array per group), ties broken by the given order."""
     values = []
@@ -126,9 +132,13 @@ def _metrics(groups: Groups, train: np.ndarray, dev: np.ndarray, score: Any, fea
     for name, idx in (("train", train), ("valid", dev)):
         if not len(idx):
             continue
-        out[f"ndcg@10_{name}"] = ndcg(groups, idx, [np.asarray(score(groups.x[i])) for i in idx])
+        model_scores = [np.asarray(score(groups.x[i])) for i in idx]
+        out[f"ndcg@10_{name}"] = ndcg(groups, idx, model_scores)
+        out[f"hr@10_{name}"] = hit_rate(groups, idx, model_scores)
         if blend is not None:
-            out[f"ndcg@10_{name}_blend"] = ndcg(groups, idx, [groups.x[i][:, blend] for i in idx])
+            blend_scores = [groups.x[i][:, blend] for i in idx]
+            out[f"ndcg@10_{name}_blend"] = ndcg(groups, idx, blend_scores)
+            out[f"hr@10_{name}_blend"] = hit_rate(groups, idx, blend_scores)
     return out
 
 
