@@ -55,6 +55,11 @@ def compare(blend: Mapping[str, Any], learned: Mapping[str, Any]) -> dict[str, A
         base, hb, hl = hits(pb["base"]), hits(pb["personal"]), hits(pl["personal"])
         out.update(purchases=len(base), users=pb["user"], base=base, blend=hb, learned=hl,
                    learned_no_user=hits(pl["base"]))
+    cb, cl = report_value(blend, "personal", "cold", "per_purchase"), report_value(learned, "personal", "cold",
+                                                                                    "per_purchase")
+    if cb and cl:  # shoppers without history: what the blend does for them is the base
+        assert cb["user"] == cl["user"]
+        out.update(cold_users=cb["user"], cold_blend=hits(cb["personal"]), cold_learned=hits(cl["personal"]))
     rb, rl = report_value(blend, "recommend", "per_user"), report_value(learned, "recommend", "per_user")
     if rb and rl:
         assert rb["user"] == rl["user"]
@@ -77,6 +82,12 @@ def summary(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             value, low, high = cluster_ratio(cat[name], cat["base"], users)
             out[f"lift_{name}"] = [value - 1, low - 1, high - 1]
         out["learned_over_blend"] = list(cluster_ratio(cat["learned"], cat["blend"], users))
+    if all("cold_blend" in p for p in parts):
+        users = [u for p in parts for u in p["cold_users"]]
+        cold = {k: np.concatenate([p[k] for p in parts]) for k in ("cold_blend", "cold_learned")}
+        out["cold_purchases"] = int(len(cold["cold_blend"]))
+        out["cold_hr@10"] = {k[5:]: float(v.mean()) for k, v in cold.items()}
+        out["cold_learned_over_blend"] = list(cluster_ratio(cold["cold_learned"], cold["cold_blend"], users))
     if all("ap_blend" in p for p in parts):
         users = [u for p in parts for u in p["rec_users"]]
         ap = {k: np.concatenate([p[k] for p in parts]) for k in ("ap_blend", "ap_learned", "ap_baseline")}
@@ -121,12 +132,16 @@ def table(result: Mapping[str, Any]) -> str:
     body = []
     for r in [*result["windows"], {"window": "pooled", **result["pooled"]}]:
         hr = r.get("hr@10", {})
+        cold = r.get("cold_hr@10", {})
         body.append([r["window"], r.get("warm_purchases"), hr.get("base"), hr.get("blend"), hr.get("learned"),
-                     _ci(r.get("lift_blend"), pct=True), _ci(r.get("lift_learned"), pct=True),
-                     _ci(r.get("learned_over_blend")), _ci(r.get("map_ratio_blend")),
-                     _ci(r.get("map_ratio_learned"))])
-    return "\n".join(text_table(["window", "warm", "HR base", "HR blend", "HR learned", "lift blend",
-                                 "lift learned", "learned/blend", "MAP ratio blend", "MAP ratio learned"], body))
+                     hr.get("learned_no_user"), _ci(r.get("lift_blend"), pct=True),
+                     _ci(r.get("lift_learned"), pct=True), _ci(r.get("learned_over_blend")), r.get("cold_purchases"),
+                     cold.get("blend"), cold.get("learned"), _ci(r.get("cold_learned_over_blend")),
+                     _ci(r.get("map_ratio_blend")), _ci(r.get("map_ratio_learned"))])
+    return "\n".join(text_table(["window", "warm", "HR base", "HR blend", "HR learned", "learned, no id",
+                                 "lift blend", "lift learned", "learned/blend", "cold", "HR cold blend",
+                                 "HR cold learned", "cold learned/blend", "MAP ratio blend", "MAP ratio learned"],
+                                body))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
