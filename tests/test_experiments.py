@@ -120,6 +120,10 @@ def test_variants_parse_and_override_the_config() -> None:
     cfg = CFG.replace(experiments={"name": "e", "variants": ("control", "heavy: search.keyword_weight=3.5")})
     ex = Experiments(cfg)
     assert ex.configs["heavy"].search.keyword_weight == 3.5 and ex.configs["control"] == cfg
+    shipped = load_config(ROOT / "configs" / "hm.toml", env={})
+    learned = Experiments(shipped.replace(experiments={"name": "e", "variants": (
+        "control", "learned: ranker.search_model=../models/ranker_hm.json")})).configs["learned"]
+    assert learned.ranker.search_model == str(ROOT / "models" / "ranker_hm.json")  # beside the config file
     assert ex.assign(None) is None and isinstance(ex.assign("u1"), Variant)
     cases = ((("a", "b: store.alias=x"), "cannot differ"), (("a", "b: search.nope=1"), "unknown"),
              (("a", "b: search.rrf_k=many"), "integer"), (("a",), "two variants"), (("a", "a"), "repeated"))

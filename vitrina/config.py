@@ -323,7 +323,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
 
 
 def override(cfg: Config, key: str, value: Any) -> Config:
-    """A copy of cfg with one "section.key" set from text or a TOML value, checked like the file's keys."""
+    """A copy of cfg with one "section.key" set from text or a TOML value, checked like the file's keys (a relative
+    path resolves against the config file's folder)."""
     name, dot, field_name = key.strip().partition(".")
     section = getattr(cfg, name, None) if dot and name != "source" else None
     if section is None or not dataclasses.is_dataclass(section):
@@ -332,6 +333,10 @@ def override(cfg: Config, key: str, value: Any) -> Config:
     if field_name not in hints:
         raise ConfigError(f"unknown config key {key!r}", f"[{name}] has {sorted(hints)}")
     value = _coerce(value, hints[field_name], key)
+    meta = next(f.metadata for f in dataclasses.fields(section) if f.name == field_name)
+    if meta.get("path") and value and value != ":memory:" and not Path(value).is_absolute():
+        base = Path(cfg.source).parent if cfg.source else Path.cwd()  # as the file's own paths resolve
+        value = str((base / value).resolve())
     return cfg.replace(**{name: {field_name: value}})
 
 
