@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from search.fusion_weights import FusionWeights
+from search.hybrid import USER_COS, hybrid_rows
 from search.query_parse import with_price
-from search.ranking import cosines, facet_counts, rrf
+from search.ranking import cosines, facet_counts
 from search.request import FeedbackEvent, SearchRequest
 from search.results import api_result, local_image
 from search.shopper import affinity_to, personal_list, record_events, user_cosines
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_USER_COS = "_user_cosine"  # explain key carrying a known user cosine from _retrieve to _rank (popped there)
+_USER_COS = USER_COS  # explain key carrying a known user cosine from _retrieve to _rank (popped there)
 
 
 class SearchService:
@@ -173,7 +174,7 @@ class SearchService:
         self._add_cosines(page, qvec)
         out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
         if reading is not None:
-            out["understood"] = {**reading.explain(), **about}
+            out["understood"] = about
         if req.facets:
             out["facets"] = facet_counts((h.payload for h, _ in ranked), req.facets)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
@@ -188,8 +189,8 @@ class SearchService:
         the user vector among those carrying the attribute values the query names, so the rerank can reach
         items of the asked kind that suit the shopper but sit below the query's own top-N.
         With a `reading` (search.reading), keyword and vector search use its text, a price it read filters, its
-        attribute readings weigh in, the fusion weights follow the query (search.fusion_weights; put in `about`),
-        and items with a value the shopper ruled out go last."""
+        attribute readings weigh in, the fusion weights follow the query (put in `about`), and items with a value
+        the shopper ruled out go last (search.hybrid)."""
         # no vectors come back: the personal rerank asks the store for the user's cosines (search.shopper)
         from search.reading import hybrid_weights
 
@@ -218,46 +219,20 @@ class SearchService:
         keyword = st.query(self.alias, KeywordQuery(text), filters, limit=pool) \
             if req.q and not req.has_photo else []
         if reading is not None:
+            u = self.cfg.understand
+            reading = reading.with_neighbours(dense, u.neighbours, u.neighbour_k)
             named = reading.named()
+            weights = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
+            share, excluded = reading.share, (reading.excluded if reading.exclude else None)
+            if about is not None:
+                about.update(reading.explain(), weights=weights.as_dict())
         else:
             named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
-        if reading is not None:
-            weights = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
-            if about is not None:
-                about["weights"] = weights.as_dict()
-        else:
             weights = FusionWeights(s.keyword_weight, s.vector_weight, s.attribute_weight)
+            share, excluded = (lambda p: match_share(p, named)), None
         mine = personal_list(st, self.alias, pc.candidates, user, named, req.filters) \
             if req.q and not req.has_photo else []
-        fused = rrf([[h.id for h in keyword], [h.id for h in dense], [h.id for h in mine]],
-                    [weights.keyword, weights.vector, pc.candidate_weight], s.rrf_k)
-        by_id = {h.id: h for h in mine}
-        by_id.update({h.id: h for h in keyword})
-        by_id.update({h.id: h for h in dense})
-        kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
-        dn = {h.id: (i + 1, h.score) for i, h in enumerate(dense)}
-        pr = {h.id: (i + 1, h.score) for i, h in enumerate(mine)}
-        scale = weights.attributes / (s.rrf_k + 1)  # a full match weighs like rank 1 in a list of that weight
-        rows = []
-        for item_id, score in fused.items():
-            hit = by_id[item_id]
-            k_rank, k_score = kw.get(item_id, (None, None))
-            d_rank, d_score = dn.get(item_id, (None, None))
-            if weights.attributes <= 0:
-                share = 0.0
-            else:
-                share = reading.share(hit.payload) if reading is not None else match_share(hit.payload, named)
-            parts = {"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
-                     "rrf": score, "attributes": share, "relevance": score + scale * share}
-            if d_score is not None:  # the dense list is on the fused vectors: its score is explain's cosine
-                parts["vector"] = d_score
-            if item_id in pr:  # its score is the user cosine the rerank needs: kept, not asked for again
-                parts["personal_rank"], parts[_USER_COS] = pr[item_id]
-            if reading is not None and reading.exclude and reading.excluded(hit.payload):
-                parts["excluded"] = True  # a value the shopper ruled out: after every other candidate
-                parts["relevance"] -= 1.0 + 2.0 * scale
-            rows.append((hit, parts))
-        rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
+        rows = hybrid_rows(keyword, dense, mine, weights, pc.candidate_weight, s.rrf_k, share, excluded)
         rows = rows[:pool + (len(mine) if pc.candidate_extend else 0)]
         return [h for h, _ in rows], [e for _, e in rows]
 

@@ -25,7 +25,7 @@ class FusionParams:
     vector: float = 1.0
     attributes: float = 5.0
     keyword_floor: float = 0.0  # share of the keyword weight kept when the keywords match nothing that matters
-    coverage_power: float = 1.0  # > 1: partial matches count less
+    coverage_power: float = 0.5  # > 1: partial matches count less; < 1: more
 
 
 @dataclass(frozen=True)

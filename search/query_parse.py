@@ -14,7 +14,7 @@ from search.understand import AttributeMatcher, fold
 MAX_PRICE = 1e12
 _CUR = r"(?:\$|£|€|₹|rs\.?|inr|usd|eur|gbp)"
 _UNIT = r"(?:\$|£|€|₹|rs\.?|inr|usd|eur|gbp|dollars?|euros?|pounds?|rupees?|bucks)"
-_NUM = rf"(?:{_CUR}\s*)?(\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.(\d{{1,2}}))?\s*(k\b)?(?:\s*{_UNIT}\b)?"
+_NUM = rf"(?:{_CUR}\s*)?(\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.(\d{{1,2}}))?\s*(k\b)?(?:\s*{_UNIT}\b)?(?![\w.,]\d|\w)"
 _MAX = r"under|below|less\s+than|cheaper\s+than|at\s+most|no\s+more\s+than|max(?:imum)?|up\s*to|within|<=?"
 _MIN = r"over|above|more\s+than|at\s+least|min(?:imum)?|starting\s+at|>=?"
 _PRICE_WORD = r"(?:(?:priced?|costing|for|at)\s+)?"

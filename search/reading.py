@@ -3,6 +3,7 @@ word for word, and the values the text encoder finds nearest to the query, each 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections import OrderedDict
@@ -34,12 +35,14 @@ class ReaderSettings:
     """How readings are made and weighed ([understand] in config.toml)."""
 
     fields: tuple[str, ...]  # fields read by similarity (e.g. the category)
-    temperature: float = 0.04  # softmax temperature over a field's value similarities
-    threshold: float = 0.4  # similarity of the "none of these" alternative: a reading must beat it to count
+    temperature: float = 0.06  # softmax temperature over a field's value similarities
+    threshold: float = 0.5  # similarity of the "none of these" alternative: a reading must beat it to count
     name_mix: float = 0.0  # share of the value-name vector in a value's similarity (the rest: its items' centroid)
     min_confidence: float = 0.05  # values read less surely than this are dropped
     exact_weights: Mapping[str, float] = field(default_factory=dict)  # field -> weight of an exact word (default 1)
     similar_weight: float = 1.0  # weight of a similarity reading at confidence 1
+    neighbours: float = 0.5  # share of a similarity reading taken from the values of the query's nearest items
+    neighbour_k: int = 10  # ... the top this many of the dense list
     spelling: bool = True
     prices: bool = False  # the catalogue has a price field: price phrases become a range filter
     cache: int = 4096  # readings kept per query text (LRU)
@@ -57,9 +60,11 @@ class Reading:
     exclude: dict[str, frozenset[str]] = field(default_factory=dict)
     price: tuple[float | None, float | None] | None = None
     corrections: dict[str, str] = field(default_factory=dict)
-    notes: tuple[dict[str, Any], ...] = ()  # what the page and explain show, one entry per reading
+    notes: tuple[dict[str, Any], ...] = ()  # spelling, price, exclusions and exact words, as explain shows them
     exact_weights: Mapping[str, float] = field(default_factory=dict)
     similar_weight: float = 1.0
+    open_fields: tuple[str, ...] = ()  # fields read by similarity (not named word for word)
+    similar_words: str = ""  # the content words no exact value explains: what the similarity reading stands for
 
     @property
     def exact_share(self) -> float:
@@ -98,9 +103,35 @@ class Reading:
                 return True
         return False
 
-    def explain(self) -> dict[str, Any]:
-        """The reading as the API shows it (response key "understood")."""
-        out: dict[str, Any] = {"text": self.text, "readings": list(self.notes)}
+    def with_neighbours(self, hits: Sequence[Any], share: float, k: int) -> Reading:
+        """The similarity readings mixed with what the query's nearest items are: (1 - share) x the encoder's
+        confidence + share x the part of the top k hits (objects with a .payload) holding the value."""
+        top = hits[:k]
+        if share <= 0 or not top or not self.open_fields:
+            return self
+        similar = dict(self.similar)
+        for f in self.open_fields:
+            counts: dict[str, int] = {}
+            for h in top:
+                v = h.payload.get(f)
+                if v is not None and v != "":
+                    counts[str(v)] = counts.get(str(v), 0) + 1
+            enc = self.similar.get(f, {})
+            mixed = {v: (1.0 - share) * enc.get(v, 0.0) + share * counts.get(v, 0) / len(top)
+                     for v in set(enc) | set(counts)}
+            similar[f] = dict(sorted(mixed.items(), key=lambda kv: -kv[1]))
+        return dataclasses.replace(self, similar=similar)
+
+    def explain(self, shown: float = 0.05, most: int = 5) -> dict[str, Any]:
+        """The reading as the API shows it (response key "understood"): one entry per reading, the similarity
+        ones with their values at least `shown` sure (at most `most`, surest first)."""
+        notes = list(self.notes)
+        for f, conf in self.similar.items():
+            values = [v for v, p in conf.items() if p >= shown][:most]
+            if values:
+                notes.append({"words": self.similar_words, "how": "similar", "values": {f: values},
+                              "confidence": round(conf[values[0]], 4)})
+        out: dict[str, Any] = {"text": self.text, "readings": notes}
         if self.corrections:
             out["corrected"] = dict(self.corrections)
         return out
@@ -177,17 +208,16 @@ class QueryReader:
         content = tuple(w for w in tokens if w not in STOPWORDS)
         similar: dict[str, dict[str, float]] = {}
         unexplained = [w for w in content if not any(w in n["words"].split() for n in notes if n["how"] == "exact")]
-        wanted = [f for f in s.fields if f not in exact and f in self.values.fields]
-        if wanted and unexplained:
+        wanted = tuple(f for f in s.fields if f not in exact and f in self.values.fields) if unexplained else ()
+        if wanted:
             vector = encode(cons.text)
             for f in wanted:
                 read = similar_values(vector, self.values.fields[f], s)
                 if read:
                     similar[f] = read
-                    notes.append({"words": " ".join(unexplained), "how": "similar",
-                                  "values": {f: list(read)}, "confidence": round(max(read.values()), 4)})
         return Reading(query, cons.text, content, {f: frozenset(v) for f, v in exact.items()}, similar,
-                       cons.exclude, cons.price, corrections, tuple(notes), s.exact_weights, s.similar_weight)
+                       cons.exclude, cons.price, corrections, tuple(notes), s.exact_weights, s.similar_weight,
+                       wanted, " ".join(unexplained))
 
 
 def keyword_coverage(reading: Reading, hits: Sequence[Any], fields: Sequence[str], values: ValueIndex,
@@ -227,7 +257,8 @@ def reader_settings(cfg: Config) -> ReaderSettings:
     fields = u.fields or ((cat.category,) if cat.category else ())
     return ReaderSettings(fields=tuple(fields), temperature=u.temperature, threshold=u.threshold,
                           name_mix=u.name_mix, min_confidence=u.min_confidence, exact_weights=weights,
-                          similar_weight=u.similar_weight, spelling=u.spelling, prices=bool(cat.price), cache=u.cache)
+                          similar_weight=u.similar_weight, neighbours=u.neighbours, neighbour_k=u.neighbour_k,
+                          spelling=u.spelling, prices=bool(cat.price), cache=u.cache)
 
 
 def open_reader(cfg: Config, store: Any, alias: str, collection: str, matcher: AttributeMatcher,

@@ -112,8 +112,12 @@ def build_value_index(store: Store, alias: str, collection: str, fields: Sequenc
     return ValueIndex(collection, out, dict(df), items)
 
 
+def _file(path: Path, ext: str) -> Path:
+    return path.parent / f"{path.name}{ext}"  # collection names may hold dots: never with_suffix
+
+
 def save_value_index(index: ValueIndex, path: Path) -> None:
-    """One .npz (vectors) and one .json (values, words) beside it; written to temporary names, then renamed."""
+    """<path>.npz (vectors) and <path>.json (values, words); written to temporary names, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, object] = {"format": FORMAT, "collection": index.collection, "items": index.items,
@@ -121,22 +125,21 @@ def save_value_index(index: ValueIndex, path: Path) -> None:
     for f, fv in index.fields.items():
         meta["fields"][f] = list(fv.values)  # type: ignore[index]
         arrays[f"{f}.names"], arrays[f"{f}.centroids"], arrays[f"{f}.counts"] = fv.names, fv.centroids, fv.counts
-    tmp = path.with_suffix(".tmp.npz")
+    tmp, tmp_json = _file(path, ".tmp.npz"), _file(path, ".tmp.json")
     np.savez(tmp, **arrays)
-    tmp_json = path.with_suffix(".tmp.json")
     tmp_json.write_text(json.dumps(meta), encoding="utf-8")
-    tmp.replace(path.with_suffix(".npz"))
-    tmp_json.replace(path.with_suffix(".json"))
+    tmp.replace(_file(path, ".npz"))
+    tmp_json.replace(_file(path, ".json"))
 
 
 def load_value_index(path: Path, collection: str, fields: Sequence[str]) -> ValueIndex | None:
     """The saved index of `collection` with every field asked for, or None (missing, stale or unreadable)."""
     try:
-        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        meta = json.loads(_file(path, ".json").read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT or meta.get("collection") != collection or \
                 not set(fields) <= set(meta["fields"]):
             return None
-        with np.load(path.with_suffix(".npz")) as z:
+        with np.load(_file(path, ".npz")) as z:
             out = {f: FieldValues(tuple(vals), z[f"{f}.names"], z[f"{f}.centroids"], z[f"{f}.counts"])
                    for f, vals in meta["fields"].items()}
         return ValueIndex(collection, out, {str(k): int(v) for k, v in meta["word_df"].items()}, int(meta["items"]))

@@ -137,16 +137,18 @@ class UnderstandConfig:
 
     enabled: bool = True
     fields: tuple[str, ...] = ()  # fields read by encoder similarity; () = [catalogue].category
-    temperature: float = 0.04  # softmax temperature over a field's value similarities
-    threshold: float = 0.4  # similarity of the "none of these" alternative a reading must beat
+    temperature: float = 0.06  # softmax temperature over a field's value similarities
+    threshold: float = 0.5  # similarity of the "none of these" alternative a reading must beat
     name_mix: float = 0.0  # share of the value-name vector in a value's similarity (the rest: its items' centroid)
     min_confidence: float = 0.05  # values read less surely are dropped
     similar_weight: float = 1.0  # weight of a similarity reading (at confidence 1) against an exact word's 1
-    exact_weights: tuple[str, ...] = ()  # "field=weight" for exact words of weakly telling fields (default 1)
+    exact_weights: tuple[str, ...] = ()  # "field=weight" for exact words of weakly telling fields (others 1)
+    neighbours: float = 0.5  # share of a similarity reading taken from the values of the query's nearest items
+    neighbour_k: int = 10  # ... the top this many of the dense list
     spelling: bool = True  # correct words neither the catalogue nor the text encoder knows
     cache: int = 4096  # readings kept per query text (LRU)
     keyword_floor: float = 0.0  # share of [search].keyword_weight kept when keywords match no telling word
-    coverage_power: float = 1.0  # keyword weight x coverage^power
+    coverage_power: float = 0.5  # keyword weight x coverage^power
 
 
 @dataclass(frozen=True)
