@@ -12,7 +12,8 @@ generalises rather than what training saw:
 | rotate | tilted by 5-15 degrees either way, corners filled with the photo's border colour |
 | light | darker and flatter: brightness 0.6-0.8, contrast 0.7-0.9 |
 | background | the product (masked from the near-white border) at 45-75% of the frame on a coloured background |
-| combined | background, then rotate 3-12 degrees, crop to 80-95%, light, a warm or cool colour cast, a slight blur and JPEG quality 60-80: a phone snapshot |
+| combined | background (55-80%), rotate 3-12 degrees, crop to 80-95%, light, a warm or cool cast, a slight  |
+|          | blur and JPEG quality 60-80: a phone snapshot                                                   |
 """
 
 from __future__ import annotations

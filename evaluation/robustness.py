@@ -117,5 +117,5 @@ def run_cross_report(client: Any, index_catalogue: Any, index_type_field: str, o
     log.info("cross-catalogue: P@10 %.4f over %d photos (random %.4f)", np.mean(scores) if scores else 0, len(scores),
              random_p)
     return {"mode": mode, "queries": len(scores), "failed": failed, "p@10": float(np.mean(scores)) if scores else 0.0,
-            "random_p@10": random_p,
+            "random_p@10": random_p, "asked": queries,
             "per_type": {t: {"queries": len(v), "p@10": float(np.mean(v))} for t, v in sorted(per_type.items())}}

@@ -14,7 +14,7 @@ import numpy as np
 from encoders import (create_image_encoder, create_text_encoder, fuse_batch, image_tower_status,
                       text_encoder_key)
 from indexer.reader import Product, Skipped, image_base
-from search.store import ItemRecord
+from search.store.interface import ItemRecord
 from vitrina.config import Config
 from vitrina.errors import ConfigError, ModelUnavailable, VitrinaError
 from vitrina.images import load_image

@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 from indexer.embed import Embedder, load_image_encoder
 from indexer.reader import Product, Skipped, parse_row, read_catalogue
 from indexer.state import load_state, report_path
-from search.store import Store, open_store
+from search.store.factory import open_store
+from search.store.interface import Store
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, VitrinaError
 

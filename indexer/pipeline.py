@@ -20,7 +20,8 @@ from indexer.embed import Embedder, StageTimer, load_image_encoder
 from indexer.reader import Product, Skipped, read_catalogue
 from indexer.state import (ReindexState, RunLock, clear_state, load_state, report_path, save_state,
                            write_json_atomic)
-from search.store import ItemRecord, Store, open_store
+from search.store.factory import open_store
+from search.store.interface import ItemRecord, Store
 from vitrina.config import Config
 from vitrina.errors import StoreError, VitrinaError
 

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-from search.profiles import FILENAME, ProfileStore
+from search.shopper.profiles import FILENAME, ProfileStore
 from vitrina.config import Config
 from vitrina.errors import NotFound
 

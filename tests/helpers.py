@@ -107,7 +107,8 @@ def index_vectors(cfg: Config, rows: Sequence[dict[str, Any]], text: Any, image:
     Returns the open store; the caller closes it.
     """
     from encoders.fusion import fuse_batch
-    from search.store import ItemRecord, open_store
+    from search.store.factory import open_store
+    from search.store.interface import ItemRecord
 
     cat = cfg.catalogue
     fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)

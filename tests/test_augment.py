@@ -136,7 +136,8 @@ def test_pack_round_trip(tmp_path: Path) -> None:
                         skipped=["4"], key="k", ids=[str(i) for i in range(n)])
     back = read_pack(write_pack(data, tmp_path / "p.npz"), workers=2)
     rows = np.concatenate([data.tr_idx, data.dv_idx])
-    assert back.ids == [str(i) for i in rows] and list(back.tr_idx) == list(range(8)) and list(back.dv_idx) == [8, 9, 10]
+    assert back.ids == [str(i) for i in rows]
+    assert list(back.tr_idx) == list(range(8)) and list(back.dv_idx) == [8, 9, 10]
     assert np.abs(back.pixels.astype(int) - pixels[rows].astype(int)).mean() < 3  # lossy, close
     assert np.all(np.sum(back.text_emb * text[rows], axis=1) > 0.999)
     assert list(back.labels) == list(data.labels[rows]) and back.classes == data.classes and back.skipped == ["4"]

@@ -273,10 +273,10 @@ def test_screenshot(page: Any, server: Server) -> None:
 
 
 def test_bench_http_against_live_server(server: Server, tmp_path: Path) -> None:
-    """scripts/bench_http drives the same live server: every phase runs and reports figures."""
+    """benchmarks/http.py drives the same live server: every phase runs and reports figures."""
     import argparse
 
-    from scripts import bench_http
+    from benchmarks import http as bench_http
 
     queries = tmp_path / "queries.csv"
     queries.write_text("query_id,query\nq1,red shoes\nq2,black watches\nq3,blue jeans\n", encoding="utf-8")

@@ -19,7 +19,8 @@ import pytest
 
 from indexer.pipeline import reindex, versions_of
 from indexer.state import load_state, report_path, state_path
-from search.store import KeywordQuery, open_store
+from search.store.factory import open_store
+from search.store.interface import KeywordQuery
 from tests.helpers import make_config, product_rows, write_catalogue
 from vitrina.config import Config
 from vitrina.errors import StoreError, VitrinaError

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from search.fusion_weights import FusionParams, FusionWeights, QuerySignals, fusion_weights
-from search.query_parse import parse_constraints, parse_price, with_price
-from search.spelling import Speller, damerau, deletes
-from search.store import Filters, Hit
-from search.understand import AttributeMatcher
+from search.query.fusion_weights import FusionParams, FusionWeights, QuerySignals, fusion_weights
+from search.query.query_parse import parse_constraints, parse_price, with_price
+from search.query.spelling import Speller, damerau, deletes
+from search.store.interface import Filters, Hit
+from search.query.understand import AttributeMatcher
 
 MATCHER = AttributeMatcher({"baseColour": ["Black", "Navy Blue", "White", "Red", "Gold"],
                             "articleType": ["Heels", "Tshirts", "Watches"], "gender": ["Men", "Women"]})
@@ -150,7 +150,7 @@ def hits(ids: str, payload: dict[str, Any] | None = None) -> list[Hit]:
 
 
 def test_hybrid_rows_against_a_naive_fusion() -> None:
-    from search.hybrid import hybrid_rows
+    from search.query.hybrid import hybrid_rows
 
     rnd = random.Random(2)
     for _ in range(40):

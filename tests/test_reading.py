@@ -64,14 +64,14 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def service(shop: Any) -> Any:
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
     cfg, store, _ = shop
     return SearchService(cfg, store=store)
 
 
 def search(service: Any, q: str, **kw: Any) -> dict[str, Any]:
-    from search.request import parse_search
+    from search.query.request import parse_search
 
     return service.search(parse_search({"q": [q], **{k: [str(v)] for k, v in kw.items()}}, service.cfg))
 
@@ -108,7 +108,7 @@ def test_synonym_reading_moves_the_right_kind_up_and_is_explained(service: Any, 
 
 
 def test_weak_reading_is_ignored(service: Any, shop: Any) -> None:
-    from search.reading import similar_values
+    from search.query.reading import similar_values
 
     reader = service.reader()
     s = reader.settings
@@ -179,7 +179,7 @@ def test_price_in_the_query_filters(service: Any, shop: Any) -> None:
 
 
 def test_reading_is_cached_and_value_index_built_once(service: Any, shop: Any, monkeypatch: Any) -> None:
-    from search import value_index
+    from search.query import value_index
 
     cfg, store, _ = shop
     first = service.read_query("scent for her")
@@ -188,7 +188,7 @@ def test_reading_is_cached_and_value_index_built_once(service: Any, shop: Any, m
     saved = cfg.data_dir / "understand" / f"{collection}.values.json"
     assert saved.is_file()
     # a fresh service reads the saved index: no scroll of the collection
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
     monkeypatch.setattr(value_index, "build_value_index", lambda *a, **k: pytest.fail("rebuilt"))
     again = SearchService(cfg, store=store)

@@ -18,10 +18,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from search.store import (DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Store, open_store,
-                          point_id)
-from search.store_edge import EdgeStore
-from search.store_qdrant import QdrantStore
+from search.store.edge import EdgeStore
+from search.store.factory import open_store
+from search.store.interface import DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Store, point_id
+from search.store.qdrant import QdrantStore
 from tests.helpers import make_config
 from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError
@@ -415,7 +415,7 @@ def test_edge_lock_held_by_another_process(fast_dir: Path) -> None:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from search.store_edge import EdgeStore
+        from search.store.edge import EdgeStore
         s = EdgeStore(Path({str(fast_dir)!r}))
         s.count("c1")
         print("ready", flush=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 from flask import Flask
 
-from search.engine import SearchService
-from search.store import Store
+from search.query.engine import SearchService
+from search.store.interface import Store
 from vitrina.config import Config, load_config
 from web.deps import api_keys
 from web.errors import register_error_handlers

@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.request import EVENTS, parse_events
+from search.query.request import EVENTS, parse_events
 from vitrina.errors import BadInput
 from web.deps import get_config, get_service, requires_key
 from web.openapi import spec

@@ -7,7 +7,7 @@ import mimetypes
 from flask import Blueprint, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 
-from search.request import parse_filters, parse_item_id
+from search.query.request import parse_filters, parse_item_id
 from vitrina.errors import BadInput
 from web.deps import args_lists, get_config, get_service
 from web.openapi import Param, spec

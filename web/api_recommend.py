@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.recommend import SOURCES, Recommender
-from search.request import parse_filters, parse_item_id, parse_user_id
+from search.query.request import parse_filters, parse_item_id, parse_user_id
+from search.shopper.recommend import SOURCES, Recommender
 from vitrina.errors import BadInput
 from web.deps import args_lists, get_config, get_service
 from web.openapi import Param, spec

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.request import MODES, flatten_json, parse_search
+from search.query.request import MODES, flatten_json, parse_search
 from vitrina.errors import BadInput
 from web.deps import args_lists, get_config, get_service
 from web.openapi import Param, spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from search.request import parse_user_id
+from search.query.request import parse_user_id
 from web.deps import get_service, requires_key
 from web.openapi import Param, spec
 

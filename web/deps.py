@@ -9,7 +9,7 @@ from typing import Any, Callable, TypeVar
 
 from flask import current_app, request
 
-from search.engine import SearchService
+from search.query.engine import SearchService
 from vitrina.config import Config
 from vitrina.errors import Unauthorized
 

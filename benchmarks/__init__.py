@@ -1,0 +1,1 @@
+"""Benchmarks, one module each (`add_arguments(parser)`, `run(cfg, args)`), run as `vitrina bench NAME`."""
