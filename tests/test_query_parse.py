@@ -174,3 +174,15 @@ def test_hybrid_rows_against_a_naive_fusion() -> None:
         assert [e for _, e in got] == sorted((e for _, e in got), reverse=True)
         black = [n for n, (i, _) in enumerate(got) if i in "aeiou"]
         assert not black or min(black) == len(got) - len(black)  # every ruled-out item after every other
+
+
+def test_keyword_text_fields_name_payload_keys() -> None:
+    from search.query.reading import keyword_text_fields
+    from vitrina.config import load_config
+
+    cfg = load_config(env={}).replace(catalogue={
+        "title": "prod_name", "description": "detail_desc", "category": "product_type_name", "brand": "",
+        "attributes": ("product_type_name", "colour_group_name"),
+        "keyword_fields": ("prod_name", "product_type_name", "colour_group_name", "detail_desc")})
+    # the indexer stores the title and description columns as "title" and "description", attributes as named
+    assert keyword_text_fields(cfg) == ("title", "product_type_name", "colour_group_name", "description")

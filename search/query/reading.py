@@ -238,8 +238,12 @@ def keyword_coverage(reading: Reading, hits: Sequence[Any], fields: Sequence[str
 
 
 def keyword_text_fields(cfg: Config) -> tuple[str, ...]:
-    """The payload fields an item's keyword text is made of (title first)."""
-    return tuple(dict.fromkeys((cfg.catalogue.title,) + tuple(cfg.catalogue.keyword_fields)))
+    """The payload keys an item's keyword text is made of, title first: the indexer stores the title, description,
+    category and brand columns under those names, and attribute columns under their own."""
+    cat = cfg.catalogue
+    stored = {cat.title: "title", cat.description: "description", cat.category: "category", cat.brand: "brand"}
+    fields = [f if f in cat.attributes else stored.get(f, f) for f in cat.keyword_fields if f]
+    return tuple(dict.fromkeys(["title", *fields]))
 
 
 def reader_settings(cfg: Config) -> ReaderSettings:

@@ -48,6 +48,7 @@ class ValueIndex:
     fields: dict[str, FieldValues]
     word_df: dict[str, int]  # lower-case word -> items whose keyword text holds it
     items: int
+    text_fields: tuple[str, ...] = ()  # the payload fields the words were read from
 
     def __post_init__(self) -> None:
         folded: dict[str, int] = defaultdict(int)
@@ -109,7 +110,7 @@ def build_value_index(store: Store, alias: str, collection: str, fields: Sequenc
         out[f] = FieldValues(values, names, cent, np.array([counts[f][v] for v in values], dtype=np.int64))
     log.info("value index of %s: %d items, %s values, %d words in %.1fs", collection, items,
              {f: len(v.values) for f, v in out.items()}, len(df), time.perf_counter() - t0)
-    return ValueIndex(collection, out, dict(df), items)
+    return ValueIndex(collection, out, dict(df), items, tuple(text_fields))
 
 
 def _file(path: Path, ext: str) -> Path:
@@ -121,7 +122,7 @@ def save_value_index(index: ValueIndex, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, object] = {"format": FORMAT, "collection": index.collection, "items": index.items,
-                               "word_df": index.word_df, "fields": {}}
+                               "text_fields": list(index.text_fields), "word_df": index.word_df, "fields": {}}
     for f, fv in index.fields.items():
         meta["fields"][f] = list(fv.values)  # type: ignore[index]
         arrays[f"{f}.names"], arrays[f"{f}.centroids"], arrays[f"{f}.counts"] = fv.names, fv.centroids, fv.counts
@@ -132,17 +133,20 @@ def save_value_index(index: ValueIndex, path: Path) -> None:
     tmp_json.replace(_file(path, ".json"))
 
 
-def load_value_index(path: Path, collection: str, fields: Sequence[str]) -> ValueIndex | None:
-    """The saved index of `collection` with every field asked for, or None (missing, stale or unreadable)."""
+def load_value_index(path: Path, collection: str, fields: Sequence[str], text_fields: Sequence[str] = ()
+                     ) -> ValueIndex | None:
+    """The saved index of `collection` with every field asked for, its words read from `text_fields`, or None
+    (missing, stale or unreadable)."""
     try:
         meta = json.loads(_file(path, ".json").read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT or meta.get("collection") != collection or \
-                not set(fields) <= set(meta["fields"]):
+                not set(fields) <= set(meta["fields"]) or meta.get("text_fields") != list(text_fields):
             return None
         with np.load(_file(path, ".npz")) as z:
             out = {f: FieldValues(tuple(vals), z[f"{f}.names"], z[f"{f}.centroids"], z[f"{f}.counts"])
                    for f, vals in meta["fields"].items()}
-        return ValueIndex(collection, out, {str(k): int(v) for k, v in meta["word_df"].items()}, int(meta["items"]))
+        return ValueIndex(collection, out, {str(k): int(v) for k, v in meta["word_df"].items()}, int(meta["items"]),
+                          tuple(text_fields))
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.info("value index at %s not usable (%s): rebuilding", path, e)
         return None
@@ -152,7 +156,7 @@ def value_index_for(store: Store, alias: str, collection: str, fields: Sequence[
                     encode: Encode, folder: Path, split_field: str = "") -> ValueIndex:
     """The saved value index of the collection, or a new one built and saved (once per index build)."""
     path = folder / f"{collection}.values"
-    found = load_value_index(path, collection, fields)
+    found = load_value_index(path, collection, fields, text_fields)
     if found is not None:
         return found
     index = build_value_index(store, alias, collection, fields, text_fields, encode, split_field)
