@@ -3,13 +3,12 @@ negations, the value index kept per collection, and what the API shows."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.helpers import index_vectors, make_config, write_catalogue
+from tests.helpers import index_with_minilm, make_config, write_catalogue
 
 # a small shop: a few items of each kind, titles as a catalogue writes them
 KINDS = {
@@ -48,16 +47,12 @@ def shop_rows() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from encoders import create_text_encoder
-
     folder = tmp_path_factory.mktemp("reading")
     rows = shop_rows()
     # the split is stored as the indexer stores it, so the held-out test item can be left out of the value index
     cfg = make_config(folder, write_catalogue(folder / "shop", rows))
     cfg = cfg.replace(catalogue={"attributes": ("gender", "articleType", "baseColour", "split")})
-    cat = cfg.catalogue
-    text = create_text_encoder(cfg).encode([" ".join(str(r[f]) for f in cat.text_fields) for r in rows])
-    store = index_vectors(cfg, rows, text, text.copy())
+    store = index_with_minilm(cfg, rows, image_noise=False)
     yield cfg, store, rows
     store.close()
 
@@ -104,6 +99,8 @@ def test_synonym_reading_moves_the_right_kind_up_and_is_explained(service: Any, 
     similar = [n for n in notes if n["how"] == "similar"]
     assert similar and similar[0]["values"]["articleType"][0] == "Sunglasses" and similar[0]["words"] == "shades"
     assert resp["understood"]["weights"]["vector"] > 0
+    # no title holds "shades": the keywords cover none of it and get no weight
+    assert resp["understood"]["signals"]["keyword_coverage"] == 0.0 and resp["understood"]["weights"]["keyword"] == 0
     assert all(r["explain"]["attributes"] > 0 for r in resp["results"])
 
 

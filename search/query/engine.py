@@ -223,10 +223,10 @@ class SearchService:
             u = self.cfg.understand
             reading = reading.with_neighbours(dense, u.neighbours, u.neighbour_k)
             named = reading.named()
-            weights = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
+            weights, signals = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
             share, excluded = reading.share, (reading.excluded if reading.exclude else None)
             if about is not None:
-                about.update(reading.explain(), weights=weights.as_dict())
+                about.update(reading.explain(), weights=weights.as_dict(), signals=signals.as_dict())
         else:
             named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
             weights = FusionWeights(s.keyword_weight, s.vector_weight, s.attribute_weight)

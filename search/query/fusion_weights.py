@@ -15,6 +15,11 @@ class QuerySignals:
     exact_share: float = 0.0  # share of the content words named word for word as attribute values
     confidence: float = 0.0  # the surest similarity reading
 
+    def as_dict(self) -> dict[str, float]:
+        """As the API shows them (e.g. as features for a learned ranker)."""
+        return {"words": self.words, "keyword_coverage": round(self.keyword_coverage, 4),
+                "exact_share": round(self.exact_share, 4), "confidence": round(self.confidence, 4)}
+
 
 @dataclass(frozen=True)
 class FusionParams:

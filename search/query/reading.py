@@ -280,10 +280,12 @@ def open_reader(cfg: Config, store: Any, alias: str, collection: str, matcher: A
     return QueryReader(values, matcher, settings, whole.__contains__ if whole is not None else None)
 
 
-def hybrid_weights(cfg: Config, reading: Reading, keyword: Sequence[Any], values: ValueIndex) -> FusionWeights:
-    """The fusion weights of a read query: [search]'s base weights, the keyword one following how much of the
-    query the keyword hits cover (search.query.fusion_weights)."""
+def hybrid_weights(cfg: Config, reading: Reading, keyword: Sequence[Any], values: ValueIndex
+                   ) -> tuple[FusionWeights, QuerySignals]:
+    """The fusion weights of a read query, and the signals they follow: [search]'s base weights, the keyword one
+    following how much of the query the keyword hits cover (search.query.fusion_weights)."""
     s, u = cfg.search, cfg.understand
     params = FusionParams(s.keyword_weight, s.vector_weight, s.attribute_weight, u.keyword_floor, u.coverage_power)
     coverage = keyword_coverage(reading, keyword, keyword_text_fields(cfg), values)
-    return fusion_weights(QuerySignals(len(reading.words), coverage, reading.exact_share, reading.confidence), params)
+    signals = QuerySignals(len(reading.words), coverage, reading.exact_share, reading.confidence)
+    return fusion_weights(signals, params), signals
