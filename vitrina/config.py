@@ -132,7 +132,7 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class UnderstandConfig:
-    """Hybrid text queries: how they are read (search.reading) and how the read query weighs the lists
+    """Hybrid text queries: how they are read (search.query.reading) and how the read query weighs the lists
     (search.fusion_weights)."""
 
     enabled: bool = True
