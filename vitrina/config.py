@@ -73,6 +73,7 @@ class ImageEncoderConfig:
     batch_size: int = 128
     flip_average: bool = False  # each photo's vector = mean of it and its mirror image (test-time augmentation)
     autocontrast: bool = False  # stretch each photo's levels (1st-99th percentile to 0-255) before the tower
+    trim_borders: bool = False  # crop each photo to its content (uniform background edges cut) before the tower
 
 
 @dataclass(frozen=True)
