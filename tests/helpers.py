@@ -128,3 +128,20 @@ def index_vectors(cfg: Config, rows: Sequence[dict[str, Any]], text: Any, image:
         store.close()
         raise
     return store
+
+
+def index_with_minilm(cfg: Config, rows: Sequence[dict[str, Any]], image_noise: bool = True) -> Any:
+    """Index rows with real MiniLM text vectors of their text fields (see index_vectors); image vectors stand in
+    for a trained tower's: the text vector plus as much random noise (seeded), or the text vector itself.
+    Returns the open store; the caller closes it."""
+    import numpy as np
+
+    from encoders import create_text_encoder
+
+    text = create_text_encoder(cfg).encode([" ".join(str(r[f]) for f in cfg.catalogue.text_fields) for r in rows])
+    image = text.copy()
+    if image_noise:
+        noise = np.random.default_rng(0).normal(size=text.shape).astype(np.float32)
+        image = text + noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        image /= np.linalg.norm(image, axis=1, keepdims=True)
+    return index_vectors(cfg, rows, text, image)

@@ -158,6 +158,17 @@ def test_text_search_renders_product_images(page: Any) -> None:
     assert page.is_hidden("#load-more")
 
 
+def test_the_page_says_how_the_query_was_read(page: Any) -> None:
+    search(page, "shooes not red")
+    page.wait_for_selector("#understood:not([hidden])")
+    line = page.inner_text("#understood")
+    assert "Searched for “shoes” (you typed “shooes”)" in line and "not Red" in line, line
+    metas = page.eval_on_selector_all("#grid .card .card-meta", "els => els.map(e => e.textContent)")
+    assert metas and "Red" not in metas[0]
+    search(page, "shoes")  # nothing to say: the line goes away
+    page.wait_for_selector("#understood", state="hidden")
+
+
 def test_facet_chip_filters_results(page: Any) -> None:
     search(page, "shoes")
     chip = page.locator("#facets .facet-chip", has_text="Women").first

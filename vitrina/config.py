@@ -132,6 +132,27 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class UnderstandConfig:
+    """Hybrid text queries: how they are read (search.query.reading) and how the read query weighs the lists
+    (search.fusion_weights)."""
+
+    enabled: bool = True
+    fields: tuple[str, ...] = ()  # fields read by encoder similarity; () = [catalogue].category
+    temperature: float = 0.06  # softmax temperature over a field's value similarities
+    threshold: float = 0.5  # similarity of the "none of these" alternative a reading must beat
+    name_mix: float = 0.0  # share of the value-name vector in a value's similarity (the rest: its items' centroid)
+    min_confidence: float = 0.05  # values read less surely are dropped
+    similar_weight: float = 1.0  # weight of a similarity reading (at confidence 1) against an exact word's 1
+    exact_weights: tuple[str, ...] = ()  # "field=weight" for exact words of weakly telling fields (others 1)
+    neighbours: float = 0.5  # share of a similarity reading taken from the values of the query's nearest items
+    neighbour_k: int = 10  # ... the top this many of the dense list
+    spelling: bool = True  # correct words neither the catalogue nor the text encoder knows
+    cache: int = 4096  # readings kept per query text (LRU)
+    keyword_floor: float = 0.0  # share of [search].keyword_weight kept when keywords match no telling word
+    coverage_power: float = 0.5  # keyword weight x coverage^power
+
+
+@dataclass(frozen=True)
 class PersonalConfig:
     half_life_days: float = 30.0
     view: float = 0.25
@@ -222,6 +243,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     indexer: IndexerConfig = IndexerConfig()
     search: SearchConfig = SearchConfig()
+    understand: UnderstandConfig = UnderstandConfig()
     personal: PersonalConfig = PersonalConfig()
     recommend: RecommendConfig = RecommendConfig()
     web: WebConfig = WebConfig()
