@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from indexer.reader import Product, Skipped, image_base, mapped_columns, parse_row
+from search.request import parse_item_id
 from search.store import ID_FIELD, PRICE_FIELD
 from vitrina.config import Config
 from vitrina.errors import BadInput
@@ -134,6 +135,10 @@ def parse_item(cfg: Config, record: Any, row: int = 0, trusted: bool = False) ->
     parsed = parse_row(cat, record, row)
     if isinstance(parsed, Skipped):
         raise ItemError(parsed.id or item_id, parsed.reason, "fix the item and send it again")
+    try:
+        parse_item_id(parsed.id, "id")
+    except BadInput as e:
+        raise ItemError(parsed.id, e.message, e.detail) from e
     check_image(cfg, parsed.id, parsed.image, trusted)
     source = {k: v for k, v in record.items() if v is not None}
     return ItemInput(product=parsed, extra={k: v for k, v in extra.items() if v is not None}, source=source)

@@ -238,6 +238,9 @@ def write_items(writer: ItemWriter, records: Sequence[Any], trusted: bool = Fals
     parsed: list[ItemInput] = []
     results: list[ItemResult | None] = []
     for n, record in enumerate(records):
+        if isinstance(record, ItemError):  # failed before it could be read (e.g. a line that is not JSON)
+            results.append(failed(record.item_id, record))
+            continue
         try:
             parsed.append(parse_item(cfg, record, rows[n] if rows else n + 1, trusted))
             results.append(None)
@@ -253,6 +256,9 @@ def patch_items(writer: ItemWriter, changes: Sequence[Any]) -> list[ItemResult]:
     valid: dict[str, dict[str, Any]] = {}
     results: list[ItemResult | str] = []
     for change in changes:
+        if isinstance(change, ItemError):
+            results.append(failed(change.item_id, change))
+            continue
         item_id = item_id_of(change, cfg)
         try:
             if not item_id:

@@ -29,7 +29,7 @@ RESULTS_SCHEMA = {
                    "took_ms": {"type": "number"},
                    "facets": {"type": "object", "additionalProperties": {
                        "type": "object", "additionalProperties": {"type": "integer"}}}}}
-_STATUS_TEXT = {200: "OK", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
+_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
                 413: "Too large", 415: "Unsupported media type", 422: "Image cannot be decoded",
                 503: "Model or index unavailable"}
 
