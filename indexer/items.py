@@ -130,7 +130,7 @@ def parse_item(cfg: Config, record: Any, row: int = 0, trusted: bool = False) ->
             check_scalar(item_id, name, value)
         elif name == PRICE_FIELD:  # no price column mapped: still a price, stored under the same key
             extra[PRICE_FIELD] = check_price(item_id, value)
-        else:
+        elif value is not None and value != "":  # an empty cell of an unmapped CSV column is no field
             extra[name] = check_extra(item_id, name, value)
     parsed = parse_row(cat, record, row)
     if isinstance(parsed, Skipped):

@@ -154,12 +154,13 @@ class _Writer(threading.Thread):
         self.timer.add("flush", time.perf_counter() - t0)
 
 
-def _progress(total: int | None, initial: int, enabled: bool) -> Any:
+def progress_bar(total: int | None, initial: int, enabled: bool, desc: str = "reindex") -> Any:
+    """A tqdm bar on stderr (in a log file: a line every 30 s instead of a live bar)."""
     from tqdm import tqdm
 
-    tty = sys.stderr.isatty()  # in a log file: a line every 30 s instead of a live bar
+    tty = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, unit="item", dynamic_ncols=tty, disable=not enabled,
-                smoothing=0.1, file=sys.stderr, desc="reindex", mininterval=0.5 if tty else 30.0,
+                smoothing=0.1, file=sys.stderr, desc=desc, mininterval=0.5 if tty else 30.0,
                 ascii=not tty)
 
 
@@ -247,7 +248,7 @@ def _fill(cfg: Config, store: Store, state: ReindexState, embedder: Embedder, ro
     if limit > 0:
         rows = (r for i, r in enumerate(rows) if i < limit)
     writer = _Writer(cfg, store, state, timer, cfg.indexer.checkpoint_every)
-    bar = _progress(total, state.position, progress)
+    bar = progress_bar(total, state.position, progress)
     writer.start()
     try:
         ahead: tuple[int, list[Product], list[Skipped], list[Any]] | None = None
