@@ -12,7 +12,6 @@ the writes made since the catalogue file was written (see indexer/handover.py).
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import sqlite3
@@ -28,6 +27,7 @@ import numpy as np
 from search.store import ItemRecord
 from vitrina.config import Config
 from vitrina.errors import StoreError
+from vitrina.locks import flock_within
 
 OPS = ("upsert", "patch", "delete")
 _SCHEMA = """
@@ -142,15 +142,9 @@ class ChangeLog:
         try:
             fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise StoreError("the write lock is held by another process (a reindex handing "
-                                             "over, or another writer)", detail=f"waited {wait:g} s") from None
-                        time.sleep(0.005)
+                if not flock_within(fd, deadline - time.monotonic(), poll_s=0.005):
+                    raise StoreError("the write lock is held by another process (a reindex handing over, or "
+                                     "another writer)", detail=f"waited {wait:g} s")
                 yield
             finally:
                 os.close(fd)  # releases the flock

@@ -196,3 +196,18 @@ class ServeProcess:
         self.proc.kill()
         self.proc.wait(timeout=60)
         self._out.close()
+
+
+def kill_when_settled(proc: subprocess.Popen[bytes], cfg: Config, rows: int, timeout_s: float = 120.0) -> None:
+    """SIGKILL a running `vitrina reindex` once its checkpoint has settled `rows` catalogue rows."""
+    from indexer.state import load_state, state_path
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = load_state(cfg) if state_path(cfg).exists() else None
+        if state is not None and state.position >= rows:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -18,9 +17,9 @@ from urllib.parse import quote
 import pytest
 
 from indexer.pipeline import reindex
-from indexer.state import load_state, state_path
+from indexer.state import load_state
 from search.store import open_store
-from tests.helpers import ServeProcess, http_json, make_config, product_rows, write_catalogue
+from tests.helpers import ServeProcess, http_json, kill_when_settled, make_config, product_rows, write_catalogue
 from tests.test_indexer import write_config
 from tests.tiny_models import write_tiny_checkpoint
 
@@ -117,15 +116,7 @@ def run_reindex(config: Path, kill_at: int | None, cfg: Any) -> None:
     cmd = [sys.executable, "-m", "scripts.cli", "--config", str(config), "reindex", "--no-progress"]
     if kill_at is not None:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = load_state(cfg) if state_path(cfg).exists() else None
-            if state is not None and state.position >= kill_at:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, (proc.stdout.read() if proc.stdout else b"").decode()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_when_settled(proc, cfg, kill_at, timeout_s=300)
         state = load_state(cfg)
         assert state is not None and 0 < state.position < N
         time.sleep(2.0)  # writes go on meanwhile, into the live collection and the log
