@@ -138,6 +138,10 @@ class ItemWriter:
         finally:
             self._checkpointing.release()
 
+    def warm(self) -> None:
+        """Load the encoders a first write needs now (e.g. before serving)."""
+        self.embedder(live_collection(self.cfg, self.store))
+
     def recover(self) -> str:
         """Bring the live collection up to the end of the log now (e.g. at start, after a crash)."""
         with self.log.locked():

@@ -124,6 +124,8 @@ def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool) -> in
         try:
             with app.app_context():
                 writer().recover()
+                if preload:
+                    writer().warm()
         except VitrinaError as e:
             log.warning("writes not checked against the change log yet: %s", e.message)
         waitress.serve(app, sockets=[sock], threads=threads, ident="vitrina",
