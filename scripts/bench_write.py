@@ -9,6 +9,7 @@ import json
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +21,9 @@ from scripts.cmd_bench import standalone  # noqa: E402
 from scripts.live_client import ServiceClient, api_key  # noqa: E402
 from vitrina.config import Config  # noqa: E402
 from vitrina.errors import BadInput  # noqa: E402
+
+
+MAX_IN_FLIGHT = 16  # paced writes: requests waiting for an answer at once
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +61,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     errors = 0
     cpu0 = process_cpu_s(args.server_pid) if args.server_pid else None
     t0 = time.perf_counter()
-    if args.rate > 0:  # paced: one request per batch, on a fixed schedule
+    if args.rate > 0:  # paced: a batch every batch_size / rate seconds, whatever the answers' latency (open loop)
         interval = args.batch_size / args.rate
         due = t0
-        while time.perf_counter() - t0 < args.duration:
-            due += interval
-            errors += _send(client, [next(source) for _ in range(args.batch_size)], written, latencies)
-            time.sleep(max(0.0, due - time.perf_counter()))
+        with ThreadPoolExecutor(MAX_IN_FLIGHT) as pool:
+            sent = []
+            while time.perf_counter() - t0 < args.duration:
+                batch = [next(source) for _ in range(args.batch_size)]
+                sent.append(pool.submit(_send, client, batch, written, latencies))
+                due += interval
+                time.sleep(max(0.0, due - time.perf_counter()))
+            errors += sum(f.result() for f in sent)
     else:
         for _ in range(args.batches):
             errors += _send(client, [next(source) for _ in range(args.batch_size)], written, latencies)

@@ -270,3 +270,34 @@ def test_profiles_need_the_key_and_writes_are_documented(client: FlaskClient) ->
     assert {"application/json", "application/x-ndjson", "multipart/form-data"} <= set(post["requestBody"]["content"])
     assert {"200", "201", "400", "413", "415", "422"} <= set(post["responses"])
     assert "security" not in one["get"]
+
+
+def test_the_same_writes_on_the_qdrant_backend(tmp_path: Path) -> None:
+    """Writes through qdrant-client (local mode here; a server by URL takes the same calls): each write is
+    durable when answered, so the collection's checkpoint follows the log at once."""
+    from tests.helpers import index_vectors
+    from web import create_app
+    from web.api_write import close_writer
+
+    rows = product_rows(6)
+    cfg = make_config(tmp_path, write_catalogue(tmp_path / "shop", rows), store={"backend": "qdrant",
+                                                                                 "path": ":memory:"})
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((6, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = index_vectors(cfg, rows, vecs, vecs)
+    app = create_app(cfg, store=store, TESTING=True)
+    c = app.test_client()
+    try:
+        assert c.post("/api/items", json=product("q1")).status_code == 201  # no keys configured, loopback
+        assert c.get("/api/items/q1").get_json()["title"].endswith("q1")
+        assert "q1" in ids(c.get("/api/search", query_string={"q": "zebracorn", "mode": "keyword"}))
+        assert c.patch("/api/items/q1", json={"stock": 2}).get_json()["items"][0]["status"] == "updated"
+        assert c.get("/api/items/q1").get_json()["attributes"]["stock"] == 2
+        assert c.delete("/api/items", json=["q1", "1000"]).get_json()["counts"] == {"deleted": 2}
+        assert store.count(cfg.store.alias) == 5
+        with ChangeLog.for_config(cfg) as changelog:
+            assert changelog.applied(store.get_alias(cfg.store.alias)) == changelog.max_seq() == 4
+    finally:
+        close_writer(app)
+        store.close()
