@@ -126,13 +126,13 @@ class ItemWriter:
             return
         try:
             self._checkpoint_at = time.monotonic()
+            live = self.store.get_alias(self.cfg.store.alias)
             for collection, seq in list(self._applied.items()):
-                if seq > self._durable.get(collection, -1):
-                    try:
-                        self.store.flush(collection)
-                    except StoreError as e:  # e.g. dropped by a reindex after the alias moved on
-                        log.info("no checkpoint for %s: %s", collection, e.message)
-                        continue
+                if collection != live:  # a reindex moved the alias on: its replay covered this one's writes
+                    self._applied.pop(collection, None)
+                    self._durable.pop(collection, None)
+                elif seq > self._durable.get(collection, -1):
+                    self.store.flush(collection)
                     self.log.set_applied(collection, seq)
                     self._durable[collection] = seq
         finally:
