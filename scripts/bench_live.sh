@@ -30,9 +30,16 @@ start() {  # start PORT [env...]: vitrina serve in the background, wait for /hea
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0; sleep 0.5; done
   echo "server on $port did not start:"; tail -20 "$WORK/serve-$port.log"; exit 1
 }
+cpu_s() {  # CPU seconds the serving processes (PIDS) have used so far
+  local total=0
+  for p in "${PIDS[@]}"; do total=$(awk -v t="$total" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' \
+    "/proc/$p/stat"); done
+  echo "$total"
+}
 wrk_phase() {  # wrk_phase NAME CLIENTS SLICE URL...: one wrk per URL at once (CLIENTS split between them)
   local name=$1 clients=$2 slice=$3; shift 3
-  local per=$((clients / $#)) outs=() jobs=()
+  local per=$((clients / $#)) outs=() jobs=() cpu0 t0
+  cpu0=$(cpu_s) t0=$(date +%s.%N)
   for url in "$@"; do
     local out="$WORK/wrk-${name//[^a-z0-9-]/_}-$clients-${url##*:}.json"
     QUERIES="$WORK/queries-$slice.txt" WRK_THREADS=$((per < 4 ? per : 4)) \
@@ -41,11 +48,14 @@ wrk_phase() {  # wrk_phase NAME CLIENTS SLICE URL...: one wrk per URL at once (C
     outs+=("$out") jobs+=($!)
   done
   wait "${jobs[@]}"
-  "$PY" - "$name" "$clients" "${outs[@]}" <<'EOF'
+  local busy
+  busy=$(awk -v c0="$cpu0" -v c1="$(cpu_s)" -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {print (c1 - c0) / (t1 - t0)}')
+  "$PY" - "$name" "$clients" "$busy" "${outs[@]}" <<'EOF'
 import json, sys
-name, clients, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+name, clients, busy, files = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
 rows = [json.loads(open(f).read()) for f in files]
 print(json.dumps({"phase": name, "clients": int(clients), "rps": round(sum(r["rps"] for r in rows), 1),
+                  "server_cores_busy": round(busy, 2),
                   "p50_ms": max(r["p50_ms"] for r in rows), "p95_ms": max(r["p95_ms"] for r in rows),
                   "p99_ms": max(r["p99_ms"] for r in rows), "requests": sum(r["requests"] for r in rows),
                   "errors": sum(r["socket_errors"] + r["non_2xx"] for r in rows), "processes": len(rows)}))

@@ -23,7 +23,7 @@ from vitrina.config import Config  # noqa: E402
 from vitrina.errors import BadInput  # noqa: E402
 
 
-MAX_IN_FLIGHT = 16  # paced writes: requests waiting for an answer at once
+MAX_IN_FLIGHT = 2  # paced writes: at most this many requests waiting for an answer (a shop feed, not a flood)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
