@@ -55,8 +55,10 @@ class Server:
                               "form": request.form.to_dict(flat=False), "files": list(request.files)})
 
     def get_json(self, path: str) -> tuple[int, Any]:
+        """GET with the write key (a shopper's profile needs it)."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {KEY}"})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")

@@ -200,6 +200,14 @@ class WebConfig:
     threads: int = 8
     api_keys: tuple[str, ...] = ()  # when set, writes need Authorization: Bearer KEY
     api_keys_env: str = "VITRINA_API_KEYS"  # comma-separated keys, added to api_keys
+    open_writes: bool = False  # true: `vitrina serve` may listen beyond loopback with no API key (writes open to all)
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    max_items: int = 1000  # items (or ids) in one write request
+    flush_s: float = 1.0  # edge: shard flush + log checkpoint at most this often (the change log is fsync'd per write)
+    lock_timeout_s: float = 60.0  # longest wait for the write lock (a reindex holds it while it hands over)
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,7 @@ class Config:
     recommend: RecommendConfig = RecommendConfig()
     web: WebConfig = WebConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    live: LiveConfig = LiveConfig()
     source: str = ""  # the file this was read from ("" = built-in defaults)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:

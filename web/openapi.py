@@ -37,7 +37,7 @@ RESULTS_SCHEMA = {
                                                  "readings": {"type": "array", "items": {"type": "object"}},
                                                  "weights": {"type": "object"}, "signals": {"type": "object"},
                                                  "corrected": {"type": "object"}}}}}
-_STATUS_TEXT = {200: "OK", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
+_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
                 413: "Too large", 415: "Unsupported media type", 422: "Image cannot be decoded",
                 503: "Model or index unavailable"}
 
