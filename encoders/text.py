@@ -167,6 +167,14 @@ class TextEncoder:
                  f" + tuned layers {cfg.tuned_layers}" if cfg.tuned_layers else "", self.device,
                  "bf16" if self.bf16 else "fp32", self.max_length, time.perf_counter() - t0)
 
+    def whole_words(self) -> frozenset[str]:
+        """The words the tokenizer holds whole (no '##' pieces, letters only): words the model knows as such."""
+        words = getattr(self, "_whole_words", None)
+        if words is None:
+            words = frozenset(w for w in self._tokenizer.get_vocab() if w.isalpha())
+            self._whole_words = words
+        return words
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
         if isinstance(texts, str):

@@ -1,4 +1,4 @@
-"""`vitrina evaluate`: runs the report sections through the API, checks issue-5 targets, writes JSON + PNG."""
+"""`vitrina evaluate`: runs the report sections through the API, checks the issues' targets, writes JSON + PNG."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from vitrina.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("text", "image", "personal", "recommend")
+SECTIONS = ("text", "natural", "image", "personal", "recommend")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class EvalOptions:
     queries: Path | None = None  # default: queries_dev.csv next to the catalogue
     qrels: Path | None = None  # default: qrels_dev.csv next to the catalogue
     modes: tuple[str, ...] = ("keyword", "text", "image", "vector", "hybrid")
+    natural: Path | None = None  # default: evaluation/natural_queries.csv of the repository
+    natural_modes: tuple[str, ...] = ("keyword", "text", "vector", "hybrid")
     k: int = 100
     image_queries: int = 500
     image_split: str = "dev"
@@ -56,7 +58,7 @@ class EvalOptions:
 
 @dataclass(frozen=True)
 class Target:
-    """One issue-5 target: a value read from the report, and the least it should reach."""
+    """One target of an issue: a value read from the report, and the least it should reach."""
 
     name: str
     at_least: float
@@ -80,6 +82,12 @@ def _vector_margin(r: dict[str, Any]) -> float | None:
     return vec - max(text, img if img is not None else float("-inf"))
 
 
+def _natural_margin(metric: str) -> Callable[[dict[str, Any]], float | None]:
+    from evaluation.natural import best_single_margin
+
+    return lambda r: best_single_margin(r["natural"], metric) if "rows" in (r.get("natural") or {}) else None
+
+
 def _robust(r: dict[str, Any], name: str) -> float | None:
     return report_value(r, "image", "robustness", "rows", name, "p@10")
 
@@ -92,6 +100,9 @@ def _worst_single(r: dict[str, Any]) -> float | None:
 
 TARGETS = (
     Target("text: hybrid NDCG@10", 0.95, lambda r: report_value(r, "text", "rows", "hybrid", "ndcg@10")),
+    Target("text: hybrid NDCG@10 (issue 15)", 0.975, lambda r: report_value(r, "text", "rows", "hybrid", "ndcg@10")),
+    Target("natural: hybrid P@10 minus best of text, vector, keyword", 0.03, _natural_margin("p@10")),
+    Target("natural: hybrid NDCG@10 minus best of text, vector, keyword", 0.03, _natural_margin("ndcg@10")),
     Target("text: keyword NDCG@10", 0.915, lambda r: report_value(r, "text", "rows", "keyword", "ndcg@10")),
     Target("text: vector NDCG@10 minus best of text, image", 0.03, _vector_margin),
     Target("text: image (text->image) NDCG@10", 0.50, lambda r: report_value(r, "text", "rows", "image", "ndcg@10")),
@@ -154,6 +165,18 @@ def _text(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> 
     report = run_text_report(client, catalogue, queries, qrels, opts.modes, opts.k, opts.seed,
                              cfg.catalogue.title, cfg.catalogue.keyword_fields)
     return {"queries_file": str(queries_path), "qrels_file": str(qrels_path), **report}
+
+
+def _natural(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) -> dict[str, Any]:
+    from evaluation.natural import DEFAULT_PATH, load_natural, run_natural_report
+
+    path = opts.natural or DEFAULT_PATH
+    if not path.is_file():
+        return {"skipped": f"no natural queries at {path}"}
+    queries = load_natural(path)
+    if opts.limit:
+        queries = queries[:opts.limit]
+    return {"queries_file": str(path), **run_natural_report(client, catalogue, queries, opts.natural_modes)}
 
 
 def _image(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any, out: Path) -> dict[str, Any]:
@@ -250,6 +273,7 @@ def run_evaluation(cfg: Config, opts: EvalOptions, client: ApiClient | None = No
     }
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "text": lambda: _text(cfg, opts, client, catalogue),
+        "natural": lambda: _natural(cfg, opts, client, catalogue),
         "image": lambda: _image(cfg, opts, client, catalogue, out),
         "personal": lambda: _personal(cfg, opts, client, catalogue),
         "recommend": lambda: _recommend(cfg, opts, client),

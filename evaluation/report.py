@@ -42,6 +42,12 @@ def format_report(report: dict[str, Any]) -> str:
             empty = {n: r["empty"] for n, r in text["rows"].items() if r.get("empty")}
             if empty:
                 out.append("  queries with no results: " + ", ".join(f"{n} {c}" for n, c in empty.items()))
+    natural = report.get("natural")
+    if natural:
+        from evaluation.natural import format_natural
+
+        out.append("")
+        out += format_natural(natural)
     image = report.get("image")
     if image:
         out.append("")
@@ -87,7 +93,7 @@ def format_report(report: dict[str, Any]) -> str:
         out.append("")
         out += _nested("recommendations", recommend)
     out.append("")
-    out.append("targets (issue 5):")
+    out.append("targets:")
     out += text_table(["target", "at least", "value", "status"],
                       [[t["target"], t["at_least"], t["value"],
                         t["status"] + (f" by {t['gap']:.4f}" if t.get("gap") else "")] for t in report["targets"]])
@@ -135,6 +141,10 @@ def draw_chart(report: dict[str, Any], path: Path) -> Path:
     if "rows" in text:
         names = [n for n, r in text["rows"].items() if "ndcg@10" in r]
         panels.append(("Text queries: NDCG@10", names, [text["rows"][n]["ndcg@10"] for n in names], 0.95))
+    natural = report.get("natural") or {}
+    if "rows" in natural:
+        names = [n for n, r in natural["rows"].items() if "p@10" in r]
+        panels.append(("Natural queries: P@10", names, [natural["rows"][n]["p@10"] for n in names], None))
     image = report.get("image") or {}
     if "rows" in image:
         names = [n for n, r in image["rows"].items() if "p@10" in r]

@@ -17,11 +17,11 @@ LAYERS = {
     "encoders": 1,
     "search": 2,
     "indexer": 3,
-    "web": 3,
-    "evaluation": 4,
-    "benchmarks": 4,
-    "scripts": 5,  # the `vitrina` CLI: thin commands over everything below
-    "evaluation.experiments": 6,  # programs (`python -m`); they reuse scripts/cmd_finetune.py's helpers
+    "web": 4,  # the service; it reaches the indexer for item writes
+    "evaluation": 5,
+    "benchmarks": 5,
+    "scripts": 6,  # the `vitrina` CLI: thin commands over everything below
+    "evaluation.experiments": 7,  # programs (`python -m`); they reuse scripts/cmd_finetune.py's helpers
 }
 HEAVY = ("torch", "torchvision", "open_clip", "transformers", "lightgbm")
 TORCH_FREE = ("vitrina", "search", "indexer", "web")  # encoders imports the heavy libraries only when a model is built

@@ -56,8 +56,10 @@ class Server:
                               "form": request.form.to_dict(flat=False), "files": list(request.files)})
 
     def get_json(self, path: str) -> tuple[int, Any]:
+        """GET with the write key (a shopper's profile needs it)."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {KEY}"})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
@@ -160,6 +162,17 @@ def test_text_search_renders_product_images(page: Any) -> None:
     page.click("#load-more")
     page.wait_for_function("document.querySelectorAll('#grid .card').length === 48")
     assert page.is_hidden("#load-more")
+
+
+def test_the_page_says_how_the_query_was_read(page: Any) -> None:
+    search(page, "shooes not red")
+    page.wait_for_selector("#understood:not([hidden])")
+    line = page.inner_text("#understood")
+    assert "Searched for “shoes” (you typed “shooes”)" in line and "not Red" in line, line
+    metas = page.eval_on_selector_all("#grid .card .card-meta", "els => els.map(e => e.textContent)")
+    assert metas and "Red" not in metas[0]
+    search(page, "shoes")  # nothing to say: the line goes away
+    page.wait_for_selector("#understood", state="hidden")
 
 
 def test_facet_chip_filters_results(page: Any) -> None:

@@ -14,12 +14,11 @@ import pytest
 
 from search.query.ranking import cosines, rrf
 from search.query.request import flatten_json, parse_events, parse_search
-from tests.helpers import index_vectors, make_config, product_rows, write_catalogue
+from tests.helpers import index_with_minilm, make_config, product_rows, write_catalogue
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, PayloadTooLarge
 
 ROOT = Path(__file__).resolve().parents[1]
-DIM = 384
 
 
 def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[Config, Any, list[dict[str, Any]]]:
@@ -29,19 +28,10 @@ def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[
     modalities agree roughly, as after fine-tuning; fused = fuse(text, image).
     Returns (cfg, store, rows); the alias points at the collection.
     """
-    from encoders import create_text_encoder
-
     rows = product_rows(n)
     catalogue = write_catalogue(folder / "shop", rows)
     cfg = make_config(folder, catalogue, **sections)
-    cat = cfg.catalogue
-    texts = [" ".join(str(r[f]) for f in cat.text_fields) for r in rows]
-    text = create_text_encoder(cfg).encode(texts)
-    rng = np.random.default_rng(0)
-    noise = rng.normal(size=(n, DIM)).astype(np.float32)
-    image = text + noise / np.linalg.norm(noise, axis=1, keepdims=True)
-    image /= np.linalg.norm(image, axis=1, keepdims=True)
-    store = index_vectors(cfg, rows, text, image)
+    store = index_with_minilm(cfg, rows)
     return cfg, store, rows
 
 

@@ -60,12 +60,16 @@ def test_train_from_the_click_log_and_serve_with_contributions(shop_index: Any, 
     assert load_model(path) is model  # loaded once while the file is unchanged
     served = run.replace(ranker={"search_model": str(path)})
     client = app_for(served, store).test_client()
+    blend_client = app_for(run.replace(impressions={"features": False}), store).test_client()
+    colour = {r["id"]: r["baseColour"] for r in rows}
+
+    def reds_on_top(c: FlaskClient) -> int:
+        """Red items among the first 3 of each query the shoppers searched."""
+        return sum(colour[x["id"]] == "Red" for q in ("shoes", "caps", "jeans", "watches", "tshirts", "handbags")
+                   for x in c.get("/api/search", query_string={"q": q, "k": 3, "user_id": "u1"}).get_json()["results"])
+
+    assert reds_on_top(client) > reds_on_top(blend_client)  # the learned ranker moved red items up
     body = client.get("/api/search", query_string={"q": "shoes", "k": 5, "user_id": "u1"}).get_json()
-    colours = [next(r for r in rows if r["id"] == x["id"])["baseColour"] for x in body["results"]]
-    blend = app_for(run.replace(impressions={"features": False}), store).test_client().get(
-        "/api/search", query_string={"q": "shoes", "k": 5, "user_id": "u1"}).get_json()
-    blend_colours = [next(r for r in rows if r["id"] == x["id"])["baseColour"] for x in blend["results"]]
-    assert colours.count("Red") > blend_colours.count("Red")  # the learned ranker moved red shoes up
     top = body["results"][0]["explain"]["ranker"]
     assert top["model"] == model.version and set(top["contributions"]) <= set(SEARCH_FEATURES)
     logged_now = next(r for r in client.application.extensions["vitrina_traffic"].log.read(kinds=("impression",))

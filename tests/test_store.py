@@ -169,6 +169,22 @@ def test_delete(loaded: Store) -> None:
     assert loaded.delete("c1", [ITEMS[0].id]) == 0
 
 
+def test_set_payload_changes_fields_and_keeps_vectors(loaded: Store) -> None:
+    a, b = ITEMS[0].id, ITEMS[1].id
+    changed = loaded.set_payload("c1", {a: {"price": 9.5, "stock": 3, "colour": None}, b: {"stock": 0},
+                                        "no-such-id": {"stock": 1}})
+    assert changed == [a, b]
+    hit = loaded.retrieve("c1", [a], with_vectors=True)[0]
+    assert hit.payload["price"] == 9.5 and hit.payload["stock"] == 3 and "colour" not in hit.payload
+    assert hit.payload["title"] == ITEMS[0].payload["title"] and hit.payload["item_id"] == a
+    np.testing.assert_allclose(hit.vectors["fused"], ITEMS[0].vectors["fused"], atol=1e-5)
+    assert loaded.count("c1", Filters(ranges={"price": (9.5, 9.5)})) == 1  # the numeric index follows
+    assert loaded.count("c1") == N  # nothing created for the unknown id
+    assert loaded.retrieve("c1", [b])[0].payload["stock"] == 0
+    with pytest.raises(StoreError, match="item_id"):
+        loaded.set_payload("c1", {a: {"item_id": "other"}})
+
+
 @pytest.mark.parametrize("f", [
     Filters(equals={"colour": ("red",)}),
     Filters(equals={"colour": ("red", "blue"), "gender": ("women",)}),

@@ -73,6 +73,7 @@ class ImageEncoderConfig:
     batch_size: int = 128
     flip_average: bool = False  # each photo's vector = mean of it and its mirror image (test-time augmentation)
     autocontrast: bool = False  # stretch each photo's levels (1st-99th percentile to 0-255) before the tower
+    trim_borders: bool = False  # crop each photo to its content (uniform background edges cut) before the tower
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,27 @@ class SearchConfig:
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
+
+
+@dataclass(frozen=True)
+class UnderstandConfig:
+    """Hybrid text queries: how they are read (search.query.reading) and how the read query weighs the lists
+    (search.fusion_weights)."""
+
+    enabled: bool = True
+    fields: tuple[str, ...] = ()  # fields read by encoder similarity; () = [catalogue].category
+    temperature: float = 0.06  # softmax temperature over a field's value similarities
+    threshold: float = 0.5  # similarity of the "none of these" alternative a reading must beat
+    name_mix: float = 0.0  # share of the value-name vector in a value's similarity (the rest: its items' centroid)
+    min_confidence: float = 0.05  # values read less surely are dropped
+    similar_weight: float = 1.0  # weight of a similarity reading (at confidence 1) against an exact word's 1
+    exact_weights: tuple[str, ...] = ()  # "field=weight" for exact words of weakly telling fields (others 1)
+    neighbours: float = 0.5  # share of a similarity reading taken from the values of the query's nearest items
+    neighbour_k: int = 10  # ... the top this many of the dense list
+    spelling: bool = True  # correct words neither the catalogue nor the text encoder knows
+    cache: int = 4096  # readings kept per query text (LRU)
+    keyword_floor: float = 0.0  # share of [search].keyword_weight kept when keywords match no telling word
+    coverage_power: float = 0.5  # keyword weight x coverage^power
 
 
 @dataclass(frozen=True)
@@ -222,6 +244,14 @@ class WebConfig:
     threads: int = 8
     api_keys: tuple[str, ...] = ()  # when set, writes need Authorization: Bearer KEY
     api_keys_env: str = "VITRINA_API_KEYS"  # comma-separated keys, added to api_keys
+    open_writes: bool = False  # true: `vitrina serve` may listen beyond loopback with no API key (writes open to all)
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    max_items: int = 1000  # items (or ids) in one write request
+    flush_s: float = 1.0  # edge: shard flush + log checkpoint at most this often (the change log is fsync'd per write)
+    lock_timeout_s: float = 60.0  # longest wait for the write lock (a reindex holds it while it hands over)
 
 
 @dataclass(frozen=True)
@@ -265,10 +295,12 @@ class Config:
     store: StoreConfig = StoreConfig()
     indexer: IndexerConfig = IndexerConfig()
     search: SearchConfig = SearchConfig()
+    understand: UnderstandConfig = UnderstandConfig()
     personal: PersonalConfig = PersonalConfig()
     recommend: RecommendConfig = RecommendConfig()
     web: WebConfig = WebConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    live: LiveConfig = LiveConfig()
     impressions: ImpressionsConfig = ImpressionsConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
     ranker: RankerConfig = RankerConfig()

@@ -41,9 +41,9 @@ def create_app(cfg: Config | None = None, store: Store | None = None, **override
     app.extensions["vitrina_config"] = cfg
     app.extensions["vitrina_api_keys"] = api_keys(cfg)
 
-    from web import api_feedback, api_items, api_search, api_users, meta
+    from web import api_feedback, api_items, api_search, api_users, api_write, meta
 
-    for module in (api_search, api_items, api_feedback, api_users, meta):
+    for module in (api_search, api_items, api_write, api_feedback, api_users, meta):
         app.register_blueprint(module.bp)
     for name in OPTIONAL_BLUEPRINTS:
         try:

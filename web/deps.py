@@ -43,7 +43,7 @@ def args_lists() -> dict[str, list[str]]:
 
 
 def requires_key(view: F) -> F:
-    """Writes need `Authorization: Bearer KEY` when keys are configured (compared in constant time)."""
+    """Writes and profile reads need `Authorization: Bearer KEY` when keys are configured (constant-time compare)."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -52,7 +52,7 @@ def requires_key(view: F) -> F:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("API key required", "send 'Authorization: Bearer KEY' for writes")
+                raise Unauthorized("API key required", "send 'Authorization: Bearer KEY' (writes and shopper profiles)")
             given = token.strip().encode()
             if not any(hmac.compare_digest(given, k.encode()) for k in keys):
                 raise Unauthorized("invalid API key", "the key in 'Authorization: Bearer KEY' is not accepted")

@@ -34,8 +34,16 @@ RESULTS_SCHEMA = {
                    "variant": {"type": ["string", "null"], "description": "the variant that served it (interleaved: "
                                "'A+B', each result's explain names its team)"},
                    "facets": {"type": "object", "additionalProperties": {
-                       "type": "object", "additionalProperties": {"type": "integer"}}}}}
-_STATUS_TEXT = {200: "OK", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
+                       "type": "object", "additionalProperties": {"type": "integer"}}},
+                   "understood": {"type": "object", "description": "hybrid text queries: how the query was read "
+                                  "(search.query.reading): the text searched, one entry per reading (spelling, "
+                                  "price, exclude, exact, similar: words, values, confidence), the fusion weights and their signals",
+                                  "required": ["text", "readings"],
+                                  "properties": {"text": {"type": "string"},
+                                                 "readings": {"type": "array", "items": {"type": "object"}},
+                                                 "weights": {"type": "object"}, "signals": {"type": "object"},
+                                                 "corrected": {"type": "object"}}}}}
+_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
                 413: "Too large", 415: "Unsupported media type", 422: "Image cannot be decoded",
                 503: "Model or index unavailable"}
 

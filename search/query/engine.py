@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from search.query.fusion_weights import FusionWeights
+from search.query.hybrid import USER_COS, hybrid_rows
 from search.query.learned import Reranker, configured_ranker
-from search.query.ranking import cosines, facet_counts, rrf
+from search.query.query_parse import with_price
+from search.query.ranking import cosines, facet_counts
 from search.query.request import FeedbackEvent, SearchRequest
 from search.query.results import api_result, local_image
 from search.query.understand import AttributeMatcher, match_share, photo_boost
@@ -27,10 +30,11 @@ from vitrina.errors import BadInput, NotFound, VitrinaError
 if TYPE_CHECKING:
     from search.shopper.personal import UserState
     from search.shopper.profiles import ProfileStore
+    from search.query.reading import QueryReader, Reading
 
 log = logging.getLogger(__name__)
 
-_USER_COS = "_user_cosine"  # explain key carrying a known user cosine from _retrieve to _rank (popped there)
+_USER_COS = USER_COS  # explain key carrying a known user cosine from _retrieve to _rank (popped there)
 
 
 class SearchService:
@@ -47,9 +51,11 @@ class SearchService:
         self._text: Any = None
         self._image: Any = None
         self._profiles: ProfileStore | None = None
-        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles", "matcher", "cache")}
+        self._locks = {name: threading.Lock() for name in ("store", "text", "image", "profiles", "matcher", "cache",
+                                                           "reader")}
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._matcher: tuple[float, str | None, AttributeMatcher] | None = None
+        self._reader: tuple[str | None, QueryReader] | None = None
         self._count_cache: tuple[float, int] = (0.0, -1)
         self._root = self  # owner of the lazily built resources (a view made by with_config shares its root's)
 
@@ -104,9 +110,11 @@ class SearchService:
         return self._lazy("profiles", lambda: open_profiles(self.cfg))
 
     def warm(self) -> None:
-        """Load what a first search needs now (text model, store), e.g. before serving."""
+        """Load what a first search needs now (text model, store, query reader), e.g. before serving."""
         self.text_encoder()
         self.index_size(fresh=True)
+        if self.cfg.understand.enabled and self.index_size() > 0:
+            self.reader()
 
     # ---- query vectors ----------------------------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
@@ -165,13 +173,15 @@ class SearchService:
         t0 = time.perf_counter()
         s = self.cfg.search
         photo = self.photo_vector(req) if req.has_photo else None  # bad photos fail before any search
-        text_vec = self.text_vector(req.q) if req.q and req.mode != "keyword" else None
+        reading = self.read_query(req.q) if req.mode == "hybrid" and req.q and self.cfg.understand.enabled else None
+        text_vec = self.text_vector(reading.text if reading else req.q) if req.q and req.mode != "keyword" else None
         qvec = self.query_vector(text_vec, photo, req.image_weight)
         user = borrow(self, self.profiles.get(req.user_id)) if req.user_id is not None else None
         ranker = ranker if ranker is not None else configured_ranker(self)
         rerank = user is not None or self.cfg.personal.popularity_weight > 0 or ranker is not None
         pool = max(s.candidates, req.offset + req.k)
-        hits, explain = self._retrieve(req, qvec, pool, user)
+        about: dict[str, Any] = {}
+        hits, explain = self._retrieve(req, qvec, pool, user, reading, about)
         if photo is not None and req.mode != "keyword":
             hits, explain = photo_boost(hits, explain, self.read_photo(photo), s.photo_attribute_weight)
         ranked = self._rank(hits, explain, user, req.user_id, ranker is not None) if rerank \
@@ -184,19 +194,27 @@ class SearchService:
         out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
         if features is not None:
             out["_features"] = features
+        if reading is not None:
+            out["understood"] = about
         if req.facets:
             out["facets"] = facet_counts((h.payload for h, _ in ranked), req.facets)
         out["took_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         return out
 
-    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int, user: UserState | None = None
+    def _retrieve(self, req: SearchRequest, qvec: np.ndarray | None, pool: int, user: UserState | None = None,
+                  reading: Reading | None = None, about: dict[str, Any] | None = None
                   ) -> tuple[list[Hit], list[dict[str, Any]]]:
         """Candidates (best first) with their per-mode explain parts, and the relevance the rerank uses.
 
         Hybrid text search for a known shopper adds a third list (search.shopper.lookup.personal_list): the items
         nearest to the user vector among those carrying the attribute values the query names, so the rerank can
-        reach items of the asked kind that suit the shopper but sit below the query's own top-N."""
+        reach items of the asked kind that suit the shopper but sit below the query's own top-N.
+        With a `reading` (search.query.reading), keyword and vector search use its text, a price it read filters,
+        its attribute readings weigh in, the fusion weights follow the query (put in `about`), and items with a
+        value the shopper ruled out go last (search.query.hybrid)."""
         # no vectors come back: the personal rerank asks the store for the user's cosines (search.shopper.lookup)
+        from search.query.reading import hybrid_weights
+
         s, pc, filters, st = self.cfg.search, self.cfg.personal, req.filters or None, self.store
         if req.mode == "keyword":
             hits = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool)
@@ -215,37 +233,49 @@ class SearchService:
         # hybrid: weighted RRF of the keyword and the fused dense candidates, fused here in the engine. With a
         # photo the text refines it ("like this, but red"): the fused query vector already holds the text,
         # and a keyword list would pull in items that merely share a word, so only the dense list is used.
+        if reading is not None and reading.price is not None:
+            filters = with_price(req.filters, reading.price)
+        text = reading.text if reading is not None else req.q
         dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool)
-        keyword = st.query(self.alias, KeywordQuery(req.q), filters, limit=pool) \
+        keyword = st.query(self.alias, KeywordQuery(text), filters, limit=pool) \
             if req.q and not req.has_photo else []
-        named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
+        if reading is not None:
+            u = self.cfg.understand
+            reading = reading.with_neighbours(dense, u.neighbours, u.neighbour_k)
+            named = reading.named()
+            weights, signals = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
+            share, excluded = reading.share, (reading.excluded if reading.exclude else None)
+            if about is not None:
+                about.update(reading.explain(), weights=weights.as_dict(), signals=signals.as_dict())
+        else:
+            named = self.matcher().match(req.q) if req.q and (s.attribute_weight > 0 or user is not None) else {}
+            weights = FusionWeights(s.keyword_weight, s.vector_weight, s.attribute_weight)
+            share, excluded = (lambda p: match_share(p, named)), None
         mine = personal_list(st, self.alias, pc.candidates, user, named, req.filters) \
             if req.q and not req.has_photo else []
-        fused = rrf([[h.id for h in keyword], [h.id for h in dense], [h.id for h in mine]],
-                    [s.keyword_weight, s.vector_weight, pc.candidate_weight], s.rrf_k)
-        by_id = {h.id: h for h in mine}
-        by_id.update({h.id: h for h in keyword})
-        by_id.update({h.id: h for h in dense})
-        kw = {h.id: (i + 1, h.score) for i, h in enumerate(keyword)}
-        dn = {h.id: (i + 1, h.score) for i, h in enumerate(dense)}
-        pr = {h.id: (i + 1, h.score) for i, h in enumerate(mine)}
-        scale = s.attribute_weight / (s.rrf_k + 1)  # a full match weighs like rank 1 in a list of that weight
-        rows = []
-        for item_id, score in fused.items():
-            hit = by_id[item_id]
-            k_rank, k_score = kw.get(item_id, (None, None))
-            d_rank, d_score = dn.get(item_id, (None, None))
-            share = match_share(hit.payload, named) if s.attribute_weight > 0 else 0.0
-            parts = {"keyword": k_score, "keyword_rank": k_rank, "dense": d_score, "vector_rank": d_rank,
-                     "rrf": score, "attributes": share, "relevance": score + scale * share}
-            if d_score is not None:  # the dense list is on the fused vectors: its score is explain's cosine
-                parts["vector"] = d_score
-            if item_id in pr:  # its score is the user cosine the rerank needs: kept, not asked for again
-                parts["personal_rank"], parts[_USER_COS] = pr[item_id]
-            rows.append((hit, parts))
-        rows.sort(key=lambda r: -r[1]["relevance"])  # stable: equal scores keep the RRF order
+        rows = hybrid_rows(keyword, dense, mine, weights, pc.candidate_weight, s.rrf_k, share, excluded)
         rows = rows[:pool + (len(mine) if pc.candidate_extend else 0)]
         return [h for h, _ in rows], [e for _, e in rows]
+
+    def read_query(self, q: str) -> Reading:
+        """What a hybrid text query is read as (search.query.reading), cached per query text."""
+        return self.reader().read(q, self.text_vector)
+
+    def reader(self) -> QueryReader:
+        """The query reader of the collection behind the alias, built when the alias moves (its value index is
+        computed once per index build and kept under <data>/understand/)."""
+        matcher = self.matcher()  # re-checks the alias every 30 s
+        collection = self._matcher[1] if self._matcher is not None else None
+        cached = self._reader
+        if cached is None or cached[0] != collection:
+            with self._locks["reader"]:
+                if self._reader is None or self._reader[0] != collection:
+                    from search.query.reading import open_reader
+
+                    self._reader = (collection, open_reader(self.cfg, self.store, self.alias, str(collection), matcher,
+                                                            self.text_encoder()))
+                cached = self._reader
+        return cached[1]
 
     def read_photo(self, photo: np.ndarray) -> dict[str, tuple[str, float]]:
         """Attribute values the image tower's label head reads from a photo vector ({field: (value, p)}), those

@@ -21,6 +21,11 @@ def fold(word: str) -> str:
     return w
 
 
+def surface_words(text: str) -> list[str]:
+    """The words of a text, lower case, in order (letters and digits; punctuation splits)."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
 def words(text: str) -> tuple[str, ...]:
     return tuple(fold(w) for w in _WORD.findall(text))
 
@@ -43,21 +48,28 @@ class AttributeMatcher:
     def __len__(self) -> int:
         return len(self.vocab)
 
+    def match_at(self, tokens: Sequence[str], i: int) -> tuple[int, set[tuple[str, str]]]:
+        """The longest value phrase starting at tokens[i]: (tokens it spans, its (field, value) pairs), or (0, set()).
+
+        Words written apart that a value writes as one ('t shirts', 'hand bag', 'ear rings') match it too."""
+        for n in range(min(MAX_PHRASE, len(tokens) - i), 0, -1):
+            hits = self.vocab.get(tuple(tokens[i:i + n]))
+            if not hits and 1 < n <= 3:
+                hits = self.vocab.get(("".join(tokens[i:i + n]),))
+            if hits:
+                return n, hits
+        return 0, set()
+
     def match(self, query: str) -> dict[str, set[str]]:
         """{field: values named in the query}; empty when the query names none."""
         tokens = words(query)
         found: dict[str, set[str]] = defaultdict(set)
         i = 0
         while i < len(tokens):
-            for n in range(min(MAX_PHRASE, len(tokens) - i), 0, -1):
-                hits = self.vocab.get(tokens[i:i + n])
-                if hits:
-                    for field, value in hits:
-                        found[field].add(value)
-                    i += n
-                    break
-            else:
-                i += 1
+            n, hits = self.match_at(tokens, i)
+            for field, value in hits:
+                found[field].add(value)
+            i += max(n, 1)
         return dict(found)
 
 

@@ -35,7 +35,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import qdrant_edge as qe
@@ -44,7 +44,8 @@ from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
-                                    check_query_vector, WithVectors, plain_payload, point_id, vector_names)
+                                    check_query_vector, WithVectors, payload_changes,
+                                    plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,20 @@ class EdgeStore:
             if present:
                 h.shard.update(qe.UpdateOperation.delete_points(present))
             return len(present)
+
+    def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        split = {item_id: payload_changes(fields) for item_id, fields in changes.items()}
+        with self._pool.use(collection) as h:
+            present = {str(r.id) for r in h.shard.retrieve([point_id(i) for i in split], with_payload=False,
+                                                           with_vector=False)}
+            changed = [i for i in split if point_id(i) in present]
+            for item_id in changed:
+                sets, removes = split[item_id]
+                if sets:
+                    h.shard.update(qe.UpdateOperation.set_payload([point_id(item_id)], sets))
+                if removes:
+                    h.shard.update(qe.UpdateOperation.delete_payload([point_id(item_id)], removes))
+            return changed
 
     def flush(self, collection: str) -> None:
         with self._pool.use(collection) as h:

@@ -6,7 +6,6 @@ See search/store/edge.py for the file layout and the process and thread rules th
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ import re
 import socket
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +20,7 @@ from typing import Any, Iterator
 import qdrant_edge as qe
 
 from vitrina.errors import BadInput, NotFound, StoreError
+from vitrina.locks import flock_within
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -73,21 +72,14 @@ class ShardPool:
         """flock the collection's lock file (waiting up to timeout_s); StoreError names the holder."""
         path = self.dir(name) / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + max(0.0, self.timeout_s)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = path.read_text(errors="replace").strip() or "unknown"
-                    os.close(fd)
-                    raise StoreError(
-                        f"collection {name!r} is open in another process ({holder}); an edge shard can be "
-                        "open in one process at a time",
-                        detail="stop that process (e.g. `vitrina serve`), write through its HTTP API, "
-                               "or use the qdrant backend for several writers") from None
-                time.sleep(0.05)
+        if not flock_within(fd, self.timeout_s):
+            holder = path.read_text(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"collection {name!r} is open in another process ({holder}); an edge shard can be "
+                "open in one process at a time",
+                detail="stop that process (e.g. `vitrina serve`), write through its HTTP API, "
+                       "or use the qdrant backend for several writers")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)[:200]}".encode(), 0)
         return fd

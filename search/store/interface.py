@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -131,6 +131,10 @@ class Store(Protocol):
     # writes (idempotent: the same id overwrites)
     def upsert(self, collection: str, items: Sequence[ItemRecord]) -> None: ...
     def delete(self, collection: str, ids: Sequence[str]) -> int: ...
+    def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Change payload fields of existing items without touching their vectors: {item id: {key: value}},
+        a value of None removes the key. Ids not in the collection are left out; returns the ids changed."""
+        ...
     def flush(self, collection: str) -> None: ...
 
     # reads; `collection` may be an alias
@@ -206,3 +210,11 @@ def plain_payload(item: ItemRecord) -> dict[str, Any]:
     payload[ID_FIELD] = item.id
     return payload
 
+
+def payload_changes(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A set_payload change split into (keys to set, keys to remove); ID_FIELD can be neither."""
+    if ID_FIELD in fields:
+        raise StoreError(f"the payload key {ID_FIELD!r} holds the item id and cannot be changed")
+    sets = plain_payload(ItemRecord("-", {}, "", {k: v for k, v in fields.items() if v is not None}))
+    sets.pop(ID_FIELD)
+    return sets, sorted(k for k, v in fields.items() if v is None)

@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -23,7 +23,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from search.store import keywords
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
-                                    check_query_vector, WithVectors, plain_payload, point_id, vector_names)
+                                    check_query_vector, WithVectors, payload_changes,
+                                    plain_payload, point_id, vector_names)
 from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError, VitrinaError
 
@@ -216,6 +217,25 @@ class QdrantStore:
             if present:
                 self.client.delete(collection, points_selector=models.PointIdsList(points=present), wait=True)
             return len(present)
+
+    def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        split = {item_id: payload_changes(fields) for item_id, fields in changes.items()}
+        with self._call(f"set payload in {collection}"):
+            present = {str(r.id) for r in self.client.retrieve(collection, [point_id(i) for i in split],
+                                                                with_payload=False, with_vectors=False)}
+            changed = [i for i in split if point_id(i) in present]
+            ops: list[Any] = []
+            for item_id in changed:
+                sets, removes = split[item_id]
+                if sets:
+                    ops.append(models.SetPayloadOperation(set_payload=models.SetPayload(
+                        payload=sets, points=[point_id(item_id)])))
+                if removes:
+                    ops.append(models.DeletePayloadOperation(delete_payload=models.DeletePayload(
+                        keys=removes, points=[point_id(item_id)])))
+            if ops:
+                self.client.batch_update_points(collection, ops, wait=True)
+            return changed
 
     def flush(self, collection: str) -> None:
         """Nothing to do: a server persists every acknowledged write, local mode writes through."""

@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import {
   buildCard, buildMini, formatPrice, metaLine, prettyName, priceOf, renderExplain, renderFacets, skeletons,
-  imageUrl,
+  imageUrl, understoodLine,
 } from "./render.js";
 
 const settings = JSON.parse(document.getElementById("vitrina-settings").textContent);
@@ -27,6 +27,7 @@ const state = {
   similarOf: null,        // the item whose neighbours are shown
   results: [],
   total: 0,
+  understood: null,       // how the query was read (hybrid text search)
   facets: {},
   expanded: new Set(),
   userId: "",
@@ -138,6 +139,7 @@ async function runSearch({ append = false, showMoves = false } = {}) {
     if (!append) state.results = results;
     else state.results = state.results.concat(results);
     state.total = Number(data.total ?? state.results.length);
+    if (!append) state.understood = data.understood || null;
     if (data.facets) state.facets = data.facets;
     state.dirty = false;
     renderResults(showMoves ? before : null, data.took_ms);
@@ -204,6 +206,9 @@ function renderResults(before, tookMs) {
       summary.append(" ", p);
     }
   }
+  const understood = $("understood");
+  understood.textContent = state.view === "similar" ? "" : understoodLine(state.understood);
+  understood.hidden = !understood.textContent;
   const more = $("load-more");
   more.hidden = !(state.results.length && state.results.length < state.total);
 }

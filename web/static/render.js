@@ -249,3 +249,28 @@ export function skeletons(count) {
     return div;
   });
 }
+
+// One line saying how a hybrid text query was read ("understood" in the response), or "" when nothing was:
+// showing Sunglasses for "shades" · searched for "sunglasses" (you typed "sunglases") · not Black · price up to 20.
+export function understoodLine(understood) {
+  if (!understood || !Array.isArray(understood.readings)) return "";
+  const parts = [];
+  for (const r of understood.readings) {
+    if (r.how === "similar" && r.values) {
+      const [values] = Object.values(r.values);
+      if (values && values.length && r.confidence >= 0.2) parts.push(`showing ${values[0]} for “${r.words}”`);
+    } else if (r.how === "spelling") {
+      parts.push(`searched for “${r.read_as}” (you typed “${r.words}”)`);
+    } else if (r.how === "exclude" && r.exclude) {
+      parts.push(`not ${Object.values(r.exclude).flat().join(", ")}`);
+    } else if (r.how === "price" && r.price) {
+      const { min, max } = r.price;
+      const span = min !== null && max !== null ? `${formatPrice(min)}–${formatPrice(max)}`
+        : max !== null ? `up to ${formatPrice(max)}` : `from ${formatPrice(min)}`;
+      parts.push(`price ${span}`);
+    }
+  }
+  if (!parts.length) return "";
+  const line = parts.join(" · ");
+  return line.charAt(0).toUpperCase() + line.slice(1);
+}
