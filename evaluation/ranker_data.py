@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from evaluation.client import ApiClient, forget
+from evaluation.client import forget
 from evaluation.data import Catalogue, Purchase
 from evaluation.personal import eval_user, epoch, feed_history
 from search.online.impressions import FEEDBACK, IMPRESSION, features_of
