@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from scripts.bench_http import Client, format_table, loopback_target, run_phase, wait_ready
+from scripts.bench_http import format_table, loopback_target, wait_ready
+from scripts.http_load import Client, run_phase
 from scripts.cmd_bench import standalone
 from vitrina.config import Config
 from vitrina.errors import BadInput
