@@ -215,7 +215,7 @@ def open_store(cfg: Config) -> Store:
         from search.store_edge import EdgeStore
 
         return EdgeStore(cfg.data_dir / "store", timeout_s=cfg.store.timeout_s, bm25_avg_len=cfg.store.bm25_avg_len,
-                         hnsw_ef=cfg.store.hnsw_ef or None)
+                         hnsw_ef=cfg.store.hnsw_ef or None, payload_cache=cfg.store.payload_cache)
     if backend == "qdrant":
         from search.store_qdrant import QdrantStore
 

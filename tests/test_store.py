@@ -64,6 +64,8 @@ BY_ID = {it.id: it for it in ITEMS}
 def new_store(kind: str, root: Path) -> Store:
     if kind == "edge":
         return EdgeStore(root / "store", timeout_s=0.2)
+    if kind == "edge-cached":  # payloads from search.payload_cache; tiny, so eviction happens too
+        return EdgeStore(root / "store", timeout_s=0.2, payload_cache=16)
     return QdrantStore.from_config(StoreConfig(backend="qdrant", path=":memory:"))
 
 
@@ -80,7 +82,7 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(params=["edge", "qdrant"])
+@pytest.fixture(params=["edge", "edge-cached", "qdrant"])
 def store(request: pytest.FixtureRequest, fast_dir: Path) -> Iterator[Store]:
     s = new_store(request.param, fast_dir)
     yield s
