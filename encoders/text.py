@@ -17,7 +17,7 @@ from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "auto")  # "int8" is encoders.text_onnx (create_text_encoder picks it)
 
 
 def _package_model_dir(name: str) -> Path | None:
