@@ -46,7 +46,7 @@ from search import keywords
 from search.edge_shards import ShardHandle, ShardPool, check_name
 from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery, best_first,
                           Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item, check_query_vector,
-                          WithVectors, plain_payload, point_id, vector_names)
+                          WithVectors, new_hit, plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def payloads_of(h: ShardHandle, keys: Sequence[int], ids: Sequence[Any]) -> list
     payload cache, the missing ones read from the shard in one call and cached; None for a point gone since."""
     cache = h.payloads
     generation = cache.generation
-    out = [cache.get(k) for k in keys]
+    out = cache.get_many(keys)
     missing = [i for i, p in enumerate(out) if p is None]
     if missing:
         records = h.shard.retrieve([ids[i] for i in missing], with_payload=True, with_vector=False)
@@ -108,16 +108,19 @@ def payloads_of(h: ShardHandle, keys: Sequence[int], ids: Sequence[Any]) -> list
 
 def cached_hits(h: ShardHandle, points: Sequence[Any], with_vectors: WithVectors, with_payload: bool = True,
                 scored: bool = True) -> list[Hit]:
-    """Hits of engine results read without payload: payloads from the shard's cache (search.payload_cache)."""
+    """Hits of engine results read without payload: payloads from the shard's cache (search.payload_cache).
+    A search makes a few hundred of these, so the loop is kept tight (new_hit, one `.id` per point)."""
     ids = [p.id for p in points]  # each `.id` builds a uuid.UUID (about 1 us): once per point
+    payloads = payloads_of(h, [i.int for i in ids], ids)
     out = []
-    for p, pid, payload in zip(points, ids, payloads_of(h, [i.int for i in ids], ids)):
+    for p, pid, payload in zip(points, ids, payloads):
         if payload is None:  # deleted between the query and the payload read
             continue
-        item_id = str(payload[ID_FIELD] if ID_FIELD in payload else pid)
-        out.append(Hit(id=item_id, score=float(p.score) if scored else 1.0,
-                       payload=payload if with_payload else {ID_FIELD: item_id},
-                       vectors=_vectors(p, with_vectors)))
+        item_id = payload.get(ID_FIELD)
+        item_id = str(pid) if item_id is None else str(item_id)
+        out.append(new_hit(item_id, float(p.score) if scored else 1.0,
+                           payload if with_payload else {ID_FIELD: item_id},
+                           _vectors(p, with_vectors) if with_vectors else {}))
     return out
 
 
@@ -272,7 +275,7 @@ class EdgeStore:
             vectors = vector_names(with_vectors, h.meta["dims"])
             if not vectors:  # payloads only: from the cache when it has them all
                 payloads = payloads_of(h, [point_key(i) for i in wanted], [point_id(i) for i in wanted])
-                return [Hit(id=i, score=1.0, payload=p) for i, p in zip(wanted, payloads) if p is not None]
+                return [new_hit(i, 1.0, p, {}) for i, p in zip(wanted, payloads) if p is not None]
             records = h.shard.retrieve([point_id(i) for i in wanted], with_payload=False, with_vector=vectors)
             found = {hit.id: hit for hit in cached_hits(h, records, with_vectors, scored=False)}
         return [found[i] for i in wanted if i in found]
