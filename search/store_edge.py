@@ -36,6 +36,7 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -50,7 +51,30 @@ from search.store import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, C
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)
-_HNSW = dict(m=16, ef_construct=100, full_scan_threshold=10_000)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a new collection's indexes are built ([store] hnsw_m, hnsw_ef_construct, full_scan_kb, payload_links).
+
+    `payload_links`: the engine also builds HNSW links within each value of every indexed payload field (and
+    range blocks of numeric ones) holding more than full_scan_kb of vectors, for filtered search at low
+    selectivity. Filters matching fewer vectors than that are searched exactly over the payload index anyway,
+    so below a few hundred thousand items the extra links are build time for nothing; the item id field never
+    gets them (every value is one item).
+    """
+
+    m: int = 16
+    ef_construct: int = 100
+    full_scan_kb: int = 10_000
+    payload_links: bool = True
+
+    def hnsw(self) -> qe.HnswIndexConfig:
+        return qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_kb)
+
+    def field_index(self, field: str, numeric: bool) -> Any:
+        links = {} if self.payload_links and field != ID_FIELD else {"enable_hnsw": False}
+        return qe.FloatIndexParams(**links) if numeric else qe.KeywordIndexParams(**links)
 
 
 def edge_filter(filters: Filters | None) -> qe.Filter | None:
@@ -128,10 +152,12 @@ class EdgeStore:
     """Store on Qdrant Edge shards under `root` (see the module docstring for files, processes, threads)."""
 
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
-                 hnsw_ef: int | None = None, payload_cache: int = 0) -> None:
+                 hnsw_ef: int | None = None, payload_cache: int = 0, index: IndexSettings = IndexSettings()
+                 ) -> None:
         self.root = Path(root)
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef  # None = engine default
+        self.index = index
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
         self._pool = ShardPool(self.root, timeout_s, payload_cache)
@@ -156,13 +182,13 @@ class EdgeStore:
         config = qe.EdgeConfig(
             vectors={k: qe.EdgeVectorParams(int(d), qe.Distance.Cosine) for k, d in dims.items()},
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=qe.HnswIndexConfig(**_HNSW))
+            hnsw_config=self.index.hnsw())
         try:
             shard = qe.EdgeShard.create(str(folder / "shard"), config)
             for field in sorted(set(filterable) | {ID_FIELD}):
-                shard.update(qe.UpdateOperation.create_field_index(field, qe.KeywordIndexParams()))
+                shard.update(qe.UpdateOperation.create_field_index(field, self.index.field_index(field, False)))
             for field in numeric_fields:
-                shard.update(qe.UpdateOperation.create_field_index(field, qe.FloatIndexParams()))
+                shard.update(qe.UpdateOperation.create_field_index(field, self.index.field_index(field, True)))
             shard.flush()
         except Exception as e:
             shutil.rmtree(folder / "shard", ignore_errors=True)

@@ -512,11 +512,12 @@ def test_qdrant_server_unreachable_is_a_store_error(monkeypatch: pytest.MonkeyPa
 def test_bench_store_runs_both_backends(fast_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from scripts.cli import main
 
-    argv = ["bench", "store", "--points", "300", "--dim", "16", "--queries", "5", "--qdrant-points", "200",
-            "--dir", str(fast_dir), "--json", str(fast_dir / "bench.json")]
+    argv = ["bench", "store", "--points", "300,400", "--dim", "16", "--queries", "5", "--qdrant-points", "200",
+            "--payload-links", "off", "--ef-construct", "32", "--dir", str(fast_dir), "--json", str(fast_dir / "bench.json")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "edge " in out and "qdrant-local" in out and "run on 200 of 300 points" in out
-    assert "edge filtered p95" in out
+    assert "edge filtered p95 at 300 points" in out and "edge filtered p95 at 400 points" in out
+    assert "ef_construct 32" in out and "payload links off" in out
     assert not list(fast_dir.glob("bench-store-*"))  # the temporary shard is removed
     assert main(["bench", "no-such-bench"]) == 2

@@ -93,6 +93,12 @@ class StoreConfig:
     bm25_avg_len: float = 16.0  # typical keyword-document length in tokens (BM25 length normalisation)
     hnsw_ef: int = 128  # HNSW search breadth (0 = engine default); recall vs latency, see `vitrina bench store`
     payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.4 KB each; 0 = off)
+    # edge, new collections: HNSW graph degree and build breadth, the size (KB of vectors) below which a filtered
+    # search scans the matching points exactly, and links per payload value (search.store_edge.IndexSettings)
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    full_scan_kb: int = 10_000
+    payload_links: bool = True
 
 
 @dataclass(frozen=True)
