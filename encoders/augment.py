@@ -125,7 +125,6 @@ def warp(x: Any, mask: Any, homography: Any) -> tuple[Any, Any]:
 
 def _smooth_field(n: int, channels: int, h: int, w: int, cells: int, gen: Any, device: Any) -> Any:
     """Random low-frequency values in [0, 1]: a coarse grid upsampled smoothly."""
-    import torch
     import torch.nn.functional as F
 
     coarse = _rand((n, channels, cells, cells), gen).to(device)

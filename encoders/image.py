@@ -119,6 +119,25 @@ def stretch_levels(pixels: np.ndarray, low: float = 1.0, high: float = 99.0, min
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
+def trim_borders(img: Image.Image, tolerance: int = 12, margin: float = 0.04) -> Image.Image:
+    """The photo cropped to its content: rows and columns at the edges whose every pixel is within `tolerance`
+    of the corner colour are cut (a studio or packshot background), leaving `margin` of the content's size
+    around it. A photo whose content fills the frame, or that is all background, comes back as it is."""
+    rgb = img.convert("RGB")
+    a = np.asarray(rgb, dtype=np.int16)
+    h, w = a.shape[:2]
+    corners = np.stack([a[0, 0], a[0, -1], a[-1, 0], a[-1, -1]])
+    ref = np.median(corners, axis=0)
+    content = np.abs(a - ref).max(axis=2) > tolerance
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    if not len(rows) or not len(cols):
+        return rgb
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    my, mx = round((y1 - y0) * margin), round((x1 - x0) * margin)
+    box = (max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my))
+    return rgb if box == (0, 0, w, h) else rgb.crop(box)
+
+
 def pixels_to_input(pixels: Any, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> Any:
     """uint8 (n, h, w, 3) tensor -> normalised float (n, 3, h, w), the tower's input."""
     import torch
@@ -256,7 +275,7 @@ class ImageEncoder:
     def __init__(self, visual: Any, image_size: tuple[int, int], device: Any, bf16: bool = True,
                  batch_size: int = 128, name: str = "", mean: Sequence[float] = MEAN,
                  std: Sequence[float] = STD, labels: LabelHead | None = None, flip_average: bool = False,
-                 autocontrast: bool = False) -> None:
+                 autocontrast: bool = False, trim: bool = False) -> None:
         import torch
 
         from encoders.runtime import bf16_supported
@@ -270,6 +289,7 @@ class ImageEncoder:
         self.labels = labels
         self.flip_average = bool(flip_average)
         self.autocontrast = bool(autocontrast)
+        self.trim = bool(trim)
         self._visual = visual.to(device).eval()
         self._torch = torch
         self._lock = threading.Lock()
@@ -292,7 +312,7 @@ class ImageEncoder:
     def pixels(self, img: Image.Image) -> np.ndarray:
         """The photo as this tower reads it: (h, w, 3) uint8 at its size, levels stretched if configured. The
         indexer and uploaded photos both come through here, so both sides are prepared the same way."""
-        px = to_tower_pixels(img, self.image_size)
+        px = to_tower_pixels(trim_borders(img) if self.trim else img, self.image_size)
         return stretch_levels(px) if self.autocontrast else px
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -347,7 +367,8 @@ def _build_encoder(cfg: Config) -> ImageEncoder:
             detail="train one with `vitrina finetune` (writes [finetune].output), or set "
                    "[image_encoder].checkpoint / [image_encoder].pretrained")
     enc = ImageEncoder(visual, size, device, bf16=cfg.runtime.bf16, batch_size=ic.batch_size, name=name,
-                       mean=mean, std=std, labels=labels, flip_average=ic.flip_average, autocontrast=ic.autocontrast)
+                       mean=mean, std=std, labels=labels, flip_average=ic.flip_average, autocontrast=ic.autocontrast,
+                       trim=ic.trim_borders)
     if enc.dim != cfg.text_encoder.dim:
         log.warning("image tower %s gives %d-d vectors but the text encoder gives %d-d: text->image search "
                     "will not work with it", name, enc.dim, cfg.text_encoder.dim)
@@ -372,7 +393,7 @@ def create_image_encoder(cfg: Config) -> ImageEncoder:
     ckpt = Path(ic.checkpoint) if ic.checkpoint else None
     stamp = ckpt.stat().st_mtime_ns if ckpt is not None and ckpt.is_file() else None
     key = (str(ckpt), stamp, ic.pretrained, ic.arch, ic.batch_size, ic.flip_average, ic.autocontrast,
-           cfg.runtime.device, cfg.runtime.bf16, cfg.runtime.threads)
+           ic.trim_borders, cfg.runtime.device, cfg.runtime.bf16, cfg.runtime.threads)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

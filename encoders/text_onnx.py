@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from encoders.text import text_list, whole_words_of
 from vitrina.config import RuntimeConfig, TextEncoderConfig
-from vitrina.errors import BadInput, ModelUnavailable
+from vitrina.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class OnnxTextEncoder:
         self.dim, self.max_length, self.source = dim, max_length, source
         self.bf16 = False
         self._lock = threading.Lock()
+        self._whole_words: frozenset[str] | None = None
 
     @classmethod
     def open(cls, model_file: Path, source: Path, cfg: TextEncoderConfig, threads: int) -> OnnxTextEncoder:
@@ -128,14 +130,15 @@ class OnnxTextEncoder:
         dim = int(session.get_outputs()[0].shape[-1])
         return cls(session, tokenizer, dim, cfg.max_length, str(source))
 
+    def whole_words(self) -> frozenset[str]:
+        """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
+        if self._whole_words is None:
+            self._whole_words = whole_words_of(self._tokenizer)
+        return self._whole_words
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
-        if isinstance(texts, str):
-            raise BadInput("encode takes a sequence of strings, not one string")
-        items = list(texts)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise BadInput(f"text #{i} is {type(t).__name__}, expected str")
+        items = text_list(texts)
         with self._lock:  # a tokenizer object is not meant to be shared between threads
             encodings = self._tokenizer.encode_batch(items)
         out = np.empty((len(items), self.dim), dtype=np.float32)

@@ -4,7 +4,7 @@ With `[finetune].text_layers` = 0 the tower trains against the locked text tower
 (`LockedText`). With n > 0, `TunedTextLayers` runs the text tower's first layers once over every training text
 (their outputs cached) and only the last n layers, then mean pooling, per batch, so they learn with the image
 tower; `vitrina finetune` writes them beside the tower (`<output>.text.pt`) and `[text_encoder].tuned_layers`
-puts them into the text encoder for indexing and queries. `scripts/exp_text_tuning.py` compares the two.
+puts them into the text encoder for indexing and queries. `python -m evaluation.experiments.text_tuning` compares the two.
 """
 
 from __future__ import annotations

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from encoders import (create_image_encoder, create_text_encoder, fuse_batch, image_tower_status,
-                      text_encoder_key)
+                      text_encoder_key, tuned_layers_stamp)
 from indexer.reader import Product, Skipped, image_base
-from search.store import ItemRecord
+from search.store.interface import ItemRecord
 from vitrina.config import Config
 from vitrina.errors import ConfigError, ModelUnavailable, VitrinaError
 from vitrina.images import load_image
@@ -60,6 +63,23 @@ def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
     return enc, ""
 
 
+def tower_identity(image_tower: str) -> str:
+    """The tower's name, with its file's modification time when it is a file: a retrained tower is a new tower."""
+    tower_file = Path(image_tower) if image_tower else None
+    if tower_file is not None and tower_file.is_file():
+        return f"{image_tower}@{tower_file.stat().st_mtime_ns}"
+    return image_tower
+
+
+def model_stamp(cfg: Config, image_tower: str) -> str:
+    """What makes an item's record (vectors, keywords, payload) the same when built again: the catalogue mapping,
+    the text model and its tuned layers, the fusion weights and the image tower (16 hex digits)."""
+    mapping = dataclasses.replace(cfg.catalogue, path="", format="")
+    settings = repr((mapping, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion, cfg.image_encoder,
+                     tower_identity(image_tower)))
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
 _TWINS: dict[Any, Any] = {}
 _TWINS_LOCK = threading.Lock()
 
@@ -99,6 +119,7 @@ class Embedder:
             self._text_twin = _text_twin(run)
         self._per_item: dict[str, float] = {}  # moving averages: seconds per item of "text" and "image"
         self.image_encoder = image_encoder
+        self.stamp = model_stamp(cfg, image_encoder.name if image_encoder is not None else "")
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)
         self.dims = {"text": self.text_encoder.dim, "image": self.text_encoder.dim, "fused": self.text_encoder.dim}

@@ -1,18 +1,17 @@
-"""Changes to the live collection behind the alias (upsert, delete) and a status report of the index."""
+"""The live collection behind the alias, and a status report of the index (`vitrina info`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from indexer.embed import Embedder, load_image_encoder
-from indexer.reader import Product, Skipped, parse_row, read_catalogue
+from indexer.changelog import ChangeLog, changes_dir
 from indexer.state import load_state, report_path
-from search.store import Store, open_store
+from search.store.factory import open_store
+from search.store.interface import Store
 from vitrina.config import Config
-from vitrina.errors import BadInput, NotFound, VitrinaError
+from vitrina.errors import NotFound, VitrinaError
 
 log = logging.getLogger(__name__)
 
@@ -23,82 +22,6 @@ def live_collection(cfg: Config, store: Store) -> str:
     if target is None:
         raise NotFound(f"no index behind alias {cfg.store.alias!r} yet", detail="run `vitrina reindex` first")
     return target
-
-
-def parse_items(cfg: Config, text: str | None = None, file: str | Path | None = None
-                ) -> tuple[list[Product], list[Skipped]]:
-    """Items in catalogue schema: one JSON object (or a JSON list of them) in `text`, or a JSONL/CSV file."""
-    if (text is None) == (file is None):
-        raise BadInput("give one item as JSON or a file of items, not both or neither")
-    items: list[Product | Skipped]
-    if file is not None:
-        items = list(read_catalogue(cfg, file))
-    else:
-        try:
-            raw = json.loads(text or "")
-        except ValueError as e:
-            raise BadInput(f"the item is not valid JSON: {e}") from e
-        records = raw if isinstance(raw, list) else [raw]
-        if not records or not all(isinstance(r, Mapping) for r in records):
-            raise BadInput("give a JSON object (or a list of objects) with the catalogue's columns")
-        items, seen = [], set()
-        for n, record in enumerate(records, start=1):
-            item = parse_row(cfg.catalogue, record, n)
-            if isinstance(item, Product) and item.id in seen:
-                item = Skipped(item.id, "duplicate id", n)
-            elif isinstance(item, Product):
-                seen.add(item.id)
-            items.append(item)
-    return [i for i in items if isinstance(i, Product)], [i for i in items if isinstance(i, Skipped)]
-
-
-def upsert_products(cfg: Config, products: Sequence[Product], store: Store | None = None
-                    ) -> tuple[str, int, list[Skipped]]:
-    """Encode and write products into the live collection (same id overwrites): (collection, written, skipped).
-
-    Only the live collection changes: a later `vitrina reindex` rebuilds from the catalogue file.
-    """
-    own = store is None
-    store = store or open_store(cfg)
-    try:
-        collection = live_collection(cfg, store)
-        info = store.collection_info(collection)
-        image_encoder, why = load_image_encoder(cfg) if "image" in info.dims else (None, "collection is text only")
-        if image_encoder is None:
-            log.warning("upsert without image vectors: %s", why)
-        skipped: list[Skipped] = []
-        written = 0
-        with Embedder(cfg, image_encoder) as embedder:
-            size = max(1, cfg.indexer.batch_size)
-            for start in range(0, len(products), size):
-                records, bad = embedder.embed(products[start:start + size])
-                if records:
-                    store.upsert(collection, records)
-                skipped += bad
-                written += len(records)
-        store.flush(collection)
-        return collection, written, skipped
-    finally:
-        if own:
-            store.close()
-
-
-def delete_items(cfg: Config, ids: Sequence[str], store: Store | None = None) -> tuple[str, list[str], list[str]]:
-    """Delete ids from the live collection: (collection, deleted ids, ids that were not there)."""
-    if not ids or any(not i.strip() for i in ids):
-        raise BadInput("give one or more non-empty item ids")
-    own = store is None
-    store = store or open_store(cfg)
-    try:
-        collection = live_collection(cfg, store)
-        present = {h.id for h in store.retrieve(collection, list(ids))}
-        wanted = list(dict.fromkeys(ids))
-        store.delete(collection, [i for i in wanted if i in present])
-        store.flush(collection)
-        return collection, [i for i in wanted if i in present], [i for i in wanted if i not in present]
-    finally:
-        if own:
-            store.close()
 
 
 def index_info(cfg: Config, store: Store | None = None) -> dict[str, Any]:
@@ -139,7 +62,17 @@ def index_info(cfg: Config, store: Store | None = None) -> dict[str, Any]:
                 "collection": state.collection, "position": state.position, "indexed": state.indexed,
                 "skipped": len(state.skipped), "phase": state.phase},
             "last_reindex": last,
+            "changes": _changes(cfg),
         }
     finally:
         if own:
             store.close()
+
+
+def _changes(cfg: Config) -> dict[str, Any] | None:
+    """The write log's size and checkpoints (None before the first write through the API or the CLI)."""
+    path = changes_dir(cfg) / f"{cfg.store.alias}.sqlite"
+    if not path.is_file():
+        return None
+    with ChangeLog(path, lock_timeout_s=1.0) as changelog:
+        return changelog.stats()

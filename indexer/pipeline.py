@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from encoders import tuned_layers_stamp
-from indexer.embed import Embedder, StageTimer, load_image_encoder
+from indexer.embed import Embedder, StageTimer, load_image_encoder, tower_identity
+from indexer.handover import HandOver, hand_over
 from indexer.reader import Product, Skipped, read_catalogue
 from indexer.state import (ReindexState, RunLock, clear_state, load_state, report_path, save_state,
                            write_json_atomic)
-from search.store import ItemRecord, Store, open_store
+from search.store.factory import open_store
+from search.store.interface import ItemRecord, Store
 from vitrina.config import Config
 from vitrina.errors import StoreError, VitrinaError
 
@@ -46,6 +48,7 @@ class ReindexSummary:
     stages_s: dict[str, float] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     previous: str | None = None
+    replayed: int = 0  # changes from the write log (API, `vitrina upsert`) replayed onto the new collection
 
     def lines(self) -> list[str]:
         out = [f"reindex {self.alias} -> {self.collection}" + (" (resumed)" if self.resumed else ""),
@@ -58,6 +61,8 @@ class ReindexSummary:
             out.append(f"    ... {self.skipped - 10:,} more in the report")
         out.append(f"  wall     {self.wall_s:.1f}s for {self.written:,} items written by this run: "
                    f"{self.items_per_s:.1f} items/s end to end")
+        if self.replayed:
+            out.append(f"  replayed {self.replayed:,} change(s) written since the catalogue file")
         if self.previous:
             out.append(f"  alias    was {self.previous}")
         if self.dropped:
@@ -82,10 +87,8 @@ def fingerprint(cfg: Config, image_tower: str, limit: int = 0) -> dict[str, Any]
     path = Path(cfg.catalogue.path)
     st = path.stat()
     settings = repr((cfg.catalogue, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion, cfg.image_encoder))
-    tower_file = Path(image_tower) if image_tower else None
-    if tower_file is not None and tower_file.is_file():  # a retrained tower at the same path is a new tower
-        image_tower = f"{image_tower}@{tower_file.stat().st_mtime_ns}"
-    return {"catalogue": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "image_tower": image_tower,
+    return {"catalogue": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "image_tower": tower_identity(image_tower),
             "limit": limit,
             "settings": hashlib.sha256(settings.encode()).hexdigest()[:16]}
 
@@ -152,12 +155,13 @@ class _Writer(threading.Thread):
         self.timer.add("flush", time.perf_counter() - t0)
 
 
-def _progress(total: int | None, initial: int, enabled: bool) -> Any:
+def progress_bar(total: int | None, initial: int, enabled: bool, desc: str = "reindex") -> Any:
+    """A tqdm bar on stderr (in a log file: a line every 30 s instead of a live bar)."""
     from tqdm import tqdm
 
-    tty = sys.stderr.isatty()  # in a log file: a line every 30 s instead of a live bar
+    tty = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, unit="item", dynamic_ncols=tty, disable=not enabled,
-                smoothing=0.1, file=sys.stderr, desc="reindex", mininterval=0.5 if tty else 30.0,
+                smoothing=0.1, file=sys.stderr, desc=desc, mininterval=0.5 if tty else 30.0,
                 ascii=not tty)
 
 
@@ -222,7 +226,11 @@ def reindex(cfg: Config, fresh: bool = False, limit: int = 0, progress: bool = T
             summary.image_vectors = image_encoder is not None
             if state.indexed == 0:
                 write_json_atomic(report_path(cfg), asdict(summary))
-            summary.previous, summary.dropped = _swap(cfg, store, state, timer)
+            summary.previous, summary.dropped, handed = _swap(cfg, store, state, timer, image_encoder)
+            summary.replayed = handed.replayed
+            summary.skipped_items = summary.skipped_items + [{"id": s.id, "reason": s.reason, "row": 0}
+                                                             for s in handed.skipped]
+            summary.skipped += len(handed.skipped)
             summary.wall_s = round(time.perf_counter() - t_start, 2)
             summary.items_per_s = round(summary.written / max(summary.wall_s, 1e-9), 1)
             summary.stages_s = timer.as_dict()
@@ -241,7 +249,7 @@ def _fill(cfg: Config, store: Store, state: ReindexState, embedder: Embedder, ro
     if limit > 0:
         rows = (r for i, r in enumerate(rows) if i < limit)
     writer = _Writer(cfg, store, state, timer, cfg.indexer.checkpoint_every)
-    bar = _progress(total, state.position, progress)
+    bar = progress_bar(total, state.position, progress)
     writer.start()
     try:
         ahead: tuple[int, list[Product], list[Skipped], list[Any]] | None = None
@@ -263,8 +271,9 @@ def _fill(cfg: Config, store: Store, state: ReindexState, embedder: Embedder, ro
         bar.close()
     if writer.error is not None:
         raise writer.error
-    state.phase = "finalizing"
-    save_state(cfg, state)
+    if state.phase == "writing":
+        state.phase = "finalizing"
+        save_state(cfg, state)
     reasons = Counter(_reason_kind(s["reason"]) for s in state.skipped)
     elapsed = time.perf_counter() - t0
     return ReindexSummary(alias=state.alias, collection=state.collection, indexed=state.indexed,
@@ -292,26 +301,30 @@ def _reason_kind(reason: str) -> str:
     return f"{head}: {rest.split(':')[0]}"[:80]
 
 
-def _swap(cfg: Config, store: Store, state: ReindexState, timer: StageTimer) -> tuple[str | None, list[str]]:
-    """Verify the new collection's count, finalize it, point the alias at it, drop versions beyond `keep`."""
+def _swap(cfg: Config, store: Store, state: ReindexState, timer: StageTimer, image_encoder: Any | None
+          ) -> tuple[str | None, list[str], HandOver]:
+    """Verify the new collection's count, replay the writes logged since the catalogue file was written,
+    finalize it, point the alias at it (indexer.handover), drop versions beyond `keep`."""
     t0 = time.perf_counter()
-    if state.indexed == 0:
-        raise VitrinaError(f"no item of the catalogue could be indexed ({len(state.skipped)} skipped); the alias "
-                           "was NOT moved", detail=f"see the reasons in {report_path(cfg)}; fix the catalogue and "
-                           "rerun with --fresh")
-    store.flush(state.collection)
-    count = store.count(state.collection)
-    if count != state.indexed:
-        raise StoreError(f"collection {state.collection} holds {count:,} items but {state.indexed:,} were written; "
-                         "the alias was NOT moved", detail="rerun `vitrina reindex` (it resumes), or --fresh")
-    finalize = getattr(store, "finalize", None)
-    if finalize is not None:
-        finalize(state.collection)
-    timer.add("finalize", time.perf_counter() - t0)
     alias = cfg.store.alias
-    previous = store.get_alias(alias)
-    store.set_alias(alias, state.collection)
-    log.info("alias %s -> %s (was %s)", alias, state.collection, previous)
+    if store.get_alias(alias) == state.collection:  # a rerun after a kill just after the move: it is live already
+        return None, [], HandOver()
+    if state.phase != "replaying":
+        if state.indexed == 0:
+            raise VitrinaError(f"no item of the catalogue could be indexed ({len(state.skipped)} skipped); the "
+                               "alias was NOT moved", detail=f"see the reasons in {report_path(cfg)}; fix the "
+                               "catalogue and rerun with --fresh")
+        store.flush(state.collection)
+        count = store.count(state.collection)
+        if count != state.indexed:
+            raise StoreError(f"collection {state.collection} holds {count:,} items but {state.indexed:,} were "
+                             "written; the alias was NOT moved", detail="rerun `vitrina reindex` (it resumes), "
+                             "or --fresh")
+        state.phase = "replaying"  # from here the count also moves with the replayed writes
+        save_state(cfg, state)
+    handed = hand_over(cfg, store, state.collection, state.fingerprint["mtime_ns"] / 1e9, image_encoder)
+    timer.add("finalize", time.perf_counter() - t0)
+    log.info("alias %s -> %s (was %s)", alias, state.collection, handed.previous)
     old = [c for c in versions_of(store, alias) if c != state.collection]
     dropped = []
     for name in old[:max(0, len(old) - max(0, cfg.store.keep))]:
@@ -320,4 +333,4 @@ def _swap(cfg: Config, store: Store, state: ReindexState, timer: StageTimer) -> 
             dropped.append(name)
         except VitrinaError as e:  # e.g. still open in a server process; the next reindex retries
             log.warning("could not drop old collection %s: %s", name, e.message)
-    return previous, dropped
+    return handed.previous, dropped, handed

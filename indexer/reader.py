@@ -179,7 +179,7 @@ def catalogue_format(cat: CatalogueConfig, path: Path | None = None) -> str:
     raise CatalogueError(f"cannot tell the format of {path or cat.path}: set [catalogue].format to csv or jsonl")
 
 
-def _csv_records(path: Path, cat: CatalogueConfig) -> Iterator[tuple[int, Mapping[str, Any]]]:
+def _csv_records(path: Path, cat: CatalogueConfig, required: list[str]) -> Iterator[tuple[int, Mapping[str, Any]]]:
     try:
         f = path.open(newline="", encoding="utf-8-sig")
     except OSError as e:
@@ -193,7 +193,7 @@ def _csv_records(path: Path, cat: CatalogueConfig) -> Iterator[tuple[int, Mappin
             raise CatalogueError(f"{path}: not a readable CSV file: {e}") from e
         if not header:
             raise CatalogueError(f"{path}: the catalogue is empty (no header row)")
-        missing = [c for c in mapped_columns(cat) if c not in header]
+        missing = [c for c in required if c not in header]
         if missing:
             raise CatalogueError(f"{path}: column(s) {missing} named in [catalogue] are not in the file",
                                  f"the file has: {', '.join(header)}")
@@ -242,6 +242,24 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     return rows()
 
 
+def read_records(cfg: Config, path: str | Path | None = None, every_column: bool = True
+                 ) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """The raw records of a CSV or JSONL file in catalogue schema with their 1-based row numbers; a record that
+    cannot be read is {"__error__": why}. `path` overrides [catalogue].path (e.g. a file for `vitrina upsert`).
+
+    Raises CatalogueError at once when the file cannot be opened, its format is unknown, or a CSV header lacks
+    a mapped column (with every_column=False: the id or title column; a missing one then reads as empty)."""
+    cat = cfg.catalogue
+    file = Path(path) if path is not None else Path(cat.path)
+    if not str(file) or str(file) == ".":
+        raise CatalogueError("no catalogue file: set [catalogue].path")
+    if not file.is_file():
+        raise CatalogueError(f"catalogue file not found: {file}")
+    fmt = catalogue_format(cat if path is None else dataclasses.replace(cat, format="auto"), file)
+    required = mapped_columns(cat) if every_column else [c for c in (cat.id, cat.title) if c]
+    return _csv_records(file, cat, required) if fmt == "csv" else _jsonl_records(file)
+
+
 def read_catalogue(cfg: Config, path: str | Path | None = None) -> Iterator[Product | Skipped]:
     """Every row of the catalogue in file order: a Product, or a Skipped(id, reason, row) for a bad row
     (missing or duplicate id, empty title, bad price or number, no image value, unparsable record).
@@ -250,15 +268,7 @@ def read_catalogue(cfg: Config, path: str | Path | None = None) -> Iterator[Prod
     or a CSV header lacks a mapped column. JSONL records have no header: a missing key reads as empty.
     `path` overrides [catalogue].path (used for upsert files in catalogue schema).
     """
-    cat = cfg.catalogue
-    file = Path(path) if path is not None else Path(cat.path)
-    if not str(file) or str(file) == ".":
-        raise CatalogueError("no catalogue file: set [catalogue].path")
-    if not file.is_file():
-        raise CatalogueError(f"catalogue file not found: {file}")
-    fmt = catalogue_format(cat if path is None else dataclasses.replace(cat, format="auto"), file)
-    records = _csv_records(file, cat) if fmt == "csv" else _jsonl_records(file)
-    return _products(cat, records)
+    return _products(cfg.catalogue, read_records(cfg, path))
 
 
 def _products(cat: CatalogueConfig, records: Iterator[tuple[int, Mapping[str, Any]]]

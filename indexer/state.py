@@ -31,7 +31,7 @@ class ReindexState:
     position: int = 0
     indexed: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    phase: str = "writing"  # writing | finalizing
+    phase: str = "writing"  # writing | finalizing | replaying (count verified; replaying the write log)
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     resumes: int = 0

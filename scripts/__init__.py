@@ -1,1 +1,1 @@
-"""Top layer: the `vitrina` command line, benchmarks and evaluation programs."""
+"""The `vitrina` command line: cli.py and one thin module per subcommand (the shell scripts sit beside them)."""

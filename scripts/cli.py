@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "scripts.cmd_evaluate",  # evaluate
     "scripts.cmd_bench",  # bench
     "scripts.cmd_signals",  # rebuild-signals
+    "scripts.cmd_ranker",  # train-ranker
 )
 
 

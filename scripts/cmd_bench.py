@@ -1,35 +1,35 @@
-"""`vitrina bench NAME [options]`: runs the benchmark module scripts/bench_NAME.py of this build."""
+"""`vitrina bench NAME [options]`: runs the benchmark module benchmarks/NAME.py of this build."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import pkgutil
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import benchmarks
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
-# A benchmark is a module scripts/bench_<name>.py with `add_arguments(parser)` and `run(cfg, args) -> int`.
+# A benchmark is a module benchmarks/<name>.py with `add_arguments(parser)` and `run(cfg, args) -> int`.
 # Modules are found by file name and imported only when chosen, so a heavy benchmark never slows the CLI.
 
 
 def available() -> list[str]:
-    """Names of the benchmark modules present in this build (scripts/bench_*.py)."""
-    folder = Path(__file__).resolve().parent
-    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(folder)]) if m.name.startswith("bench_"))
+    """Names of the benchmark modules present in this build (benchmarks/*.py)."""
+    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
+                  if not m.ispkg and m.name not in benchmarks.HELPERS)
 
 
 def _load(name: str) -> Any:
     try:
-        module = importlib.import_module(f"scripts.bench_{name}")
+        module = importlib.import_module(f"benchmarks.{name}")
     except ModuleNotFoundError as e:
-        if e.name == f"scripts.bench_{name}":
+        if e.name == f"benchmarks.{name}":
             raise BadInput(f"no benchmark {name!r}; this build has: {', '.join(available()) or 'none'}") from e
         raise
     if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
-        raise BadInput(f"scripts/bench_{name}.py is not a `vitrina bench` module (needs add_arguments and run)")
+        raise BadInput(f"benchmarks/{name}.py is not a `vitrina bench` module (needs add_arguments and run)")
     return module
 
 
@@ -40,16 +40,6 @@ def _bench(cfg: Config, args: argparse.Namespace) -> int:
     module.add_arguments(parser)
     bench_args = parser.parse_args(args.bench_args)
     return int(module.run(cfg, bench_args))
-
-
-def standalone(name: str, argv: Sequence[str] | None = None) -> int:
-    """`python scripts/bench_NAME.py [--config F] [options]`: the same as `vitrina [--config F] bench NAME [options]`."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, rest = pre.parse_known_args(argv)
-    from scripts.cli import main
-
-    return main((["--config", known.config] if known.config else []) + ["bench", name, *rest])
 
 
 def register(subparsers: Any) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scripts.evaluate import SECTIONS, EvalOptions, run_evaluation, write_report
+from evaluation.harness import SECTIONS, EvalOptions, run_evaluation, write_report
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -37,6 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--queries", type=Path, help="queries CSV (default: queries_dev.csv next to the catalogue)")
     p.add_argument("--qrels", type=Path, help="qrels CSV (default: qrels_dev.csv next to the catalogue)")
+    p.add_argument("--natural", type=Path, help="natural-query CSV (default: evaluation/natural_queries.csv)")
+    p.add_argument("--natural-modes", default=",".join(d.natural_modes), help="search modes for the natural queries")
     p.add_argument("--image-queries", type=int, default=d.image_queries, help="photos to sample")
     p.add_argument("--image-split", default=d.image_split, help="split the photos are drawn from")
     p.add_argument("--image-match", default=",".join(d.image_match),
@@ -80,6 +82,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(
         sections=_csv(args.sections), out=args.out, url=args.url, api_key=args.api_key, limit=args.limit,
         seed=args.seed, queries=args.queries, qrels=args.qrels, modes=_csv(args.modes),
+        natural=args.natural, natural_modes=_csv(args.natural_modes),
         image_queries=args.image_queries, image_split=args.image_split, image_match=_csv(args.image_match),
         image_modes=_csv(args.image_modes), robust_queries=args.robust_queries, cross_catalogue=args.cross_catalogue,
         cross_queries=args.cross_queries, transactions=args.transactions, cutoff=args.cutoff, end=args.end,
@@ -89,7 +92,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from scripts.eval_report import format_report
+    from evaluation.report import format_report
 
     opts = options_from_args(args)
     out = opts.out or cfg.data_dir / "eval"
@@ -107,7 +110,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 def _run_windows(cfg: Config, opts: EvalOptions, text: str, out: Path) -> int:
     """--windows: each window's report in <out>/<cutoff>_<end>/, the pooled summary in <out>/windows.json."""
-    from scripts.eval_windows import format_windows, parse_windows, run_windows
+    from evaluation.windows import format_windows, parse_windows, run_windows
 
     windows = parse_windows(text)
     reports, summary = run_windows(cfg, opts, windows)

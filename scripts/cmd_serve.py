@@ -1,12 +1,18 @@
-"""`vitrina serve`: the search service behind waitress (threads from [web].threads)."""
+"""`vitrina serve`: the search service behind waitress (threads from [web].threads), in one or several processes."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
+import os
+import signal
+import socket
+import time
 
 from vitrina.config import Config
-from vitrina.errors import ConfigError
+from vitrina.errors import ConfigError, VitrinaError
 
 log = logging.getLogger(__name__)
 
@@ -15,31 +21,117 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="serve the search API and page with waitress")
     p.add_argument("--host", help="interface to listen on (default [web].host)")
     p.add_argument("--port", type=int, help="port (default [web].port)")
-    p.add_argument("--threads", type=int, help="worker threads (default [web].threads)")
+    p.add_argument("--threads", type=int, help="worker threads per process (default [web].threads)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="serving processes sharing the port (needs a Qdrant server: [store].backend = qdrant "
+                        "with a url; the embedded store serves from one process)")
     p.add_argument("--no-preload", action="store_true",
                    help="load the text model on the first search instead of at start")
     p.set_defaults(func=serve)
 
 
-def serve(cfg: Config, args: argparse.Namespace) -> int:
-    import waitress
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1); '0.0.0.0', '::' and names are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    from web import create_app
+
+def check_open_writes(cfg: Config, host: str) -> None:
+    """Refuse to listen beyond loopback without an API key, unless [web].open_writes says so explicitly."""
+    from web.deps import api_keys
+
+    if is_loopback(host) or api_keys(cfg) or cfg.web.open_writes:
+        return
+    raise ConfigError(f"refusing to serve on {host!r} without an API key: anyone who reaches it could change "
+                      "products, record feedback, and read or forget shoppers",
+                      detail="set [web].api_keys (or $VITRINA_API_KEYS), listen on 127.0.0.1, or set "
+                             "[web].open_writes = true to accept open writes")
+
+
+def workers_refused(cfg: Config) -> str | None:
+    """Why this store cannot be served by several processes (None when it can: a Qdrant server by URL)."""
+    if cfg.store.backend == "edge":
+        return ("the embedded store (qdrant-edge) opens a collection in one process only, so it serves from one "
+                "process: see 'Several processes' in the README for its measured ceiling")
+    if cfg.store.backend == "qdrant" and not cfg.store.url:
+        return "qdrant-client's local mode (a folder or memory) is one process"
+    return None
+
+
+def service_url(host: str, port: int) -> str:
+    """How a client on this machine reaches the service."""
+    connect = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"
+
+
+def serve(cfg: Config, args: argparse.Namespace) -> int:
+    from web.client import service_file
+    from scripts.serve_workers import exit_on_signal, listen, run_workers
 
     host = args.host or cfg.web.host
     port = cfg.web.port if args.port is None else args.port
     threads = cfg.web.threads if args.threads is None else args.threads
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port}")
-    if threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if threads < 1 or args.workers < 1:
+        raise ConfigError(f"threads and workers must be >= 1, got {threads} and {args.workers}")
+    check_open_writes(cfg, host)
+    why = workers_refused(cfg) if args.workers > 1 else None
+    if why:
+        raise ConfigError(f"--workers {args.workers}: {why}",
+                          detail='for more throughput run a Qdrant server and set [store].backend = "qdrant", '
+                                 'url = "http://..." (then reindex into it)')
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    url = service_url(host, sock.getsockname()[1])
+    announce = service_file(cfg)
+    announce.parent.mkdir(parents=True, exist_ok=True)
+    announce.write_text(json.dumps({"url": url, "pid": os.getpid(), "workers": args.workers, "started": time.time()}))
+    log.info("serving on %s (%s) with %d process(es) x %d threads", url, host, args.workers, threads)
+    try:
+        if args.workers == 1:
+            signal.signal(signal.SIGTERM, exit_on_signal)
+            return run_app(cfg, sock, threads, not args.no_preload)
+        return run_workers(args.workers, lambda: run_app(cfg, sock, threads, not args.no_preload))
+    finally:
+        try:
+            if json.loads(announce.read_text()).get("pid") == os.getpid():
+                announce.unlink()
+        except (OSError, ValueError):
+            pass
+        sock.close()
+
+
+def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool) -> int:
+    """One serving process: its own app, store and models; logged writes a crash left unapplied go in first."""
+    import waitress
+
+    from web import create_app
+    from web.api_write import close_writer, writer
+
     app = create_app(cfg)
     service = app.extensions["vitrina"]
-    if not args.no_preload:
-        service.warm()
-        log.info("index %r holds %d items", cfg.store.alias, service.index_size())
-    log.info("serving on http://%s:%d with %d threads", host, port, threads)
-    waitress.serve(app, host=host, port=port, threads=threads, ident="vitrina",
-                   max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024)
-    service.close()
+    try:
+        if preload:
+            service.warm()
+            log.info("index %r holds %d items", cfg.store.alias, service.index_size())
+        try:
+            with app.app_context():
+                writer().recover()
+                if preload:
+                    writer().warm()
+        except VitrinaError as e:
+            log.warning("writes not checked against the change log yet: %s", e.message)
+        waitress.serve(app, sockets=[sock], threads=threads, ident="vitrina",
+                       max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024)
+    finally:
+        close_writer(app)
+        app.extensions["vitrina_traffic"].close()  # the impression log synced, the online model checkpointed
+        service.close()
     return 0

@@ -1,4 +1,4 @@
-"""`vitrina rebuild-signals`: recompute co-bought counts and popularity from the feedback event log."""
+"""`vitrina rebuild-signals`: recompute co-bought counts, popularity (and shopper segments) from the event log."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 import time
 
-from search.profiles import FILENAME, ProfileStore
+from search.shopper.profiles import FILENAME, ProfileStore
 from vitrina.config import Config
 from vitrina.errors import NotFound
 
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("rebuild-signals",
-                       help="wipe and rebuild co-occurrence and popularity from the event log")
+                       help="wipe and rebuild co-occurrence, popularity and shopper segments from the event log")
     p.set_defaults(func=rebuild_signals)
 
 
@@ -28,6 +28,11 @@ def rebuild_signals(cfg: Config, args: argparse.Namespace) -> int:
     store = ProfileStore(path, cfg.personal)
     try:
         stats = store.rebuild_signals()
+        if cfg.segments.k > 0:  # the interest groups are rebuilt with the signals
+            from search.shopper.segments import rebuild
+
+            groups = rebuild(store, cfg)
+            stats["segments"] = 0 if groups is None else int(groups.centroids.shape[0])
     finally:
         store.close()
     stats_out = {**stats, "seconds": round(time.perf_counter() - start, 3), "store": str(path)}

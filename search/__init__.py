@@ -1,1 +1,1 @@
-"""Retrieval: the vector store interface and backends, the search service, personalisation and metrics."""
+"""Retrieval: store/ (the vector store and its backends), query/ (the search service), shopper/ (personalisation)."""

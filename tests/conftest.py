@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -26,3 +27,14 @@ def catalogue(tmp_path: Path) -> Path:
 def cfg(tmp_path: Path, catalogue: Path) -> Config:
     """Config for the small catalogue, data under tmp_path, embedded edge store."""
     return make_config(tmp_path, catalogue)
+
+
+@pytest.fixture(scope="module")
+def shop_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """(cfg, store, rows): 48 products indexed with real MiniLM text vectors (test_engine.build_index), one per
+    test module; the store is closed after the module."""
+    from tests.test_engine import build_index
+
+    cfg, store, rows = build_index(tmp_path_factory.mktemp("shop"))
+    yield cfg, store, rows
+    store.close()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -107,7 +115,8 @@ def index_vectors(cfg: Config, rows: Sequence[dict[str, Any]], text: Any, image:
     Returns the open store; the caller closes it.
     """
     from encoders.fusion import fuse_batch
-    from search.store import ItemRecord, open_store
+    from search.store.factory import open_store
+    from search.store.interface import ItemRecord
 
     cat = cfg.catalogue
     fused = fuse_batch(text, image, cfg.fusion.text_weight, cfg.fusion.image_weight)
@@ -127,3 +136,96 @@ def index_vectors(cfg: Config, rows: Sequence[dict[str, Any]], text: Any, image:
         store.close()
         raise
     return store
+
+
+def index_with_minilm(cfg: Config, rows: Sequence[dict[str, Any]], image_noise: bool = True) -> Any:
+    """Index rows with real MiniLM text vectors of their text fields (see index_vectors); image vectors stand in
+    for a trained tower's: the text vector plus as much random noise (seeded), or the text vector itself.
+    Returns the open store; the caller closes it."""
+    import numpy as np
+
+    from encoders import create_text_encoder
+
+    text = create_text_encoder(cfg).encode([" ".join(str(r[f]) for f in cfg.catalogue.text_fields) for r in rows])
+    image = text.copy()
+    if image_noise:
+        noise = np.random.default_rng(0).normal(size=text.shape).astype(np.float32)
+        image = text + noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        image /= np.linalg.norm(image, axis=1, keepdims=True)
+    return index_vectors(cfg, rows, text, image)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(method: str, url: str, body: Any = None, key: str = "", timeout: float = 60.0) -> tuple[int, Any]:
+    """(status, JSON answer) of one request; HTTP errors are answers too."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+class ServeProcess:
+    """`vitrina --config FILE serve` in a real process on a free port; `stop()` sends SIGTERM, `kill()` SIGKILL."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None, wait_s: float = 180.0) -> None:
+        root = Path(__file__).resolve().parent.parent
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = config.with_name(f"serve-{self.port}.log")
+        cmd = [sys.executable, "-m", "scripts.cli", "--config", str(config), "serve", "--port", str(self.port), *args]
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vitrina serve exited {self.proc.returncode}: {self.output()[-3000:]}")
+            try:
+                if http_json("GET", self.url + "/health", timeout=5)[0] in (200, 503):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"vitrina serve did not answer in {wait_s:g} s: {self.output()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._out.close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=60)
+        self._out.close()
+
+
+def kill_when_settled(proc: subprocess.Popen[bytes], cfg: Config, rows: int, timeout_s: float = 120.0) -> None:
+    """SIGKILL a running `vitrina reindex` once its checkpoint has settled `rows` catalogue rows."""
+    from indexer.state import load_state, state_path
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = load_state(cfg) if state_path(cfg).exists() else None
+        if state is not None and state.position >= rows:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -180,7 +180,8 @@ def test_profile_get_and_delete(client: FlaskClient) -> None:
               {"user_id": "p1", "item_id": "1002", "event": "cart"},
               {"user_id": "p1", "item_id": "1002", "event": "purchase"}]
     assert client.post("/api/feedback", json=events, headers=AUTH).get_json() == {"accepted": 3}
-    prof = client.get("/api/users/p1/profile")
+    assert client.get("/api/users/p1/profile").status_code == 401  # a shopper's history needs the key
+    prof = client.get("/api/users/p1/profile", headers=AUTH)
     assert prof.status_code == 200
     body = prof.get_json()
     assert body["user_id"] == "p1"
@@ -188,7 +189,7 @@ def test_profile_get_and_delete(client: FlaskClient) -> None:
     assert body["first_event"].startswith("2026-01-01")
     gone = client.delete("/api/users/p1/profile", headers=AUTH)
     assert gone.status_code == 200 and gone.get_json() == {"user_id": "p1", "deleted": True}
-    assert client.get("/api/users/p1/profile").status_code == 404
+    assert client.get("/api/users/p1/profile", headers=AUTH).status_code == 404
     again = client.delete("/api/users/p1/profile", headers=AUTH)
     assert again.status_code == 200 and again.get_json()["deleted"] is False
 
@@ -213,10 +214,10 @@ def test_concurrent_feedback_every_event_counted(client: FlaskClient) -> None:
     for th in pool:
         th.join()
     assert not errors
-    crowd = client.get("/api/users/crowd/profile").get_json()
+    crowd = client.get("/api/users/crowd/profile", headers=AUTH).get_json()
     assert crowd["events"] == threads * per_thread // 2
     for t in range(threads):
-        assert client.get(f"/api/users/solo{t}/profile").get_json()["events"] == per_thread // 2
+        assert client.get(f"/api/users/solo{t}/profile", headers=AUTH).get_json()["events"] == per_thread // 2
 
 
 def test_health_and_openapi(client: FlaskClient) -> None:

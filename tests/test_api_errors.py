@@ -144,8 +144,9 @@ def test_routing_errors_are_json(client: FlaskClient) -> None:
     assert_error(client.get("/api/nothing-here"), 404)
     assert_error(client.put("/api/search"), 405)
     assert_error(client.get("/api/feedback"), 405)
-    assert_error(client.get("/api/users/bad%20user/profile"), 400, "shopper id")
-    assert_error(client.get("/api/users/nobody/profile"), 404)
+    assert_error(client.get("/api/users/nobody/profile"), 401, "API key required")
+    assert_error(client.get("/api/users/bad%20user/profile", headers=AUTH), 400, "shopper id")
+    assert_error(client.get("/api/users/nobody/profile", headers=AUTH), 404)
 
 
 def test_fuzzed_queries_never_5xx(client: FlaskClient) -> None:

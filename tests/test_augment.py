@@ -177,3 +177,19 @@ def test_stretch_levels_restores_a_dark_flat_photo_and_leaves_a_studio_shot() ->
     assert np.abs(back.astype(int) - studio.astype(int)).mean() < 8
     flat = np.full((8, 8, 3), 90, np.uint8)
     assert np.array_equal(stretch_levels(flat), flat)
+
+
+def test_trim_borders_crops_to_the_content_with_a_margin() -> None:
+    from encoders.image import trim_borders
+
+    img = Image.new("RGB", (100, 150), (236, 236, 236))  # a packshot's light grey
+    img.paste((20, 40, 160), (30, 40, 70, 120))
+    out = trim_borders(img)
+    assert out.size == (40 + 2 * 2, 80 + 2 * 3)  # 4% of the content's size kept around it
+    a = np.asarray(out)
+    assert tuple(a[out.height // 2, out.width // 2]) == (20, 40, 160)
+    full = Image.new("RGB", (50, 50), (200, 10, 10))
+    full.paste((0, 0, 0), (0, 0, 50, 5))  # content reaches the edges: nothing to cut
+    assert trim_borders(full).size == (50, 50)
+    blank = Image.new("RGB", (30, 30), (255, 255, 255))
+    assert trim_borders(blank).size == (30, 30)

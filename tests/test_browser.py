@@ -23,6 +23,7 @@ CHROMIUM = os.environ.get("VITRINA_CHROMIUM") or shutil.which("chromium") or "/u
 CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 KEY = "browser-test-key"
+EXPERIMENT = "page-test"
 N_ITEMS = 48
 
 if not Path(CHROMIUM).is_file():
@@ -55,8 +56,10 @@ class Server:
                               "form": request.form.to_dict(flat=False), "files": list(request.files)})
 
     def get_json(self, path: str) -> tuple[int, Any]:
+        """GET with the write key (a shopper's profile needs it)."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {KEY}"})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
@@ -78,7 +81,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     tmp = tmp_path_factory.mktemp("browser")
     catalogue = write_catalogue(tmp / "shop", product_rows(N_ITEMS))
-    cfg = make_config(tmp, catalogue, web={"api_keys": (KEY,)})
+    # an A/A experiment (the twin's override changes no ranking): the page shows the variant, the report renders
+    cfg = make_config(tmp, catalogue, web={"api_keys": (KEY,)},
+                      experiments={"name": EXPERIMENT, "variants": ("control", "twin: search.query_cache=1024"),
+                                   "min_shoppers": 1, "min_impressions": 1})
     write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint))
     summary = reindex(cfg, progress=False)
     assert summary.written == N_ITEMS and summary.image_vectors
@@ -156,6 +162,17 @@ def test_text_search_renders_product_images(page: Any) -> None:
     page.click("#load-more")
     page.wait_for_function("document.querySelectorAll('#grid .card').length === 48")
     assert page.is_hidden("#load-more")
+
+
+def test_the_page_says_how_the_query_was_read(page: Any) -> None:
+    search(page, "shooes not red")
+    page.wait_for_selector("#understood:not([hidden])")
+    line = page.inner_text("#understood")
+    assert "Searched for “shoes” (you typed “shooes”)" in line and "not Red" in line, line
+    metas = page.eval_on_selector_all("#grid .card .card-meta", "els => els.map(e => e.textContent)")
+    assert metas and "Red" not in metas[0]
+    search(page, "shoes")  # nothing to say: the line goes away
+    page.wait_for_selector("#understood", state="hidden")
 
 
 def test_facet_chip_filters_results(page: Any) -> None:
@@ -251,6 +268,58 @@ def test_score_breakdown_and_more_like_this(page: Any) -> None:
     assert first not in card_titles(page)  # the item itself is left out
 
 
+def test_variant_in_the_breakdown_and_feedback_names_the_response(page: Any, server: Server) -> None:
+    set_key(page, KEY)
+    page.fill("#q", "blue jeans")
+    with page.expect_response(lambda r: "/api/search" in r.url) as info:
+        page.press("#q", "Enter")
+    body = info.value.json()
+    page.wait_for_selector("#grid .card:not(.skeleton)")
+    assert body["experiment"] == EXPERIMENT and body["variant"] in ("control", "twin")
+    page.locator("#grid .card").nth(1).locator(".explain-toggle").click()
+    text = page.locator("#grid .card").nth(1).locator(".explain").inner_text()
+    assert "Variant" in text and f"{body['variant']} (experiment {EXPERIMENT})" in text
+    with page.expect_response(lambda r: "/api/feedback" in r.url) as clicked:
+        page.click("#grid .card >> nth=1 >> .card-open")
+    sent = json.loads(clicked.value.request.post_data)
+    assert clicked.value.status == 200
+    assert sent["request_id"] == body["request_id"] and sent["position"] == 1 and sent["event"] == "click"
+    assert sent["item_id"] == body["results"][1]["id"]
+    page.keyboard.press("Escape")
+
+
+def test_experiment_report_in_the_browser(page: Any, server: Server) -> None:
+    shop = server.app.test_client()  # some shoppers' traffic through the same app (and log) first
+    for n in range(40):
+        body = shop.get("/api/search", query_string={"q": ("red shoes", "blue jeans")[n % 2], "k": 6,
+                                                     "user_id": f"visitor-{n}"}).get_json()
+        if n % 3:
+            pos = n % 6
+            shop.post("/api/feedback", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"user_id": f"visitor-{n}", "item_id": body["results"][pos]["id"], "event": "click",
+                            "request_id": body["request_id"], "position": pos})
+    status, report = server.get_json(f"/api/experiments/{EXPERIMENT}")
+    assert status == 200 and report["variants"]
+    page.goto(f"{server.url}/experiments/{EXPERIMENT}")
+    page.wait_for_selector("body[data-ready='true']")
+    assert page.inner_text("#verdict") == report["verdict"]["text"]
+    rows = page.eval_on_selector_all("#variants tbody tr", "trs => trs.map(t => t.cells[0].textContent)")
+    assert rows == [v["name"] for v in report["variants"]] == ["control", "twin"]
+    responses = page.eval_on_selector_all("#variants tbody tr", "trs => trs.map(t => t.cells[2].textContent)")
+    assert responses == [str(v["impressions"]) for v in report["variants"]]
+    with_data = [v for v in report["variants"] if v["impressions"]]
+    assert page.locator("#plot svg circle.dot").count() == len(with_data) == 2
+    assert page.locator("#plot svg line.whisker").count() == 2  # each with its interval
+    assert page.locator("#comparisons tbody tr").count() == len(report["comparisons"]) >= 3
+    assert "CTR" in page.inner_text("#variants thead")
+    out = Path(os.environ.get("VITRINA_SCREENSHOT_DIR", tempfile.gettempdir())) / "vitrina-experiment.png"
+    page.screenshot(path=str(out), full_page=True)
+    assert out.stat().st_size > 10_000
+    page.goto(f"{server.url}/experiments/no-such-experiment")
+    page.wait_for_selector("body[data-ready='true']")
+    assert page.is_visible("#error") and "no experiment" in page.inner_text("#error")
+
+
 def test_screenshot(page: Any, server: Server) -> None:
     """A picture of a populated page (for people to look at; the test checks it was written)."""
     search(page, "red")
@@ -262,10 +331,10 @@ def test_screenshot(page: Any, server: Server) -> None:
 
 
 def test_bench_http_against_live_server(server: Server, tmp_path: Path) -> None:
-    """scripts/bench_http drives the same live server: every phase runs and reports figures."""
+    """benchmarks/http.py drives the same live server: every phase runs and reports figures."""
     import argparse
 
-    from scripts import bench_http
+    from benchmarks import http as bench_http
 
     queries = tmp_path / "queries.csv"
     queries.write_text("query_id,query\nq1,red shoes\nq2,black watches\nq3,blue jeans\n", encoding="utf-8")

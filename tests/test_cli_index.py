@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scripts.cli import main
-from search.store import open_store
+from search.store.factory import open_store
 from tests.helpers import make_config, product_rows, write_catalogue
 from tests.test_indexer import write_config
 from vitrina.config import Config

@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from search.ranking import cosines, rrf
-from search.request import flatten_json, parse_events, parse_search
-from tests.helpers import index_vectors, make_config, product_rows, write_catalogue
+from search.query.ranking import cosines, rrf
+from search.query.request import flatten_json, parse_events, parse_search
+from tests.helpers import index_with_minilm, make_config, product_rows, write_catalogue
 from vitrina.config import Config
 from vitrina.errors import BadInput, NotFound, PayloadTooLarge
 
 ROOT = Path(__file__).resolve().parents[1]
-DIM = 384
 
 
 def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[Config, Any, list[dict[str, Any]]]:
@@ -29,19 +28,10 @@ def build_index(folder: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[
     modalities agree roughly, as after fine-tuning; fused = fuse(text, image).
     Returns (cfg, store, rows); the alias points at the collection.
     """
-    from encoders import create_text_encoder
-
     rows = product_rows(n)
     catalogue = write_catalogue(folder / "shop", rows)
     cfg = make_config(folder, catalogue, **sections)
-    cat = cfg.catalogue
-    texts = [" ".join(str(r[f]) for f in cat.text_fields) for r in rows]
-    text = create_text_encoder(cfg).encode(texts)
-    rng = np.random.default_rng(0)
-    noise = rng.normal(size=(n, DIM)).astype(np.float32)
-    image = text + noise / np.linalg.norm(noise, axis=1, keepdims=True)
-    image /= np.linalg.norm(image, axis=1, keepdims=True)
-    store = index_vectors(cfg, rows, text, image)
+    store = index_with_minilm(cfg, rows)
     return cfg, store, rows
 
 
@@ -54,7 +44,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def service(indexed: Any) -> Any:
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
     cfg, store, _ = indexed
     return SearchService(cfg, store=store)
@@ -95,7 +85,7 @@ def test_rrf_rejects_mismatched_weights() -> None:
 
 
 def test_facet_counts_match_a_naive_count() -> None:
-    from search.ranking import facet_counts
+    from search.query.ranking import facet_counts
 
     payloads = [{"g": "Men", "c": "Red", "tags": ["a", "b", "a"]}, {"g": "Women", "c": "Red"},
                 {"g": "Men", "c": "", "tags": ["b"]}, {"g": "Men"}, {"c": None, "tags": []}]
@@ -186,7 +176,8 @@ def test_parse_events() -> None:
 def test_importing_web_does_not_import_torch() -> None:
     code = ("import sys; from web import create_app; from vitrina.config import load_config; "
             "app = create_app(load_config(env={})); c = app.test_client(); c.get('/openapi.json'); "
-            "bad = [m for m in ('torch', 'transformers', 'open_clip', 'onnxruntime', 'onnx') if m in sys.modules]; "
+            "bad = [m for m in ('torch', 'transformers', 'open_clip', 'onnxruntime', 'onnx', 'lightgbm') "
+            "if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -220,7 +211,7 @@ def test_text_modes_find_the_right_products(service: Any, indexed: Any, mode: st
 def test_image_mode_cross_modal_runs_on_image_vectors(service: Any, indexed: Any) -> None:
     _, store, _ = indexed
     resp = search(service, q="red caps", k=5, mode="image")
-    from search.store import DenseQuery
+    from search.store.interface import DenseQuery
 
     qvec = service.text_vector("red caps")
     want = [h.id for h in store.query("vitrina", DenseQuery(qvec, "image"), limit=5)]
@@ -228,7 +219,7 @@ def test_image_mode_cross_modal_runs_on_image_vectors(service: Any, indexed: Any
 
 
 def test_hybrid_is_rrf_of_keyword_and_vector(indexed: Any) -> None:
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
     cfg, store, _ = indexed
     service = SearchService(cfg.replace(search={"attribute_weight": 0.0, "rrf_k": 7, "keyword_weight": 2.0}),
@@ -250,7 +241,7 @@ def test_hybrid_is_rrf_of_keyword_and_vector(indexed: Any) -> None:
 
 
 def test_attribute_matcher() -> None:
-    from search.understand import AttributeMatcher, match_share
+    from search.query.understand import AttributeMatcher, match_share
 
     m = AttributeMatcher({"gender": ["Men", "Women"], "baseColour": ["Off White", "White", "Brown"],
                           "articleType": ["Watches", "Sports Shoes", "Shoes"], "subCategory": ["Watches"]})
@@ -267,7 +258,7 @@ def test_attribute_matcher() -> None:
 
 
 def test_hybrid_attribute_boost(indexed: Any) -> None:
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
     cfg, store, rows = indexed
     rows = {r["id"]: r for r in rows}
@@ -348,7 +339,7 @@ def test_photo_query_without_tower_is_503(service: Any) -> None:
 def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path) -> None:
     import io
 
-    from search.engine import SearchService
+    from search.query.engine import SearchService
     from tests.helpers import draw_product
     from tests.tiny_models import write_tiny_checkpoint
 
@@ -378,7 +369,7 @@ def test_photo_attributes_read_by_the_label_head_move_matching_items_up(indexed:
     import torch
 
     from encoders.image import create_image_encoder
-    from search.engine import SearchService
+    from search.query.engine import SearchService
     from tests.helpers import draw_product
     from tests.tiny_models import write_tiny_checkpoint
 
@@ -416,7 +407,7 @@ def test_hybrid_defaults_in_config_are_sane(service: Any) -> None:
 
 
 def test_query_cache_and_model_threads(indexed: Any) -> None:
-    from search.engine import SearchService
+    from search.query.engine import SearchService
 
     cfg, store, _ = indexed
     service = SearchService(cfg.replace(search={"query_cache": 2, "torch_threads": 1}), store=store)
@@ -438,8 +429,8 @@ def test_index_size_and_health(service: Any, indexed: Any) -> None:
 
 
 def test_purchased_items_demoted_when_configured(indexed: Any) -> None:
-    from search.engine import SearchService
-    from search.request import FeedbackEvent
+    from search.query.engine import SearchService
+    from search.query.request import FeedbackEvent
 
     cfg, store, _ = indexed
     keep = SearchService(cfg.replace(personal={"purchased": "keep"}), store=store)
@@ -459,8 +450,8 @@ def test_purchased_items_demoted_when_configured(indexed: Any) -> None:
 
 def test_replayed_history_still_personalises(indexed: Any) -> None:
     """Decay runs on the shop's clock (newest logged event), so a replayed 2020 history is not cold start."""
-    from search.engine import SearchService
-    from search.request import FeedbackEvent
+    from search.query.engine import SearchService
+    from search.query.request import FeedbackEvent
 
     cfg, store, _ = indexed
     service = SearchService(cfg, store=store)
@@ -476,8 +467,8 @@ def test_replayed_history_still_personalises(indexed: Any) -> None:
 
 def test_personal_candidates_reach_past_the_pool(indexed: Any) -> None:
     """A known shopper's own list (nearest to the user vector among the items the query names) joins the pool."""
-    from search.engine import SearchService
-    from search.request import FeedbackEvent
+    from search.query.engine import SearchService
+    from search.query.request import FeedbackEvent
 
     cfg, store, rows = indexed
     small = cfg.replace(search={"candidates": 2})
@@ -499,7 +490,7 @@ def test_personal_candidates_reach_past_the_pool(indexed: Any) -> None:
         user = mine.profiles.get("pool-1")  # the list's scores are the user cosines the rerank reuses
         ids_ = [h.id for h in hits]
         known = {h.id: e["_user_cosine"] for h, e in added}
-        from search.shopper import user_cosines
+        from search.shopper.lookup import user_cosines
 
         np.testing.assert_allclose(user_cosines(mine.store, mine.alias, user, ids_, known),
                                    user_cosines(mine.store, mine.alias, user, ids_), rtol=1e-5, atol=1e-6)
@@ -513,8 +504,8 @@ def test_personal_candidates_reach_past_the_pool(indexed: Any) -> None:
 
 def test_affinity_boosts_the_shoppers_values(indexed: Any) -> None:
     """[personal].affinity: candidates sharing a value with the bought items gain weight x share."""
-    from search.engine import SearchService
-    from search.request import FeedbackEvent
+    from search.query.engine import SearchService
+    from search.query.request import FeedbackEvent
 
     cfg, store, rows = indexed
     service = SearchService(cfg.replace(personal={"affinity": ("baseColour=5.0", "item=1.0"), "blend_max": 0.0}),
@@ -538,7 +529,7 @@ def test_affinity_boosts_the_shoppers_values(indexed: Any) -> None:
 def test_photo_boost_against_a_hand_computed_order() -> None:
     from types import SimpleNamespace
 
-    from search.understand import photo_boost
+    from search.query.understand import photo_boost
 
     hits = [SimpleNamespace(payload=p) for p in ({"t": "Shoes", "g": "Men"}, {"t": "Watches", "g": "Men"},
                                                  {"t": "Watches", "g": "Women"}, {"t": "Bags"})]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scripts.exp_photo_labels import neighbour_votes
+from evaluation.experiments.photo_labels import neighbour_votes
 
 
 def test_neighbour_vote_weights_the_k_nearest_by_cosine() -> None:

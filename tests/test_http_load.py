@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import bench_http
-from scripts.http_inputs import distinct_queries
-from scripts.http_load import Phase, parse_wrk, process_cpu_s, process_rss_mb, wrk_errors, write_requests
+from benchmarks import http as bench_http
+from benchmarks.http_inputs import distinct_queries
+from benchmarks.http_load import Phase, parse_wrk, process_cpu_s, process_rss_mb, wrk_errors, write_requests
 from vitrina.errors import BadInput
 
 # `wrk -t2 -c4 -d2s -s <WRK_LUA> http://127.0.0.1:8795 -- requests.tsv 2` against `vitrina serve`, one of the
@@ -89,3 +89,12 @@ def test_own_process_cpu_and_memory_are_readable() -> None:
     cpu = process_cpu_s(os.getpid())
     rss = process_rss_mb(os.getpid())
     assert cpu is not None and cpu > 0 and rss is not None and rss > 10
+
+
+def test_vitrina_bench_lists_the_benchmarks_not_their_helpers() -> None:
+    import benchmarks
+    from scripts.cmd_bench import available
+
+    names = available()
+    assert {"http", "index", "store", "recommend", "write"} <= set(names) and not set(names) & benchmarks.HELPERS
+    assert all((Path(benchmarks.__file__).parent / f"{name}.py").is_file() for name in benchmarks.HELPERS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -19,8 +18,9 @@ import pytest
 
 from indexer.pipeline import reindex, versions_of
 from indexer.state import load_state, report_path, state_path
-from search.store import KeywordQuery, open_store
-from tests.helpers import make_config, product_rows, write_catalogue
+from search.store.factory import open_store
+from search.store.interface import KeywordQuery
+from tests.helpers import kill_when_settled, make_config, product_rows, write_catalogue
 from vitrina.config import Config
 from vitrina.errors import StoreError, VitrinaError
 
@@ -239,16 +239,7 @@ def test_kill_9_mid_reindex_then_rerun_while_searching(tmp_path: Path) -> None:
     searcher.start()
     try:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        kill_at = random.Random().randint(8, n - 40)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = load_state(cfg) if state_path(cfg).exists() else None
-            if state is not None and state.position >= kill_at:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_when_settled(proc, cfg, random.Random().randint(8, n - 40))
         state = load_state(cfg)
         assert state is not None and 0 < state.position < n
         half = state.collection

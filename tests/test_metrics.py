@@ -1,4 +1,4 @@
-"""search.metrics against hand-computed cases and against ranx on random runs and graded qrels."""
+"""evaluation.metrics against hand-computed cases and against ranx on random runs and graded qrels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from search import metrics as m
+from evaluation import metrics as m
 
 
 def test_ndcg_hand_computed() -> None:

@@ -1,5 +1,5 @@
-"""search.payload_cache and the edge store reading through it: writes and deletes are seen at once, a read that
-raced a write never stores the old payload, the cache stays within its size, callers get their own dicts."""
+"""search/store/payload_cache.py and the edge store reading through it: writes and deletes are seen at once, a read
+that raced a write never stores the old payload, the cache stays within its size, callers get their own dicts."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from search.payload_cache import PayloadCache
-from search.store import DenseQuery, ItemRecord, KeywordQuery
-from search.store_edge import EdgeStore, point_key
+from search.store.edge import EdgeStore, point_key
+from search.store.interface import DenseQuery, ItemRecord, KeywordQuery
+from search.store.payload_cache import PayloadCache
 
 DIM = 8
 
@@ -63,4 +63,17 @@ def test_edge_reads_see_writes_and_deletes_through_the_cache(tmp_path: Path) -> 
     assert all(set(h.payload) == {"item_id"} for h in ids_only)
     with store._pool.use("c") as h:
         assert point_key("sku-4") in h.payloads._items
+    store.close()
+
+
+def test_set_payload_is_seen_through_the_cache(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "store", payload_cache=100)
+    store.create_collection("c", {"fused": DIM}, ["colour"], ())
+    store.upsert("c", [item(i) for i in range(5)])
+    assert store.retrieve("c", ["sku-2"])[0].payload["colour"] == "red"  # now cached
+    assert store.set_payload("c", {"sku-2": {"colour": "blue", "tags": None}, "sku-9": {"colour": "x"}}) == ["sku-2"]
+    payload = store.retrieve("c", ["sku-2"])[0].payload
+    assert payload["colour"] == "blue" and "tags" not in payload
+    q = item(2).vectors["fused"]
+    assert store.query("c", DenseQuery(q, "fused"), limit=1)[0].payload["colour"] == "blue"
     store.close()

@@ -9,10 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from search.personal import (
-    DAY_S, EVENTS, ITEM, PARTS, Event, UserState, affinity, affinity_weights, blend_weight, decay, event_weight,
-    evidence_at, normalise_scores, parse_event, parse_ts, rerank, update_user, validate_event,
-)
+from search.shopper.personal import (DAY_S, EVENTS, ITEM, PARTS, Event, UserState, affinity, affinity_weights,
+                                     blend_weight, decay, event_weight, evidence_at, normalise_scores, parse_event,
+                                     parse_ts, rerank, update_user, validate_event)
 from vitrina.config import PersonalConfig
 from vitrina.errors import BadInput, ConfigError
 

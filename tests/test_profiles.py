@@ -11,8 +11,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from search.personal import DAY_S, Event, update_user
-from search.profiles import FILENAME, ProfileStore, open_profiles
+from search.shopper.personal import DAY_S, Event, update_user
+from search.shopper.profiles import FILENAME, ProfileStore, open_profiles
 from vitrina.config import PersonalConfig
 from vitrina.errors import BadInput
 

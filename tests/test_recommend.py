@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from search.profiles import FILENAME, ProfileStore
-from search.recommend import SOURCES, matches
-from search.store import Filters, ItemRecord, open_store
+from search.shopper.profiles import FILENAME, ProfileStore
+from search.shopper.recommend import SOURCES, matches
+from search.store.factory import open_store
+from search.store.interface import Filters, ItemRecord
 from tests.helpers import make_config, product_rows
 from vitrina.config import Config
 
@@ -252,8 +253,8 @@ def test_rebuild_signals_cli_entry(app_cfg: Config, tmp_path: Path, capsys: pyte
 
 
 def test_eval_baselines_by_hand() -> None:
-    from scripts.eval_data import Purchase
-    from scripts.eval_recommend import buy_again_then_popular, popular_last_days, split, summarise
+    from evaluation.data import Purchase
+    from evaluation.recommend import buy_again_then_popular, popular_last_days, split, summarise
 
     ps = [Purchase("2020-03-01", "a", "old"), Purchase("2020-04-10", "a", "x"), Purchase("2020-04-11", "b", "x"),
           Purchase("2020-04-20", "b", "y"), Purchase("2020-04-25", "c", "z"), Purchase("2020-05-03", "a", "y"),
@@ -269,8 +270,8 @@ def test_eval_baselines_by_hand() -> None:
 
 
 def test_eval_report_runs_through_the_api(indexed: Any, tmp_path: Path) -> None:
-    from scripts.eval_client import InProcessClient
-    from scripts.eval_recommend import run_recommend_report
+    from evaluation.client import InProcessClient
+    from evaluation.recommend import run_recommend_report
     from tests.helpers import write_catalogue
 
     cfg0, store, rows = indexed
@@ -296,8 +297,8 @@ def test_eval_report_runs_through_the_api(indexed: Any, tmp_path: Path) -> None:
 
 
 def test_source_helpers_against_the_formulas() -> None:
-    from search.personal import Event
-    from search.recommend import blend, buy_again_scores, recent_items
+    from search.shopper.personal import Event
+    from search.shopper.recommend import blend, buy_again_scores, recent_items
     from vitrina.config import PersonalConfig
 
     pc = PersonalConfig(half_life_days=10)
@@ -316,9 +317,9 @@ def test_source_helpers_against_the_formulas() -> None:
 
 @pytest.mark.parametrize("backend", ["edge", "qdrant"])
 def test_store_query_without_payload_keeps_ids_and_scores(tmp_path: Path, backend: str) -> None:
-    from search.store import ID_FIELD, DenseQuery
-    from search.store_edge import EdgeStore
-    from search.store_qdrant import QdrantStore
+    from search.store.edge import EdgeStore
+    from search.store.interface import ID_FIELD, DenseQuery
+    from search.store.qdrant import QdrantStore
     from vitrina.config import StoreConfig
 
     rows = product_rows(12)
@@ -362,8 +363,8 @@ def test_filters_apply_to_every_source(client: FlaskClient, rows: dict) -> None:
 
 
 def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -> None:
-    from search.engine import SearchService
-    from search.recommend import Recommender
+    from search.query.engine import SearchService
+    from search.shopper.recommend import Recommender
     from vitrina.errors import ConfigError
 
     service = SearchService(app_cfg.replace(recommend={"similar_using": "text"}), store=indexed[1])
@@ -373,8 +374,8 @@ def test_similar_using_must_name_a_dense_vector(indexed: Any, app_cfg: Config) -
 
 
 def test_ratio_interval_against_a_naive_bootstrap() -> None:
-    from search.metrics import average_precision_at_k
-    from scripts.eval_recommend import ratio_interval
+    from evaluation.metrics import average_precision_at_k
+    from evaluation.recommend import ratio_interval
 
     users = [f"u{i}" for i in range(30)]
     targets = {u: {"a"} if i % 3 else {"b"} for i, u in enumerate(users)}

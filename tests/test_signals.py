@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.personal import DAY_S, Event
-from search.profiles import FILENAME, ProfileStore
+from search.shopper.personal import DAY_S, Event
+from search.shopper.profiles import FILENAME, ProfileStore
 from vitrina.config import PersonalConfig
 from vitrina.errors import ConfigError
 

@@ -18,10 +18,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from search.store import (DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Store, open_store,
-                          point_id)
-from search.store_edge import EdgeStore
-from search.store_qdrant import QdrantStore
+from search.store.edge import EdgeStore
+from search.store.factory import open_store
+from search.store.interface import DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Store, point_id
+from search.store.qdrant import QdrantStore
 from tests.helpers import make_config
 from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError
@@ -64,7 +64,7 @@ BY_ID = {it.id: it for it in ITEMS}
 def new_store(kind: str, root: Path) -> Store:
     if kind == "edge":
         return EdgeStore(root / "store", timeout_s=0.2)
-    if kind == "edge-cached":  # payloads from search.payload_cache; tiny, so eviction happens too
+    if kind == "edge-cached":  # payloads from search/store/payload_cache.py; tiny, so eviction happens too
         return EdgeStore(root / "store", timeout_s=0.2, payload_cache=16)
     return QdrantStore.from_config(StoreConfig(backend="qdrant", path=":memory:"))
 
@@ -169,6 +169,22 @@ def test_delete(loaded: Store) -> None:
     assert loaded.count("c1") == N - 2
     assert ids(loaded.retrieve("c1", [ITEMS[0].id, ITEMS[2].id])) == [ITEMS[2].id]
     assert loaded.delete("c1", [ITEMS[0].id]) == 0
+
+
+def test_set_payload_changes_fields_and_keeps_vectors(loaded: Store) -> None:
+    a, b = ITEMS[0].id, ITEMS[1].id
+    changed = loaded.set_payload("c1", {a: {"price": 9.5, "stock": 3, "colour": None}, b: {"stock": 0},
+                                        "no-such-id": {"stock": 1}})
+    assert changed == [a, b]
+    hit = loaded.retrieve("c1", [a], with_vectors=True)[0]
+    assert hit.payload["price"] == 9.5 and hit.payload["stock"] == 3 and "colour" not in hit.payload
+    assert hit.payload["title"] == ITEMS[0].payload["title"] and hit.payload["item_id"] == a
+    np.testing.assert_allclose(hit.vectors["fused"], ITEMS[0].vectors["fused"], atol=1e-5)
+    assert loaded.count("c1", Filters(ranges={"price": (9.5, 9.5)})) == 1  # the numeric index follows
+    assert loaded.count("c1") == N  # nothing created for the unknown id
+    assert loaded.retrieve("c1", [b])[0].payload["stock"] == 0
+    with pytest.raises(StoreError, match="item_id"):
+        loaded.set_payload("c1", {a: {"item_id": "other"}})
 
 
 @pytest.mark.parametrize("f", [
@@ -417,7 +433,7 @@ def test_edge_lock_held_by_another_process(fast_dir: Path) -> None:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from search.store_edge import EdgeStore
+        from search.store.edge import EdgeStore
         s = EdgeStore(Path({str(fast_dir)!r}))
         s.count("c1")
         print("ready", flush=True)

@@ -162,7 +162,8 @@ def test_factory_shares_one_encoder_and_is_thread_safe() -> None:
 
 
 def test_imports_stay_torch_free() -> None:
-    code = ("import sys, encoders, encoders.fusion, search.store, vitrina, vitrina.images; "
+    code = ("import sys, encoders, encoders.fusion, search.store.factory, search.store.interface, vitrina, "
+            "vitrina.images; "
             "heavy = [m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -170,11 +171,11 @@ def test_imports_stay_torch_free() -> None:
 
 
 def test_bench_text_smoke(cfg: Config, tmp_path: Path) -> None:
-    """scripts/bench_text.py runs on a small catalogue and reports a throughput row per setting."""
+    """benchmarks/text.py runs on a small catalogue and reports a throughput row per setting."""
     import argparse
     import json
 
-    from scripts import bench_text
+    from benchmarks import text as bench_text
 
     parser = argparse.ArgumentParser()
     bench_text.add_arguments(parser)

@@ -65,6 +65,7 @@ def test_int8_tokens_are_the_torch_tokens(int8: text_onnx.OnnxTextEncoder, torch
     for text in TEXTS:
         want = torch_fp32._tokenizer([text], truncation=True, max_length=64)["input_ids"][0]
         assert int8._tokenizer.encode(text).ids == want
+    assert int8.whole_words() == torch_fp32.whole_words() and "watch" in int8.whole_words()  # the reading's spelling
 
 
 def test_export_is_reused_and_encode_is_thread_safe(cfg: Config, int8: text_onnx.OnnxTextEncoder,

@@ -73,6 +73,7 @@ class ImageEncoderConfig:
     batch_size: int = 128
     flip_average: bool = False  # each photo's vector = mean of it and its mirror image (test-time augmentation)
     autocontrast: bool = False  # stretch each photo's levels (1st-99th percentile to 0-255) before the tower
+    trim_borders: bool = False  # crop each photo to its content (uniform background edges cut) before the tower
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class StoreConfig:
     hnsw_ef: int = 128  # HNSW search breadth (0 = engine default); recall vs latency, see `vitrina bench store`
     payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.4 KB each; 0 = off)
     # edge, new collections: HNSW graph degree and build breadth, the size (KB of vectors) below which a filtered
-    # search scans the matching points exactly, and links per payload value (search.store_edge.IndexSettings)
+    # search scans the matching points exactly, and links per payload value (search.store.edge.IndexSettings)
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
     full_scan_kb: int = 10_000
@@ -135,6 +136,27 @@ class SearchConfig:
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
+
+
+@dataclass(frozen=True)
+class UnderstandConfig:
+    """Hybrid text queries: how they are read (search.query.reading) and how the read query weighs the lists
+    (search.fusion_weights)."""
+
+    enabled: bool = True
+    fields: tuple[str, ...] = ()  # fields read by encoder similarity; () = [catalogue].category
+    temperature: float = 0.06  # softmax temperature over a field's value similarities
+    threshold: float = 0.5  # similarity of the "none of these" alternative a reading must beat
+    name_mix: float = 0.0  # share of the value-name vector in a value's similarity (the rest: its items' centroid)
+    min_confidence: float = 0.05  # values read less surely are dropped
+    similar_weight: float = 1.0  # weight of a similarity reading (at confidence 1) against an exact word's 1
+    exact_weights: tuple[str, ...] = ()  # "field=weight" for exact words of weakly telling fields (others 1)
+    neighbours: float = 0.5  # share of a similarity reading taken from the values of the query's nearest items
+    neighbour_k: int = 10  # ... the top this many of the dense list
+    spelling: bool = True  # correct words neither the catalogue nor the text encoder knows
+    cache: int = 4096  # readings kept per query text (LRU)
+    keyword_floor: float = 0.0  # share of [search].keyword_weight kept when keywords match no telling word
+    coverage_power: float = 0.5  # keyword weight x coverage^power
 
 
 @dataclass(frozen=True)
@@ -179,12 +201,64 @@ class RecommendConfig:
 
 
 @dataclass(frozen=True)
+class ImpressionsConfig:
+    enabled: bool = True  # log what each response showed (search/online/impressions.py), under <data dir>/impressions
+    sync_s: float = 1.0  # fsync the log at most this often (0: after every record); a write() is done per record
+    features: bool = False  # compute and log the ranker features of shown items even while the hand blend ranks
+    keep_days: int = 0  # day files older than this are deleted at start (0: kept)
+
+
+@dataclass(frozen=True)
+class ExperimentsConfig:
+    name: str = ""  # the running experiment ("" = none: every shopper gets the config as it is)
+    salt: str = ""  # hashed with the shopper id to split them ("" = the name); a new salt reshuffles
+    variants: tuple[str, ...] = ()  # "name: section.key=value; ..." (the first is the control)
+    shares: tuple[str, ...] = ()  # traffic share per variant (default equal)
+    method: str = "ab"  # ab: each shopper sees one variant | interleave: team-draft of the first two
+    primary: str = "ctr"  # metric the verdict is about: ctr | cart_rate | conversion | revenue
+    alpha: float = 0.05  # error rate of the verdict (always-valid: the report may be read at any time)
+    min_shoppers: int = 100  # per variant before any verdict
+    min_impressions: int = 1000  # per variant before any verdict
+    attribution_s: float = 86400.0  # feedback without a request_id counts for the shopper's last response this recent
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    search_model: str = _path("")  # a learned ranker file (vitrina train-ranker) for search; "" = the hand blend
+    recommend_model: str = _path("")  # the same for recommendations
+    candidates: int = 100  # the blend's top-N the learned ranker re-scores
+    online: bool = False  # a logistic click model: feedback adjusts it as it arrives (search/online/clicks.py)
+    online_rate: float = 0.05  # FTRL alpha (per-coordinate learning rate scale)
+    online_l2: float = 1.0  # FTRL L2 (keeps weights near the trained ones: the prior is the trained model)
+    online_shopper_cap: int = 50  # most examples one shopper adds per hour
+    online_checkpoint_every: int = 200  # updates between durable checkpoints (and at shutdown)
+
+
+@dataclass(frozen=True)
+class SegmentsConfig:
+    k: int = 0  # interest groups k-means makes of the user vectors (0 = off)
+    min_evidence: float = 1.0  # shoppers with at least this much (decayed) evidence shape the groups
+    borrow: float = 0.0  # a shopper with evidence e leans borrow * s / (e + s) toward their group's taste
+    borrow_saturation: float = 6.0  # s above
+    seed: int = 0
+    rebuild_every: int = 0  # rebuild the groups after this many feedback events (0: by `vitrina rebuild-signals`)
+
+
+@dataclass(frozen=True)
 class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 8
     api_keys: tuple[str, ...] = ()  # when set, writes need Authorization: Bearer KEY
     api_keys_env: str = "VITRINA_API_KEYS"  # comma-separated keys, added to api_keys
+    open_writes: bool = False  # true: `vitrina serve` may listen beyond loopback with no API key (writes open to all)
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    max_items: int = 1000  # items (or ids) in one write request
+    flush_s: float = 1.0  # edge: shard flush + log checkpoint at most this often (the change log is fsync'd per write)
+    lock_timeout_s: float = 60.0  # longest wait for the write lock (a reindex holds it while it hands over)
 
 
 @dataclass(frozen=True)
@@ -228,10 +302,16 @@ class Config:
     store: StoreConfig = StoreConfig()
     indexer: IndexerConfig = IndexerConfig()
     search: SearchConfig = SearchConfig()
+    understand: UnderstandConfig = UnderstandConfig()
     personal: PersonalConfig = PersonalConfig()
     recommend: RecommendConfig = RecommendConfig()
     web: WebConfig = WebConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    live: LiveConfig = LiveConfig()
+    impressions: ImpressionsConfig = ImpressionsConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
+    ranker: RankerConfig = RankerConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     source: str = ""  # the file this was read from ("" = built-in defaults)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
@@ -279,6 +359,24 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if not isinstance(value, (str, int, float)):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return str(value)
+
+
+def override(cfg: Config, key: str, value: Any) -> Config:
+    """A copy of cfg with one "section.key" set from text or a TOML value, checked like the file's keys (a relative
+    path resolves against the config file's folder)."""
+    name, dot, field_name = key.strip().partition(".")
+    section = getattr(cfg, name, None) if dot and name != "source" else None
+    if section is None or not dataclasses.is_dataclass(section):
+        raise ConfigError(f"unknown config key {key!r}", "expected section.key, e.g. search.keyword_weight")
+    hints = typing.get_type_hints(type(section))
+    if field_name not in hints:
+        raise ConfigError(f"unknown config key {key!r}", f"[{name}] has {sorted(hints)}")
+    value = _coerce(value, hints[field_name], key)
+    meta = next(f.metadata for f in dataclasses.fields(section) if f.name == field_name)
+    if meta.get("path") and value and value != ":memory:" and not Path(value).is_absolute():
+        base = Path(cfg.source).parent if cfg.source else Path.cwd()  # as the file's own paths resolve
+        value = str((base / value).resolve())
+    return cfg.replace(**{name: {field_name: value}})
 
 
 def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: str, base: Path) -> Any:

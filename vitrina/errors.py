@@ -46,6 +46,12 @@ class PayloadTooLarge(BadInput):
     status = 413
 
 
+class UnsupportedMedia(BadInput):
+    """A request body of a content type the endpoint does not take."""
+
+    status = 415
+
+
 class ImageError(BadInput):
     """An image cannot be decoded: not an image, truncated, or a decompression bomb."""
 

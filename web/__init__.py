@@ -8,8 +8,9 @@ from typing import Any
 
 from flask import Flask
 
-from search.engine import SearchService
-from search.store import Store
+from search.online.traffic import Traffic
+from search.query.engine import SearchService
+from search.store.interface import Store
 from vitrina.config import Config, load_config
 from web.deps import api_keys
 from web.errors import register_error_handlers
@@ -18,7 +19,7 @@ from web.json_provider import use_fast_json
 log = logging.getLogger(__name__)
 
 # Blueprints from other parts of the project, registered when their module exists in this build.
-OPTIONAL_BLUEPRINTS = ("web.page", "web.api_recommend")
+OPTIONAL_BLUEPRINTS = ("web.page", "web.api_recommend", "web.api_experiments")
 FORM_SLACK_BYTES = 64 * 1024  # room for the form fields next to a maximum-size photo
 
 
@@ -38,12 +39,13 @@ def create_app(cfg: Config | None = None, store: Store | None = None, **override
     use_fast_json(app)
     service = SearchService(cfg, store=store)
     app.extensions["vitrina"] = service
+    app.extensions["vitrina_traffic"] = Traffic(service)
     app.extensions["vitrina_config"] = cfg
     app.extensions["vitrina_api_keys"] = api_keys(cfg)
 
-    from web import api_feedback, api_items, api_search, api_users, meta
+    from web import api_feedback, api_items, api_search, api_users, api_write, meta
 
-    for module in (api_search, api_items, api_feedback, api_users, meta):
+    for module in (api_search, api_items, api_write, api_feedback, api_users, meta):
         app.register_blueprint(module.bp)
     for name in OPTIONAL_BLUEPRINTS:
         try:

@@ -7,9 +7,9 @@ import time
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.request import EVENTS, parse_events
+from search.query.request import EVENTS, parse_events
 from vitrina.errors import BadInput
-from web.deps import get_config, get_service, requires_key
+from web.deps import get_config, get_traffic, requires_key
 from web.openapi import spec
 
 bp = Blueprint("feedback", __name__, url_prefix="/api")
@@ -17,7 +17,9 @@ bp = Blueprint("feedback", __name__, url_prefix="/api")
 _EVENT = {"type": "object", "required": ["user_id", "item_id", "event"], "properties": {
     "user_id": {"type": "string"}, "item_id": {"type": "string"},
     "event": {"type": "string", "enum": list(EVENTS)},
-    "ts": {"type": "string", "format": "date-time", "description": "ISO-8601; default now"}}}
+    "ts": {"type": "string", "format": "date-time", "description": "ISO-8601; default now"},
+    "request_id": {"type": "string", "description": "the `request_id` of the response the shopper acted on"},
+    "position": {"type": "integer", "minimum": 0, "description": "the item's 0-based place in that response"}}}
 
 
 @bp.post("/feedback")
@@ -31,4 +33,4 @@ def feedback() -> ResponseReturnValue:
     if not request.is_json:
         raise BadInput("feedback must be JSON", f"got content type {request.mimetype or 'none'!r}")
     events = parse_events(request.get_json(), time.time(), get_config().search.max_events)
-    return jsonify({"accepted": get_service().record_feedback(events)})
+    return jsonify({"accepted": get_traffic().feedback(events)})

@@ -7,9 +7,9 @@ import mimetypes
 from flask import Blueprint, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 
-from search.request import parse_filters, parse_item_id
+from search.query.request import parse_filters, parse_item_id, parse_user_id
 from vitrina.errors import BadInput
-from web.deps import args_lists, get_config, get_service
+from web.deps import args_lists, get_config, get_service, get_traffic
 from web.openapi import Param, spec
 
 bp = Blueprint("items", __name__, url_prefix="/api/items")
@@ -41,20 +41,24 @@ def item(item_id: str) -> ResponseReturnValue:
 @bp.get("/<path:item_id>/similar")
 @spec("More like this", (_ID, Param("k", "how many", "integer", minimum=1, maximum=100),
                          Param("offset", "results to skip", "integer", minimum=0),
+                         Param("user_id", "the shopper looking (logged; assigns the experiment's variant)"),
                          Param("filter.<field>", "exact match on a filterable field", repeated=True)),
       responses={200: {"$ref": "#/components/schemas/Results"}, 404: None}, tag="items")
 def similar(item_id: str) -> ResponseReturnValue:
     """Nearest neighbours of the item's stored fused vector (the item itself left out)."""
     cfg = get_config()
     params = args_lists()
-    unknown = [k for k in params if k not in ("k", "offset") and not k.startswith(("filter.", "_"))
+    unknown = [k for k in params if k not in ("k", "offset", "user_id") and not k.startswith(("filter.", "_"))
                and not k.endswith(("_min", "_max"))]
     if unknown:
-        raise BadInput(f"unknown parameter(s) {unknown}", "known: k, offset, filter.<field>, <numeric>_min/_max")
+        raise BadInput(f"unknown parameter(s) {unknown}",
+                       "known: k, offset, user_id, filter.<field>, <numeric>_min/_max")
     k = _int_arg("k", cfg.search.default_k, 1, cfg.search.max_k)
     offset = _int_arg("offset", 0, 0, cfg.search.max_offset)
     filters = parse_filters(params, cfg)
-    return jsonify(get_service().similar(parse_item_id(item_id), k, offset, filters))
+    user = request.args.get("user_id") or None
+    return jsonify(get_traffic().similar(parse_item_id(item_id), k, offset, filters,
+                                         parse_user_id(user) if user else None))
 
 
 @bp.get("/<path:item_id>/image")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.recommend import SOURCES, Recommender
-from search.request import parse_filters, parse_item_id, parse_user_id
+from search.query.request import parse_filters, parse_item_id, parse_user_id
+from search.shopper.recommend import SOURCES
 from vitrina.errors import BadInput
-from web.deps import args_lists, get_config, get_service
+from web.deps import args_lists, get_config, get_traffic
 from web.openapi import Param, spec
 
 bp = Blueprint("recommend", __name__, url_prefix="/api")
@@ -18,16 +18,9 @@ _FILTER = Param("filter.<field>", "exact match on a filterable field (repeat = a
 _MIN = Param("price_min", "lower price bound (also <numeric field>_min)", "number")
 _MAX = Param("price_max", "upper price bound (also <numeric field>_max)", "number")
 _RESULTS = {"$ref": "#/components/schemas/Results"}
+_USER = Param("user_id", "the shopper looking (logged with the response and assigns the experiment's variant)")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 DEFAULT_K = 12
-
-
-def recommender() -> Recommender:
-    """One Recommender per app, over the app's SearchService (made on first use)."""
-    found = current_app.extensions.get("vitrina_recommender")
-    if found is None:
-        found = current_app.extensions.setdefault("vitrina_recommender", Recommender(get_service()))
-    return found
 
 
 def _params(allowed: tuple[str, ...]) -> dict[str, list[str]]:
@@ -68,6 +61,11 @@ def _sources() -> tuple[str, ...] | None:
     return names
 
 
+def _user_id() -> str | None:
+    raw = request.args.get("user_id", "")
+    return parse_user_id(raw) if raw else None
+
+
 def _flag(name: str) -> bool | None:
     raw = request.args.get(name, "").strip().lower()
     if not raw:
@@ -90,18 +88,18 @@ def recommendations(user_id: str) -> ResponseReturnValue:
     uid = parse_user_id(user_id)
     params = _params(("k", "exclude_purchased", "sources"))
     filters = parse_filters(params, get_config())
-    return jsonify(recommender().for_user(uid, _k(), filters or None, _flag("exclude_purchased"),
-                                          sources=_sources()))
+    return jsonify(get_traffic().recommendations(uid, _k(), filters or None, _flag("exclude_purchased"),
+                                                 sources=_sources()))
 
 
 @bp.get("/items/<path:item_id>/also-bought")
 @spec("Shoppers who bought this also bought", (Param("item_id", "external item id", where="path",
-                                                     required=True), _K, _FILTER, _MIN, _MAX),
+                                                     required=True), _K, _USER, _FILTER, _MIN, _MAX),
       responses={200: _RESULTS, 400: None, 404: None}, tag="recommend")
 def also_bought(item_id: str) -> ResponseReturnValue:
     """Items co-bought (cart or purchase) with this one, normalised by each item's buyers so best-sellers do
     not win everything; vector neighbours fill the list when the item has little history."""
     iid = parse_item_id(item_id)
-    params = _params(("k",))
+    params = _params(("k", "user_id"))
     filters = parse_filters(params, get_config())
-    return jsonify(recommender().also_bought(iid, _k(), filters or None))
+    return jsonify(get_traffic().also_bought(iid, _k(), filters or None, _user_id()))

@@ -7,9 +7,9 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from search.request import MODES, flatten_json, parse_search
+from search.query.request import MODES, flatten_json, parse_search
 from vitrina.errors import BadInput
-from web.deps import args_lists, get_config, get_service
+from web.deps import args_lists, get_config, get_traffic
 from web.openapi import Param, spec
 
 bp = Blueprint("search", __name__, url_prefix="/api")
@@ -46,7 +46,7 @@ _JSON_BODY = {"type": "object", "properties": {
 def search_get() -> ResponseReturnValue:
     """Search the catalogue with a text query, filters and facets."""
     req = parse_search(args_lists(), get_config())
-    return jsonify(get_service().search(req))
+    return jsonify(get_traffic().search(req))
 
 
 @bp.post("/search")
@@ -76,4 +76,4 @@ def search_post() -> ResponseReturnValue:
     for key, values in body.items():
         params.setdefault(key, []).extend(values)
     req = parse_search(params, cfg, image=image)
-    return jsonify(get_service().search(req))
+    return jsonify(get_traffic().search(req))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from search.request import parse_user_id
+from search.query.request import parse_user_id
 from web.deps import get_service, requires_key
 from web.openapi import Param, spec
 
@@ -15,9 +15,11 @@ _USER = Param("user_id", "shopper id", where="path", required=True)
 
 
 @bp.get("/<user_id>/profile")
-@spec("A shopper's profile", (_USER,), responses={200: {"type": "object"}, 404: None}, tag="users")
+@requires_key
+@spec("A shopper's profile", (_USER,), responses={200: {"type": "object"}, 401: None, 404: None}, tag="users")
 def profile(user_id: str) -> ResponseReturnValue:
-    """Event counts, evidence and first/last event time behind the shopper's personal vector."""
+    """Event counts, evidence and first/last event time behind the shopper's personal vector (a shopper's history
+    is theirs: the API key is needed when keys are configured)."""
     return jsonify(get_service().profile(parse_user_id(user_id)))
 
 

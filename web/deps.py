@@ -9,7 +9,8 @@ from typing import Any, Callable, TypeVar
 
 from flask import current_app, request
 
-from search.engine import SearchService
+from search.online.traffic import Traffic
+from search.query.engine import SearchService
 from vitrina.config import Config
 from vitrina.errors import Unauthorized
 
@@ -18,6 +19,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def get_service() -> SearchService:
     return current_app.extensions["vitrina"]
+
+
+def get_traffic() -> Traffic:
+    """The app's Traffic: the service's responses assigned to variants, logged and stamped."""
+    return current_app.extensions["vitrina_traffic"]
 
 
 def get_config() -> Config:
@@ -37,7 +43,7 @@ def args_lists() -> dict[str, list[str]]:
 
 
 def requires_key(view: F) -> F:
-    """Writes need `Authorization: Bearer KEY` when keys are configured (compared in constant time)."""
+    """Writes and profile reads need `Authorization: Bearer KEY` when keys are configured (constant-time compare)."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -46,7 +52,7 @@ def requires_key(view: F) -> F:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("API key required", "send 'Authorization: Bearer KEY' for writes")
+                raise Unauthorized("API key required", "send 'Authorization: Bearer KEY' (writes and shopper profiles)")
             given = token.strip().encode()
             if not any(hmac.compare_digest(given, k.encode()) for k in keys):
                 raise Unauthorized("invalid API key", "the key in 'Authorization: Bearer KEY' is not accepted")

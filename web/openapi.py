@@ -27,9 +27,23 @@ RESULTS_SCHEMA = {
                    "total": {"type": "integer", "description": "results the ranking holds (pages reach up to "
                              "it; at most max([search].candidates, offset + k))"},
                    "took_ms": {"type": "number"},
+                   "request_id": {"type": "string", "description": "this response in the impression log; feedback "
+                                  "may name it (with the item's position)"},
+                   "experiment": {"type": ["string", "null"], "description": "the running experiment the shopper "
+                                  "is in ([experiments]), null outside one"},
+                   "variant": {"type": ["string", "null"], "description": "the variant that served it (interleaved: "
+                               "'A+B', each result's explain names its team)"},
                    "facets": {"type": "object", "additionalProperties": {
-                       "type": "object", "additionalProperties": {"type": "integer"}}}}}
-_STATUS_TEXT = {200: "OK", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
+                       "type": "object", "additionalProperties": {"type": "integer"}}},
+                   "understood": {"type": "object", "description": "hybrid text queries: how the query was read "
+                                  "(search.query.reading): the text searched, one entry per reading (spelling, "
+                                  "price, exclude, exact, similar: words, values, confidence), the fusion weights and their signals",
+                                  "required": ["text", "readings"],
+                                  "properties": {"text": {"type": "string"},
+                                                 "readings": {"type": "array", "items": {"type": "object"}},
+                                                 "weights": {"type": "object"}, "signals": {"type": "object"},
+                                                 "corrected": {"type": "object"}}}}}
+_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad input", 401: "Missing or wrong API key", 404: "Not found",
                 413: "Too large", 415: "Unsupported media type", 422: "Image cannot be decoded",
                 503: "Model or index unavailable"}
 

@@ -61,3 +61,15 @@ def index() -> Response:
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp
+
+
+@bp.get("/experiments/<name>")
+def experiment(name: str) -> Response:
+    """A readable experiment report: the verdict, a table per variant, a plot (the data: /api/experiments/<name>)."""
+    from search.online.traffic import check_name
+
+    html = render_template("experiment.html", name=check_name(name))
+    resp = Response(html, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp

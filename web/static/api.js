@@ -72,8 +72,10 @@ export function search(params, photo, signal) {
 
 export const getItem = (id) => request("GET", `/api/items/${enc(id)}`);
 export const similar = (id, k, params) => request("GET", `/api/items/${enc(id)}/similar`, { params: { k, ...params } });
-export const alsoBought = (id, k) => request("GET", `/api/items/${enc(id)}/also-bought`, { params: { k } });
+export const alsoBought = (id, k, user) => request("GET", `/api/items/${enc(id)}/also-bought`, { params: { k, user_id: user } });
 export const recommendations = (user, k) => request("GET", `/api/users/${enc(user)}/recommendations`, { params: { k } });
 export const profile = (user) => request("GET", `/api/users/${enc(user)}/profile`);
 export const forget = (user) => request("DELETE", `/api/users/${enc(user)}/profile`);
 export const feedback = (events) => request("POST", "/api/feedback", { json: events });
+export const experiments = () => request("GET", "/api/experiments");
+export const experiment = (name) => request("GET", `/api/experiments/${enc(name)}`);

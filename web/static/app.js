@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import {
   buildCard, buildMini, formatPrice, metaLine, prettyName, priceOf, renderExplain, renderFacets, skeletons,
-  imageUrl,
+  imageUrl, understoodLine,
 } from "./render.js";
 
 const settings = JSON.parse(document.getElementById("vitrina-settings").textContent);
@@ -27,6 +27,7 @@ const state = {
   similarOf: null,        // the item whose neighbours are shown
   results: [],
   total: 0,
+  understood: null,       // how the query was read (hybrid text search)
   facets: {},
   expanded: new Set(),
   userId: "",
@@ -124,7 +125,7 @@ async function runSearch({ append = false, showMoves = false } = {}) {
     let data;
     if (state.view === "similar") {
       const offset = append ? state.results.length : 0;
-      data = await api.similar(state.similarOf.id, settings.page_size, { offset });
+      data = await api.similar(state.similarOf.id, settings.page_size, { offset, user_id: state.userId || undefined });
       // the endpoint returns one page; offer "load more" while pages come back full
       data.total = offset + (data.results || []).length + ((data.results || []).length === settings.page_size ? 1 : 0);
     } else {
@@ -134,10 +135,11 @@ async function runSearch({ append = false, showMoves = false } = {}) {
     }
     if (controller.signal.aborted) return;
     clearError();
-    const results = data.results || [];
+    const results = withContext(data, append ? state.results.length : 0);
     if (!append) state.results = results;
     else state.results = state.results.concat(results);
     state.total = Number(data.total ?? state.results.length);
+    if (!append) state.understood = data.understood || null;
     if (data.facets) state.facets = data.facets;
     state.dirty = false;
     renderResults(showMoves ? before : null, data.took_ms);
@@ -204,6 +206,9 @@ function renderResults(before, tookMs) {
       summary.append(" ", p);
     }
   }
+  const understood = $("understood");
+  understood.textContent = state.view === "similar" ? "" : understoodLine(state.understood);
+  understood.hidden = !understood.textContent;
   const more = $("load-more");
   more.hidden = !(state.results.length && state.results.length < state.total);
 }
@@ -275,6 +280,21 @@ function syncUrl() {
 
 // ---------- feedback and personalisation ----------
 
+// Each result remembers the response that showed it (request id, its place there, the variant that served it),
+// so feedback can name them and the score breakdown can say which variant ranked it.
+function withContext(data, offset) {
+  return (data.results || []).map((r, i) => ({
+    ...r, _ctx: { request_id: data.request_id, position: offset + i, variant: data.variant, experiment: data.experiment },
+  }));
+}
+
+function feedbackEvent(item, event) {
+  const body = { user_id: state.userId, item_id: item.id, event };
+  const ctx = item._ctx || {};
+  if (ctx.request_id) { body.request_id = ctx.request_id; body.position = ctx.position; }
+  return body;
+}
+
 async function record(item, event) {
   if (!state.userId) {
     showError(new Error("Enter a shopper id under “You” to personalise."), "No shopper id");
@@ -282,7 +302,7 @@ async function record(item, event) {
     return false;
   }
   try {
-    await api.feedback({ user_id: state.userId, item_id: item.id, event });
+    await api.feedback(feedbackEvent(item, event));
     state.dirty = true;
     state.profileEvents += 1;
     refreshProfile();
@@ -325,7 +345,7 @@ async function loadRecommendations() {
   if (!state.userId || !state.personalise) { box.hidden = true; return; }
   try {
     const data = await api.recommendations(state.userId, 12);
-    const items = (data && data.results) || [];
+    const items = data ? withContext(data, 0) : [];
     $("recs-row").replaceChildren(...items.map(miniFor));
     box.hidden = !items.length;
   } catch (err) {
@@ -378,14 +398,14 @@ async function openItem(item) {
   api.getItem(id).then((full) => {
     if (state.detailItem && state.detailItem.id === id && full) fillDetail({ ...item, ...(full.item || full) });
   }).catch(() => {});
-  api.alsoBought(id, 8).then((data) => {
-    const items = ((data && data.results) || []).filter((r) => r.id !== id);
+  api.alsoBought(id, 8, state.userId).then((data) => {
+    const items = (data ? withContext(data, 0) : []).filter((r) => r.id !== id);
     if (state.detailItem?.id !== id) return;
     $("also-row").replaceChildren(...items.map(miniFor));
     $("also-bought").hidden = !items.length;
   }).catch(() => {});
-  api.similar(id, 9).then((data) => {
-    const items = ((data && data.results) || []).filter((r) => r.id !== id).slice(0, 8);
+  api.similar(id, 9, { user_id: state.userId || undefined }).then((data) => {
+    const items = (data ? withContext(data, 0) : []).filter((r) => r.id !== id).slice(0, 8);
     if (state.detailItem?.id !== id) return;
     $("similar-row").replaceChildren(...items.map(miniFor));
     $("detail-similar-strip").hidden = !items.length;

@@ -19,7 +19,8 @@ const PARTS = [
   ["source", "Why it is here", "text"],
 ];
 const KNOWN = new Map(PARTS.map(([key, label, kind]) => [key, { label, kind }]));
-const HIDDEN_PARTS = new Set(["final"]);
+const HIDDEN_PARTS = new Set(["final", "ranker", "team", "user_cosine", "shared", "item_popularity", "bought"]);
+const MAX_CONTRIBUTIONS = 6;
 
 export function prettyName(name) {
   const spaced = String(name).replace(/([a-z0-9])([A-Z])/g, "$1 $2").replace(/[_-]+/g, " ").trim();
@@ -77,6 +78,30 @@ export function buildMini(item) {
   node.querySelector(".mini-title").textContent = item.title || item.id;
   node.setAttribute("aria-label", `View details: ${item.title || item.id}`);
   return node;
+}
+
+// Which experiment variant served the result (and, interleaved, which team placed it).
+function servedBy(item) {
+  const ctx = item._ctx || {};
+  const out = [];
+  if (ctx.variant) {
+    out.push({ label: "Variant", text: ctx.experiment ? `${ctx.variant} (experiment ${ctx.experiment})` : ctx.variant, bar: null });
+  }
+  const team = (item.explain || {}).team;
+  if (team) out.push({ label: "Placed by", text: team, bar: null });
+  return out;
+}
+
+// The learned ranker's score and the features that moved it most (bars relative to the largest).
+function learnedRows(ranker) {
+  if (!ranker || typeof ranker.score !== "number") return [];
+  const out = [{ label: "Learned ranker", text: `${ranker.score.toFixed(3)} · model ${ranker.model}`, bar: null }];
+  const parts = Object.entries(ranker.contributions || {}).slice(0, MAX_CONTRIBUTIONS);
+  const top = Math.max(1e-9, ...parts.map(([, v]) => Math.abs(v)));
+  for (const [name, value] of parts) {
+    out.push({ label: `  ${prettyName(name)}`, text: `${value >= 0 ? "+" : ""}${value.toFixed(3)}`, bar: value / top });
+  }
+  return out;
 }
 
 export function cssSafe(id) {
@@ -150,7 +175,9 @@ export function renderExplain(container, item) {
     list.append(div);
   };
   if (typeof item.score === "number") add({ label: "Score", text: item.score.toFixed(4), bar: null }, "total");
+  for (const row of servedBy(item)) add(row, "served");
   rows.forEach((r) => add(r));
+  for (const row of learnedRows(explain.ranker)) add(row, "learned");
   container.append(list);
 }
 
@@ -221,4 +248,29 @@ export function skeletons(count) {
     div.innerHTML = '<div class="card-media"></div><div class="card-body"><div class="sk-line"></div><div class="sk-line short"></div></div>';
     return div;
   });
+}
+
+// One line saying how a hybrid text query was read ("understood" in the response), or "" when nothing was:
+// showing Sunglasses for "shades" · searched for "sunglasses" (you typed "sunglases") · not Black · price up to 20.
+export function understoodLine(understood) {
+  if (!understood || !Array.isArray(understood.readings)) return "";
+  const parts = [];
+  for (const r of understood.readings) {
+    if (r.how === "similar" && r.values) {
+      const [values] = Object.values(r.values);
+      if (values && values.length && r.confidence >= 0.2) parts.push(`showing ${values[0]} for “${r.words}”`);
+    } else if (r.how === "spelling") {
+      parts.push(`searched for “${r.read_as}” (you typed “${r.words}”)`);
+    } else if (r.how === "exclude" && r.exclude) {
+      parts.push(`not ${Object.values(r.exclude).flat().join(", ")}`);
+    } else if (r.how === "price" && r.price) {
+      const { min, max } = r.price;
+      const span = min !== null && max !== null ? `${formatPrice(min)}–${formatPrice(max)}`
+        : max !== null ? `up to ${formatPrice(max)}` : `from ${formatPrice(min)}`;
+      parts.push(`price ${span}`);
+    }
+  }
+  if (!parts.length) return "";
+  const line = parts.join(" · ");
+  return line.charAt(0).toUpperCase() + line.slice(1);
 }

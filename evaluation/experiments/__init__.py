@@ -1,0 +1,1 @@
+"""Measured experiments, each a program: `python -m evaluation.experiments.NAME --help`."""

@@ -1,0 +1,1 @@
+"""Online experiments and learning: the impression log, variants, interleaving, the report, the click model."""

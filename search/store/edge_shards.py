@@ -1,0 +1,209 @@
+"""Open Qdrant Edge shards of one store root: per-collection flock, lazy opening, reference counts, and alias
+pointer files re-read on change so that an alias swap moves this process's readers to the new shard.
+
+See search/store/edge.py for the file layout and the process and thread rules this implements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import qdrant_edge as qe
+
+from search.store.payload_cache import PayloadCache
+from vitrina.errors import BadInput, NotFound, StoreError
+from vitrina.locks import flock_within
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name: str, what: str = "collection") -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BadInput(f"invalid {what} name {name!r}: use letters, digits, '_', '-', '.'")
+    return name
+
+
+class ShardHandle:
+    """An open shard, its lock file, its cached payloads, and how many calls are using it right now."""
+
+    def __init__(self, shard: qe.EdgeShard, lock_fd: int, meta: dict[str, Any], payload_cache: int = 0) -> None:
+        self.shard, self.lock_fd, self.meta = shard, lock_fd, meta
+        self.payloads = PayloadCache(payload_cache)
+        self.users = 0
+        self.retired = False  # no longer in the store's map: close when the last user is done
+        self.closed = False
+
+    def close(self) -> None:
+        try:
+            self.shard.flush()
+            self.shard.close()
+        finally:
+            os.close(self.lock_fd)  # releases the flock
+
+
+class ShardPool:
+    """The shards of `root` this process has open, each shared by the calls using it and closed when retired."""
+
+    def __init__(self, root: Path, timeout_s: float = 30.0, payload_cache: int = 0) -> None:
+        self.root = Path(root)
+        self.timeout_s = timeout_s  # longest wait for a shard lock held by another process
+        self.payload_cache = payload_cache  # payloads each open shard keeps in memory (search/store/payload_cache.py)
+        self._lock = threading.RLock()
+        self._handles: dict[str, ShardHandle] = {}
+        self._openers: dict[str, threading.Lock] = {}
+        self._moved_from: set[str] = set()  # collections an alias of this process moved away from
+        self._aliases: dict[str, tuple[tuple[int, int], str]] = {}  # alias -> (stat key, target)
+        self._closed = False
+
+    def dir(self, name: str) -> Path:
+        return self.root / "collections" / name
+
+    def exists(self, name: str) -> bool:
+        return (self.dir(name) / "meta.json").is_file()
+
+    def take_lock(self, name: str) -> int:
+        """flock the collection's lock file (waiting up to timeout_s); StoreError names the holder."""
+        path = self.dir(name) / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not flock_within(fd, self.timeout_s):
+            holder = path.read_text(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"collection {name!r} is open in another process ({holder}); an edge shard can be "
+                "open in one process at a time",
+                detail="stop that process (e.g. `vitrina serve`), write through its HTTP API, "
+                       "or use the qdrant backend for several writers")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)[:200]}".encode(), 0)
+        return fd
+
+    def _open(self, name: str) -> ShardHandle:
+        if not self.exists(name):
+            raise NotFound(f"collection {name!r} does not exist")
+        fd = self.take_lock(name)
+        try:
+            meta = json.loads((self.dir(name) / "meta.json").read_text())
+            shard = qe.EdgeShard.load(str(self.dir(name) / "shard"))
+        except Exception as e:
+            os.close(fd)
+            raise StoreError(f"cannot open collection {name!r}: {e}") from e
+        return ShardHandle(shard, fd, meta, self.payload_cache)
+
+    def resolve(self, name: str) -> str:
+        """The collection behind `name`: an alias's target (re-read when its pointer file changed), or name."""
+        path = self.root / "aliases" / name
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            with self._lock:
+                old = self._aliases.pop(name, None)
+            if old:
+                self._moved_away(old[1])
+            return name
+        key = (st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            cached = self._aliases.get(name)
+            if cached and cached[0] == key:
+                return cached[1]
+        target = path.read_text().strip()
+        with self._lock:
+            old = self._aliases.get(name)
+            self._aliases[name] = (key, target)
+            self._moved_from.discard(target)
+        if old and old[1] != target:
+            log.info("alias %r moved %s -> %s: releasing the old shard", name, old[1], target)
+            self._moved_away(old[1])
+        return target
+
+    def _moved_away(self, name: str) -> None:
+        """An alias stopped pointing at `name`: close it once idle, and after each later use, until an
+        alias points at it again (so a search that resolved the alias just before the swap cannot
+        leave the old shard open in this process, where it would block the indexer from dropping it)."""
+        with self._lock:
+            if name in {t for _, t in self._aliases.values()}:
+                return
+            self._moved_from.add(name)
+        self.retire(name)
+
+    def _acquire(self, target: str) -> ShardHandle:
+        """Count a user on the open handle of `target`, opening it first (outside the store lock)."""
+        with self._lock:
+            handle = self._handles.get(target)
+            if handle is not None:
+                handle.users += 1
+                return handle
+            opener = self._openers.setdefault(target, threading.Lock())
+        with opener:  # one opener per collection; others wait for it rather than fight over the flock
+            with self._lock:
+                handle = self._handles.get(target)
+                if handle is not None:
+                    handle.users += 1
+                    return handle
+            handle = self._open(target)
+            with self._lock:
+                self._handles[target] = handle
+                handle.users += 1
+                return handle
+
+    def _release(self, target: str, handle: ShardHandle) -> None:
+        with self._lock:
+            handle.users -= 1
+            idle = handle.users == 0
+            if idle and target in self._moved_from and self._handles.get(target) is handle:
+                del self._handles[target]
+                handle.retired = True
+            closing = idle and handle.retired and not handle.closed
+            handle.closed = handle.closed or closing
+        if closing:
+            handle.close()
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[ShardHandle]:
+        """The open handle of collection or alias `name` for the duration of one call."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        target = self.resolve(check_name(name))
+        handle = self._acquire(target)
+        try:
+            yield handle
+        except (StoreError, NotFound, BadInput):
+            raise
+        except Exception as e:  # engine errors arrive as plain Exception
+            raise StoreError(f"edge store: {target}: {e}") from e
+        finally:
+            self._release(target, handle)
+
+    def retire(self, name: str) -> None:
+        """Close this process's handle on `name` now, or when the last running call on it ends."""
+        with self._lock:
+            handle = self._handles.pop(name, None)
+            if handle is None:
+                return
+            handle.retired = True
+            closing = handle.users == 0 and not handle.closed
+            handle.closed = handle.closed or closing
+        if closing:
+            handle.close()
+
+
+    def adopt(self, name: str, handle: ShardHandle) -> None:
+        """Hold a shard this process has just created (and locked) as the open handle of `name`."""
+        with self._lock:
+            self._handles[name] = handle
+
+    def close(self) -> None:
+        """Close every shard (each once its running calls end); later calls raise StoreError."""
+        with self._lock:
+            self._closed = True
+            for name in list(self._handles):
+                self.retire(name)
