@@ -1,186 +1,40 @@
-"""HTTP load benchmark: text and photo searches against a running `vitrina serve` on loopback, from this process."""
+"""HTTP load benchmark: text, personalised and photo searches against `vitrina serve` on loopback, driven by wrk
+when it is installed (an outside client) or by this process, with the server's CPU per request and each phase's
+throughput over the cheapest JSON endpoint of the same server (`GET /api/items/<id>`), measured in the same run."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import http.client
 import ipaddress
 import json
 import os
-import random
+import shlex
 import socket
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
+from benchmarks.http_inputs import catalogue_ids, distinct_queries, multipart, read_photos, read_queries
+from benchmarks.http_load import (Client, Phase, Request, error_text, percentile, pid_listening, process_rss_mb,
+                                  run_phase, run_wrk, wrk_binary)
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
-# Targets from issue 4 (4 concurrent clients).
-TEXT_P95_MS = 50.0
-TEXT_MIN_RPS = 100.0
-IMAGE_P95_MS = 120.0
+__all__ = ["BadInput", "Client", "percentile", "run_phase"]  # the tests use them from here
 
-
-@dataclass
-class Phase:
-    """One measured run: latencies of successful requests, errors, wall time, the server's own took_ms."""
-
-    name: str
-    clients: int
-    server_cpu_s: float | None = None  # CPU the server process used during the phase (with --server-pid)
-    latencies_ms: list[float] = field(default_factory=list)
-    took_ms: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> int:
-        return len(self.latencies_ms)
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        return {"phase": self.name, "clients": self.clients, "ok": self.ok, "errors": sum(self.errors.values()),
-                "rps": self.ok / self.wall_s if self.wall_s > 0 else 0.0,
-                "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
-                "max_ms": lat[-1] if lat else float("nan"),
-                "server_p50_ms": percentile(sorted(self.took_ms), 50),
-                "cpu_ms_per_req": (1000.0 * self.server_cpu_s / self.ok) if self.server_cpu_s and self.ok
-                else float("nan"),
-                "error_kinds": dict(self.errors)}
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of an ascending list (numpy's default method); NaN when empty."""
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection to the server (reopened after any failure)."""
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self.conn.request(method, path, body=body, headers=headers or {})
-                resp = self.conn.getresponse()
-                data = resp.read()
-                if resp.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return resp.status, data
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.close()
-                if attempt:  # a stale keep-alive connection is retried once, a second failure is real
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-def multipart(fields: dict[str, str], image: bytes, filename: str) -> tuple[bytes, str]:
-    """A multipart/form-data body with text fields and one `image` file; returns (body, content type)."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-                 f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def run_phase(name: str, clients: int, make_request: Callable[[int], tuple[str, str, bytes | None, dict[str, str]]],
-              host: str, port: int, max_requests: int, max_seconds: float, timeout: float,
-              server_pid: int = 0) -> Phase:
-    """`clients` threads, each on its own connection, send requests back to back until the budget is spent."""
-    phase = Phase(name, clients)
-    lock = threading.Lock()
-    counter = iter(range(max_requests))
-    deadline = time.perf_counter() + max_seconds
-
-    def worker() -> None:
-        client = Client(host, port, timeout)
-        try:
-            while time.perf_counter() < deadline:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                method, path, body, headers = make_request(i)
-                t0 = time.perf_counter()
-                try:
-                    status, data = client.request(method, path, body, headers)
-                except (OSError, http.client.HTTPException) as e:
-                    with lock:
-                        key = type(e).__name__
-                        phase.errors[key] = phase.errors.get(key, 0) + 1
-                    continue
-                ms = (time.perf_counter() - t0) * 1000.0
-                took = None
-                if status == 200:
-                    try:
-                        took = float(json.loads(data).get("took_ms"))
-                    except (ValueError, TypeError, AttributeError):
-                        took = None
-                with lock:
-                    if status == 200:
-                        phase.latencies_ms.append(ms)
-                        if took is not None:
-                            phase.took_ms.append(took)
-                    else:
-                        key = f"HTTP {status}: {_error_text(data)}"
-                        phase.errors[key] = phase.errors.get(key, 0) + 1
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker, name=f"bench-{name}-{c}", daemon=True) for c in range(clients)]
-    cpu0 = process_cpu_s(server_pid) if server_pid else None
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    phase.wall_s = time.perf_counter() - t0
-    cpu1 = process_cpu_s(server_pid) if server_pid else None
-    if cpu0 is not None and cpu1 is not None:
-        phase.server_cpu_s = cpu1 - cpu0
-    return phase
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds used so far by a local process (Linux /proc), None if unreadable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _error_text(data: bytes) -> str:
-    try:
-        body = json.loads(data)
-        return f"{body.get('error')}: {body.get('detail')}"[:160]
-    except (ValueError, AttributeError):
-        return data[:80].decode("utf-8", "replace")
+# Targets of issue 19 (2-core machine, 44k fashion index, distinct queries, query cache off).
+TEXT_P95_MS, TEXT_MIN_RPS = 25.0, 200.0  # 4 connections
+BUSY_CONNECTIONS, BUSY_MIN_RPS = 16, 220.0  # 16 connections, no errors
+USER_P95_MS = 30.0
+IMAGE_P95_MS = 40.0  # 2 connections
+MIN_FLOOR_RATIO = 0.11  # text req/s over GET /api/items/<id> req/s of the same server
+PHASES = ("floor", "text", "text+user", "image")
 
 
 def loopback_target(url: str) -> tuple[str, int]:
@@ -199,99 +53,20 @@ def loopback_target(url: str) -> tuple[str, int]:
     return host, port
 
 
-def read_queries(path: Path, limit: int) -> list[str]:
-    """The `query` column of a queries CSV (query_id,query)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            queries = [row["query"].strip() for row in csv.DictReader(f) if (row.get("query") or "").strip()]
-    except (OSError, KeyError) as e:
-        raise BadInput(f"cannot read queries from {path}", str(e)) from e
-    if not queries:
-        raise BadInput(f"no queries in {path}")
-    return queries[:limit] if limit > 0 else queries
-
-
-def catalogue_rows(cfg: Config) -> list[dict[str, Any]]:
-    """The catalogue file's rows as dicts (CSV or JSONL), unmapped."""
-    path = Path(cfg.catalogue.path)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            if path.suffix == ".jsonl" or cfg.catalogue.format == "jsonl":
-                return [json.loads(line) for line in f if line.strip()]
-            return list(csv.DictReader(f))
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot read the catalogue {path}", str(e)) from e
-
-
-class QueryPool:
-    """Hands out each query once (the server caches query embeddings, so repeats would flatter it).
-
-    Real queries first, then catalogue titles (dev rows) when a run needs more; cycles with a warning
-    only when even those run out.
-    """
-
-    def __init__(self, queries: Sequence[str], extra: Sequence[str] = ()) -> None:
-        self.items = list(dict.fromkeys([*queries, *extra]))
-        self.real = len(dict.fromkeys(queries))
-        self.pos = 0
-        self.repeats = 0
-
-    def take(self, n: int) -> list[str]:
-        out = []
-        for _ in range(n):
-            if self.pos >= len(self.items):
-                self.repeats += 1
-            out.append(self.items[self.pos % len(self.items)])
-            self.pos += 1
-        return out
-
-
-def title_queries(cfg: Config, seed: int) -> list[str]:
-    """Product titles of dev rows (else all rows), lower-cased, as extra shopper-like queries."""
-    cat = cfg.catalogue
-    rows = catalogue_rows(cfg)
-    dev = [r for r in rows if cat.split and r.get(cat.split) == "dev"] or rows
-    titles = [str(r.get(cat.title) or "").strip().lower() for r in dev]
-    titles = [t for t in titles if t]
-    random.Random(seed).shuffle(titles)
-    return titles
-
-
-def read_photos(cfg: Config, count: int, seed: int) -> list[tuple[str, bytes]]:
-    """`count` real product photos of the catalogue (dev rows first), as (file name, bytes)."""
-    cat = cfg.catalogue
-    path = Path(cat.path)
-    base = Path(cat.image_base) if cat.image_base else path.parent
-    rows = [r for r in catalogue_rows(cfg)
-            if str(r.get(cat.image) or "") and not str(r[cat.image]).startswith("http")]
-    dev = [r for r in rows if cat.split and r.get(cat.split) == "dev"]
-    pool = dev if len(dev) >= count else rows
-    random.Random(seed).shuffle(pool)
-    photos = []
-    for row in pool:
-        file = base / str(row[cat.image])
-        if file.is_file():
-            photos.append((file.name, file.read_bytes()))
-        if len(photos) >= count:
-            break
-    if not photos:
-        raise BadInput("no readable product photos in the catalogue", str(path))
-    return photos
-
-
 def _api_key(args: argparse.Namespace, cfg: Config) -> str:
-    if args.api_key:
-        return str(args.api_key)
-    extra = os.environ.get(cfg.web.api_keys_env, "") if cfg.web.api_keys_env else ""
-    keys = [k for k in cfg.web.api_keys if k] + [k.strip() for k in extra.split(",") if k.strip()]
-    return keys[0] if keys else ""
+    from web.deps import api_keys
+
+    return str(args.api_key) if args.api_key else next(iter(api_keys(cfg)), "")
 
 
-def wait_ready(host: str, port: int, seconds: float) -> dict[str, Any]:
-    """GET /health until it answers (the server may still be loading its models)."""
+def wait_ready(host: str, port: int, seconds: float, server: subprocess.Popen[bytes] | None = None
+               ) -> dict[str, Any]:
+    """GET /health until it answers (the server may still be loading its models; a started one may fail)."""
     deadline = time.monotonic() + seconds
     last = ""
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            raise BadInput(f"the started server exited with {server.returncode}", "see its log above")
         client = Client(host, port, 10.0)
         try:
             status, data = client.request("GET", "/health")
@@ -314,7 +89,7 @@ def seed_feedback(host: str, port: int, user: str, queries: Sequence[str], key: 
         for q in queries[:4]:
             status, data = client.request("GET", "/api/search?" + urlencode({"q": q, "k": k}))
             if status != 200:
-                raise BadInput(f"warm-up search failed with HTTP {status}", _error_text(data))
+                raise BadInput(f"warm-up search failed with HTTP {status}", error_text(data))
             ids = [r["id"] for r in json.loads(data)["results"]]
             events += [{"user_id": user, "item_id": i, "event": "click"} for i in ids[:3]]
         if events:
@@ -324,7 +99,7 @@ def seed_feedback(host: str, port: int, user: str, queries: Sequence[str], key: 
             headers["Authorization"] = f"Bearer {key}"
         status, data = client.request("POST", "/api/feedback", json.dumps(events).encode(), headers)
         if status != 200:
-            raise BadInput(f"feedback was refused with HTTP {status}", _error_text(data)
+            raise BadInput(f"feedback was refused with HTTP {status}", error_text(data)
                            + ("; pass --api-key" if status == 401 else ""))
         return int(json.loads(data)["accepted"])
     finally:
@@ -343,129 +118,269 @@ def forget(host: str, port: int, user: str, key: str) -> None:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ("phase", "clients", "ok", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "server p50",
+    head = ("phase", "conns", "client", "ok", "errors", "req/s", "x floor", "p50 ms", "p95 ms", "p99 ms", "max ms",
             "cpu ms/req", "target")
     lines = [head]
     for r in rows:
-        lines.append((r["phase"], str(r["clients"]), str(r["ok"]), str(r["errors"]), f"{r['rps']:.1f}",
-                      f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
-                      f"{r['server_p50_ms']:.1f}", f"{r['cpu_ms_per_req']:.1f}", r.get("verdict", "")))
+        ratio = r.get("x_floor")
+        lines.append((r["phase"], str(r["clients"]), r.get("client", "python"), str(r["ok"]), str(r["errors"]),
+                      f"{r['rps']:.1f}", "-" if ratio is None else f"{ratio:.3f}", f"{r['p50_ms']:.1f}",
+                      f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", f"{r['cpu_ms_per_req']:.2f}",
+                      r.get("verdict", "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) if i == 0 or i == len(head) - 1 else c.rjust(w)
+    out = ["  ".join(c.ljust(w) if i in (0, 2) or i == len(head) - 1 else c.rjust(w)
                      for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
 def verdict(row: dict[str, Any]) -> str:
-    if row["phase"].startswith("text"):
-        ok = row["p95_ms"] <= TEXT_P95_MS and row["rps"] >= TEXT_MIN_RPS and not row["errors"]
-        return f"{'PASS' if ok else 'MISS'} (p95<={TEXT_P95_MS:.0f}ms, >={TEXT_MIN_RPS:.0f}/s)"
-    ok = row["p95_ms"] <= IMAGE_P95_MS and not row["errors"]
-    return f"{'PASS' if ok else 'MISS'} (p95<={IMAGE_P95_MS:.0f}ms)"
+    """PASS/MISS against issue 19's targets for the phase (none for the floor endpoint)."""
+    kind, conns, ratio = row["phase"].split("@")[0], row["clients"], row.get("x_floor")
+    if kind == "text" and conns >= BUSY_CONNECTIONS:
+        ok, what = row["rps"] >= BUSY_MIN_RPS and not row["errors"], f">={BUSY_MIN_RPS:.0f}/s, no errors"
+    elif kind == "text":
+        ok = row["p95_ms"] <= TEXT_P95_MS and row["rps"] >= TEXT_MIN_RPS and not row["errors"] and (
+            ratio is None or ratio >= MIN_FLOOR_RATIO)
+        what = f"p95<={TEXT_P95_MS:.0f}ms, >={TEXT_MIN_RPS:.0f}/s, x floor>={MIN_FLOOR_RATIO}"
+    elif kind == "text+user":
+        ok, what = row["p95_ms"] <= USER_P95_MS and not row["errors"], f"p95<={USER_P95_MS:.0f}ms"
+    elif kind == "image":
+        ok, what = row["p95_ms"] <= IMAGE_P95_MS and not row["errors"], f"p95<={IMAGE_P95_MS:.0f}ms"
+    else:
+        return "reference"
+    return f"{'PASS' if ok else 'MISS'} ({what})"
+
+
+def parse_phases(spec: str, clients: int, image_clients: int) -> list[tuple[str, str, int]]:
+    """"floor,text,text@16,image@2" -> [(label, kind, connections)]; a kind without @N takes the default."""
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        kind, _, n = part.partition("@")
+        if kind not in PHASES:
+            raise BadInput(f"unknown phase {kind!r}", f"choose from {', '.join(PHASES)} (NAME@CONNECTIONS)")
+        try:
+            conns = int(n) if n else (image_clients if kind == "image" else clients)
+        except ValueError as e:
+            raise BadInput(f"bad phase {part!r}", "write NAME@CONNECTIONS, e.g. text@16") from e
+        if conns < 1:
+            raise BadInput(f"phase {part!r} needs at least one connection")
+        out.append((part, kind, conns))
+    if not out:
+        raise BadInput("no phases given")
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="running server (loopback only; default http://[web].host:[web].port)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
-    parser.add_argument("--requests", type=int, default=600, help="max requests per text phase (default 600)")
-    parser.add_argument("--image-requests", type=int, default=200, help="max requests per image phase")
-    parser.add_argument("--image-clients", type=int, default=0, help="clients for photo searches (default --clients)")
-    parser.add_argument("--duration", type=float, default=30.0, help="max seconds per phase (default 30)")
-    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
+    parser.add_argument("--serve", action="store_true",
+                        help="start `vitrina serve` on a free loopback port for the run (query cache off, see "
+                             "--serve-env), measure it, stop it")
+    parser.add_argument("--serve-args", default="", help="extra `vitrina serve` options with --serve")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the --serve server (default VITRINA_SEARCH__QUERY_CACHE=0)")
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                        help="load generator: wrk (an outside client; auto when installed) or this process")
+    parser.add_argument("--phases", default="floor,text,text@16,text+user,image",
+                        help="comma list of floor, text, text+user, image, each optionally @CONNECTIONS "
+                             "(default floor,text,text@16,text+user,image)")
+    parser.add_argument("--clients", type=int, default=4, help="connections for phases without @N (default 4)")
+    parser.add_argument("--image-clients", type=int, default=2, help="connections for `image` without @N")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (default 20)")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds before each phase (wrk)")
+    parser.add_argument("--requests", type=int, default=600, help="python client: max requests per text phase")
+    parser.add_argument("--image-requests", type=int, default=200, help="python client: max requests per image phase")
+    parser.add_argument("--warmup", type=int, default=20, help="python client: unmeasured requests first")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--distinct", type=int, default=24_000,
+                        help="distinct text queries made from the dev queries, shared out between the text "
+                             "phases (default 24000; a repeat may come from the server's query cache)")
     parser.add_argument("--k", type=int, default=10, help="results per search (default 10)")
     parser.add_argument("--mode", default="", help="search mode (default: the server's default)")
     parser.add_argument("--queries", help="CSV with a `query` column (default: queries_dev.csv beside the catalogue)")
     parser.add_argument("--photos", type=int, default=50, help="distinct product photos to upload (default 50)")
-    parser.add_argument("--phases", default="text,text+user,image",
-                        help="comma-separated subset of text, text+user, image (default all)")
     parser.add_argument("--api-key", help="write key for the feedback events (default: first configured key)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
-    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the server to answer /health")
+    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the server to answer /health")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--server-pid", type=int, default=0,
-                        help="pid of the server process: also report its CPU ms per request (load-independent cost)")
+                        help="pid of the server (default: the process listening on the port, when visible)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def start_server(cfg: Config, args: argparse.Namespace, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`vitrina serve` of this build on a free loopback port, its output in log_dir/serve.log."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VITRINA_SEARCH__QUERY_CACHE": "0"}
+    for item in args.serve_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BadInput(f"--serve-env takes NAME=VALUE, got {item!r}")
+        env[name] = value
+    cmd = [sys.executable, "-m", "scripts.cli", *(["--config", cfg.source] if cfg.source else []), "serve",
+           "--host", "127.0.0.1", "--port", str(port), *shlex.split(args.serve_args)]
+    log = (log_dir / "serve.log").open("wb")
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    print(f"started {' '.join(cmd[1:])} (pid {proc.pid}, log {log_dir / 'serve.log'})")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Bench:
+    """One run's settings and the request makers of its phases."""
+
+    def __init__(self, cfg: Config, args: argparse.Namespace, host: str, port: int, server_pid: int) -> None:
+        self.cfg, self.args, self.host, self.port, self.pid = cfg, args, host, port, server_pid
+        self.url = f"http://{host}:{port}"
+        self.base = {"k": args.k, **({"mode": args.mode} if args.mode else {})}
+        self.use_wrk = args.client == "wrk" or (args.client == "auto" and wrk_binary() is not None)
+        if args.client == "wrk" and wrk_binary() is None:
+            raise BadInput("--client wrk: wrk is not installed", "apt-get install wrk, or use --client python")
+
+    def search(self, texts: Sequence[str], user: str | None) -> list[Request]:
+        return [("GET", "/api/search?" + urlencode({**self.base, "q": q, **({"user_id": user} if user else {})}),
+                 None, {}) for q in texts]
+
+    def photo(self, photos: Sequence[tuple[str, bytes]]) -> list[Request]:
+        out: list[Request] = []
+        for name, data in photos:
+            body, ctype = multipart({k: str(v) for k, v in self.base.items()}, data, name)
+            out.append(("POST", "/api/search", body, {"Content-Type": ctype}))
+        return out
+
+    def measure(self, label: str, conns: int, requests: Sequence[Request], warm: Sequence[Request],
+                distinct: bool, budget: int) -> Phase:
+        """One phase with wrk (for --duration, cycling through `requests`) or the python client (at most
+        `budget` requests); `distinct`: the requests are meant to be sent once each (repeats are counted)."""
+        a = self.args
+        if self.use_wrk:
+            if a.warmup_s > 0:
+                run_wrk(f"{label}-warmup", conns, warm, self.url, a.warmup_s, a.timeout, a.wrk_threads)
+            phase = run_wrk(label, conns, requests, self.url, a.duration, a.timeout, a.wrk_threads, self.pid)
+        else:
+            def at(reqs: Sequence[Request]) -> Callable[[int], Request]:
+                return lambda i: reqs[i % len(reqs)]
+
+            if a.warmup:
+                run_phase(f"{label}-warmup", conns, at(warm), self.host, self.port, a.warmup, a.duration, a.timeout)
+            phase = run_phase(label, conns, at(requests), self.host, self.port, budget, a.duration, a.timeout,
+                              self.pid)
+        if not distinct:
+            phase.distinct = 0
+        return phase
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     """Measure the phases, print the table; 0 when every request succeeded (and targets met with --check)."""
-    url = args.url or f"http://{cfg.web.host}:{cfg.web.port}"
-    host, port = loopback_target(url)
-    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    unknown = set(phases) - {"text", "text+user", "image"}
-    if unknown or not phases:
-        raise BadInput(f"unknown phase(s) {sorted(unknown)}", "choose from text, text+user, image")
-    if args.clients < 1 or args.requests < 1 or args.duration <= 0:
-        raise BadInput("--clients, --requests and --duration must be positive")
+    phases = parse_phases(args.phases, args.clients, args.image_clients)
+    if args.duration <= 0 or args.requests < 1:
+        raise BadInput("--duration and --requests must be positive")
     queries_path = Path(args.queries) if args.queries else Path(cfg.catalogue.path).parent / "queries_dev.csv"
-    queries = read_queries(queries_path, 0)
-    random.Random(args.seed).shuffle(queries)
-    text_phases = [p for p in phases if p != "image"]
-    needed = len(text_phases) * (args.requests + args.warmup) + 4
-    pool = QueryPool(queries, title_queries(cfg, args.seed) if needed > len(queries) else ())
-    photos = read_photos(cfg, args.photos, args.seed) if "image" in phases else []
-    health = wait_ready(host, port, args.wait)
-    print(f"server http://{host}:{port}: {health.get('status')}, index {json.dumps(health.get('index'))}")
-    print(f"{pool.real} queries from {queries_path} (+{len(pool.items) - pool.real} catalogue titles), "
-          f"each sent once; {len(photos)} photos; client pid {os.getpid()}")
-
-    base = {"k": args.k, **({"mode": args.mode} if args.mode else {})}
-    user = f"bench-{uuid.uuid4().hex[:10]}"
-    key = _api_key(args, cfg)
-
-    def text_request(with_user: bool, texts: Sequence[str]) -> Callable[[int], tuple[str, str, bytes | None,
-                                                                             dict[str, str]]]:
-        def make(i: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-            params = {**base, "q": texts[i % len(texts)], **({"user_id": user} if with_user else {})}
-            return "GET", "/api/search?" + urlencode(params), None, {}
-        return make
-
-    def image_request(i: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-        name, data = photos[i % len(photos)]
-        body, ctype = multipart({k: str(v) for k, v in base.items()}, data, name)
-        return "POST", "/api/search", body, {"Content-Type": ctype}
-
-    rows = []
-    seeded = False
+    base_queries = read_queries(queries_path, 0)
+    text_phases = [p for p in phases if p[1].startswith("text")]
+    warm_n = 200
+    texts = distinct_queries(base_queries, args.distinct + warm_n, args.seed)
+    warm_texts, texts = texts[:warm_n], texts[warm_n:]
+    share = max(1, len(texts) // max(1, len(text_phases)))
+    photos = read_photos(cfg, args.photos, args.seed) if any(k == "image" for _, k, _ in phases) else []
+    items = catalogue_ids(cfg, 2000, args.seed) if any(k == "floor" for _, k, _ in phases) else []
+    tmp = Path(tempfile.mkdtemp(prefix="vitrina-bench-http-"))
+    server = None
+    if args.serve:
+        server, url = start_server(cfg, args, tmp)
+        pid = server.pid
+    else:
+        url = args.url or f"http://{cfg.web.host}:{cfg.web.port}"
+    host, port = loopback_target(url)
     try:
-        for name in phases:
-            if name == "image":
-                make, clients, budget = image_request, args.image_clients or args.clients, args.image_requests
-                warm = image_request
-            else:
-                if name == "text+user" and not seeded:
-                    print(f"feedback: {seed_feedback(host, port, user, pool.take(4), key, args.k)} events "
-                          f"for {user}")
-                    seeded = True
-                warm = text_request(name == "text+user", pool.take(args.warmup))
-                make, clients, budget = text_request(name == "text+user", pool.take(args.requests)), \
-                    args.clients, args.requests
-            if args.warmup:
-                run_phase(f"{name}-warmup", clients, lambda i: warm(i + 7919), host, port, args.warmup,
-                          args.duration, args.timeout)
-            phase = run_phase(name, clients, make, host, port, budget, args.duration, args.timeout,
-                              args.server_pid)
-            row = phase.summary()
-            row["verdict"] = verdict(row)
-            rows.append(row)
-            for kind, n in phase.errors.items():
-                print(f"  {name}: {n} x {kind}")
+        health = wait_ready(host, port, args.wait, server)
+        pid = server.pid if server else (args.server_pid or pid_listening(port) or 0)
+        bench = Bench(cfg, args, host, port, pid)
+        print(f"server {bench.url}: {health.get('status')}, index {json.dumps(health.get('index'))}; server pid "
+              f"{pid or 'unknown (no CPU per request)'}; load generator "
+              f"{'wrk ' + str(args.wrk_threads) + ' threads' if bench.use_wrk else 'python threads'}")
+        print(f"{len(texts)} distinct queries from {len(base_queries)} in {queries_path} ({share} per text phase), "
+              f"{len(photos)} photos, {len(items)} item ids for the floor endpoint")
+        rows = measure_all(bench, phases, texts, warm_texts, share, photos, items)
+        rss = process_rss_mb(pid) if pid else None
     finally:
-        if seeded:
-            forget(host, port, user, key)
-    if pool.repeats:
-        print(f"warning: {pool.repeats} text queries were repeats (the server's query cache may have served them)")
+        if server is not None:
+            stop_server(server)
     print()
     print(format_table(rows))
-    if hasattr(os, "getloadavg"):
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other work here inflates latency)")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other work here inflates latency; the "
+          "x floor ratio and CPU per request are far less sensitive to it)")
+    if rss is not None:
+        print(f"server RSS at the end: {rss:.0f} MiB")
+    for r in rows:
+        if r["repeats"]:
+            print(f"warning: {r['phase']}: {r['repeats']} requests repeated a query (the server's query cache "
+                  "may have served them): raise --distinct")
+        for kind, n in r["error_kinds"].items():
+            print(f"  {r['phase']}: {n} x {kind}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"url": url, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        Path(args.json_out).write_text(json.dumps({"url": url, "load": os.getloadavg(), "server_rss_mb": rss,
+                                                   "rows": rows}, indent=2) + "\n", encoding="utf-8")
     if any(r["errors"] or not r["ok"] for r in rows):
         return 1
     if args.check and any(r["verdict"].startswith("MISS") for r in rows):
         return 1
     return 0
+
+
+def measure_all(bench: Bench, phases: Sequence[tuple[str, str, int]], texts: Sequence[str],
+                warm_texts: Sequence[str], share: int, photos: Sequence[tuple[str, bytes]],
+                items: Sequence[str]) -> list[dict[str, Any]]:
+    """Each phase in order; text phases get disjoint slices of `texts`; rows carry the ratio to the floor."""
+    args, rows, floor_rps = bench.args, [], None
+    user, key, seeded = f"bench-{uuid.uuid4().hex[:10]}", _api_key(args, bench.cfg), False
+    slices = iter(range(0, len(texts), share))
+    try:
+        for label, kind, conns in phases:
+            if kind == "floor":
+                reqs: list[Request] = [("GET", f"/api/items/{quote(i, safe='')}", None, {}) for i in items]
+                phase = bench.measure(label, conns, reqs, reqs, distinct=False, budget=args.requests)
+            elif kind == "image":
+                reqs = bench.photo(photos)
+                phase = bench.measure(label, conns, reqs, reqs, distinct=False, budget=args.image_requests)
+            else:
+                with_user = kind == "text+user"
+                if with_user and not seeded:
+                    n = seed_feedback(bench.host, bench.port, user, warm_texts[:4], key, args.k)
+                    print(f"feedback: {n} events for {user}")
+                    seeded = True
+                start = next(slices, 0)
+                mine = texts[start:start + share]
+                if not bench.use_wrk:
+                    mine = mine[:args.requests]
+                uid = user if with_user else None
+                phase = bench.measure(label, conns, bench.search(mine, uid), bench.search(warm_texts, uid),
+                                      distinct=True, budget=len(mine))
+            row = phase.summary()
+            if kind == "floor":
+                floor_rps = row["rps"]
+            row["x_floor"] = row["rps"] / floor_rps if floor_rps and kind != "floor" else None
+            row["verdict"] = verdict(row)
+            rows.append(row)
+            print(f"  {label}: {row['rps']:.1f} req/s, p95 {row['p95_ms']:.1f} ms, "
+                  f"{row['cpu_ms_per_req']:.2f} ms server CPU per request", flush=True)
+    finally:
+        if seeded:
+            forget(bench.host, bench.port, user, key)
+    return rows
+

@@ -93,8 +93,42 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                   f"{2 * row['items_per_cpu_s']:.0f} items/s on 2 free cores")
             for stage, secs in sorted(summary.stages_s.items(), key=lambda x: -x[1]):
                 print(f"  {stage:<12} {secs:8.2f}s  {STAGES.get(stage, '')}")
+        enc = encoders_only(cfg, args.n, args.batch_size)
+        results["encoders_only"] = enc
+        print(f"\nencoders only (decode + both towers + fusion, no store, no index build): "
+              f"{enc['items']} items in {enc['wall_s']:.1f}s = {enc['items_per_s']:.1f} items/s, "
+              f"{enc['cpu_share']:.2f} cores busy")
+        for mode, row in results["modes"].items():
+            row["x_encoders_only"] = round(row["items_per_s"] / max(enc["items_per_s"], 1e-9), 3)
+            print(f"  {mode}: end to end / encoders only = {row['x_encoders_only']:.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return 0
+
+
+def encoders_only(cfg: Config, n: int, batch_size: int = 0) -> dict[str, Any]:
+    """The first n catalogue rows through what reindex runs before the store (image decode in its threads, text
+    and image towers side by side, fusion), batches overlapped as reindex does; no store, no index build."""
+    import itertools
+
+    from indexer.embed import Embedder, StageTimer, load_image_encoder
+    from indexer.reader import Skipped, read_catalogue
+
+    run_cfg = cfg.replace(indexer={"parallel_encode": True, **({"batch_size": batch_size} if batch_size else {})})
+    products = [r for r in itertools.islice(read_catalogue(run_cfg), n) if not isinstance(r, Skipped)]
+    size = max(1, run_cfg.indexer.batch_size)
+    batches = [products[i:i + size] for i in range(0, len(products), size)]
+    image_encoder, _ = load_image_encoder(run_cfg)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    items = 0
+    with Embedder(run_cfg, image_encoder, StageTimer(), bulk=len(products) > 4 * size) as embedder:
+        ahead = embedder.submit_images(batches[0]) if batches else []
+        for i, batch in enumerate(batches):
+            current, ahead = ahead, embedder.submit_images(batches[i + 1]) if i + 1 < len(batches) else []
+            records, _ = embedder.embed(batch, current)
+            items += len(records)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {"items": items, "wall_s": round(wall, 2), "items_per_s": round(items / max(wall, 1e-9), 1),
+            "cpu_share": round(cpu / max(wall, 1e-9), 2)}

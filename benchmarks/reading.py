@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.http import read_queries
+from benchmarks.http_inputs import read_queries
 from vitrina.config import Config
 
 NATURAL = Path(__file__).resolve().parents[1] / "evaluation" / "natural_queries.csv"  # query_id,query,... columns

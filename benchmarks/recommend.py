@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
-from benchmarks.http import Client, format_table, loopback_target, run_phase, wait_ready
+from benchmarks.http import format_table, loopback_target, wait_ready
+from benchmarks.http_load import Client, run_phase
 from vitrina.config import Config
 from vitrina.errors import BadInput
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -25,7 +26,9 @@ WORDS = ("shirt", "dress", "shoe", "watch", "bag", "cap", "jean", "sock", "belt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--points", type=int, default=100_000, help="synthetic points for the edge store")
+    parser.add_argument("--points", default="100000",
+                        help="synthetic points for the edge store; a comma list (100000,1000000) builds each size "
+                             "and prints them side by side")
     parser.add_argument("--dim", type=int, default=512, help="vector size")
     parser.add_argument("--queries", type=int, default=200, help="queries per phase (after 10 warm-up ones)")
     parser.add_argument("--backends", default="edge,qdrant", help="comma list of edge, qdrant")
@@ -41,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of loading and indexing again")
     parser.add_argument("--hnsw-ef", type=int, default=None,
                         help="HNSW search ef (default: [store].hnsw_ef; 0 = engine default)")
+    parser.add_argument("--hnsw-m", type=int, default=None, help="HNSW degree (default: [store].hnsw_m)")
+    parser.add_argument("--ef-construct", type=int, default=None,
+                        help="HNSW build breadth (default: [store].hnsw_ef_construct)")
+    parser.add_argument("--full-scan-kb", type=int, default=None,
+                        help="filtered searches matching fewer KB of vectors scan exactly (default: [store].full_scan_kb)")
+    parser.add_argument("--payload-links", choices=("on", "off"), default=None,
+                        help="HNSW links per payload value (default: [store].payload_links)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_out", default="", help="also write the figures to this JSON file")
 
@@ -51,8 +61,16 @@ class Result:
     points: int
     upsert_s: float = 0.0
     finalize_s: float = 0.0
+    upsert_cpu_s: float = 0.0  # this process's CPU (engine threads included) while upserting / building
+    finalize_cpu_s: float = 0.0
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process so far, all threads (the engine's index builders too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_data(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -129,14 +147,18 @@ def bench_backend(name: str, store: Store, n: int, data: tuple[np.ndarray, ...],
         result.notes.append("reused the collection built by an earlier --keep run: upsert and finalize not timed")
     else:
         store.create_collection("bench", {"fused": vectors.shape[1]}, filterable=("category", "brand"), numeric=())
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         for start in range(0, n, args.batch):
             store.upsert("bench", records(vectors, category, brand, price, start, min(n, start + args.batch)))
+            if n >= 500_000 and (start // args.batch) % 100 == 99:
+                print(f"  {name}: {start + args.batch:,} upserted in {time.perf_counter() - t:.0f}s", flush=True)
         store.flush("bench")
-        result.upsert_s = time.perf_counter() - t
-        t = time.perf_counter()
+        result.upsert_s, result.upsert_cpu_s = time.perf_counter() - t, cpu_s() - c
+        t, c = time.perf_counter(), cpu_s()
         store.finalize("bench")
-        result.finalize_s = time.perf_counter() - t
+        result.finalize_s, result.finalize_cpu_s = time.perf_counter() - t, cpu_s() - c
+        print(f"  {name}: {n:,} points upserted in {result.upsert_s:.0f}s, index built in {result.finalize_s:.0f}s "
+              f"({result.upsert_cpu_s + result.finalize_cpu_s:.0f} CPU-s)", flush=True)
     if store.count("bench") != n:
         raise RuntimeError(f"{name}: {store.count('bench')} points stored, expected {n}")
     plan = query_plan(vectors, category, args.queries + 10, args.seed)
@@ -162,64 +184,86 @@ def bench_backend(name: str, store: Store, n: int, data: tuple[np.ndarray, ...],
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\nvitrina bench store: dim {args.dim}, top-10 dense (`fused`, cosine) queries, one thread, "
           "payload category(20) + brand(50) + price; filtered = category + 150-wide price window (~1.5% of points)")
-    head = f"{'backend':<16}{'points':>9}{'upsert pts/s':>14}{'finalize s':>12}  {'phase':<9}{'queries':>8}" \
+    head = f"{'backend':<14}{'points':>9}{'upsert/s':>10}{'build s':>9}{'CPU s':>8}  {'phase':<9}{'queries':>8}" \
            f"{'p50 ms':>9}{'p95 ms':>9}{'cpu p50':>9}{'cpu p95':>9}{'recall@10':>11}"
     print(head)
     print("-" * len(head))
     for r in results:
         for i, (phase, m) in enumerate(r.phases.items()):
-            rate = f"{r.points / r.upsert_s:>14,.0f}" if r.upsert_s else f"{'-':>14}"
-            left = f"{r.backend:<16}{r.points:>9}{rate}{r.finalize_s:>12.1f}" if i == 0 else " " * 51
+            rate = f"{r.points / r.upsert_s:>10,.0f}" if r.upsert_s else f"{'-':>10}"
+            cpu = r.upsert_cpu_s + r.finalize_cpu_s
+            left = f"{r.backend:<14}{r.points:>9}{rate}{r.finalize_s:>9.1f}{cpu:>8.0f}" if i == 0 else " " * 50
             print(f"{left}  {phase:<9}{int(m['queries']):>8}{m['p50_ms']:>9.2f}{m['p95_ms']:>9.2f}"
                   f"{m['cpu_p50_ms']:>9.2f}{m['cpu_p95_ms']:>9.2f}{m['recall@10']:>11.3f}")
         for note in r.notes:
             print(f"  note ({r.backend}): {note}")
-    edge = next((r for r in results if r.backend == "edge"), None)
-    if edge and "filtered" in edge.phases:
-        p95 = edge.phases["filtered"]["p95_ms"]
-        cpu95 = edge.phases["filtered"]["cpu_p95_ms"]
-        print(f"\nedge filtered p95 = {p95:.2f} ms wall, {cpu95:.2f} ms CPU (target <= 5 ms): "
-              f"{'met' if p95 <= 5 else 'NOT met'} on wall time")
+    for r in results:
+        if r.backend == "edge" and "filtered" in r.phases:
+            p95, cpu95 = r.phases["filtered"]["p95_ms"], r.phases["filtered"]["cpu_p95_ms"]
+            print(f"edge filtered p95 at {r.points:,} points = {p95:.2f} ms wall, {cpu95:.2f} ms CPU (target <= 5 ms): "
+                  f"{'met' if p95 <= 5 else 'NOT met'} on wall time")
+    print("build s: the index build after the upserts (finalize); CPU s: upsert + build, all threads")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {peak:,.0f} MiB")
     print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
-          "(wall times grow with other jobs; CPU times are this process's own, engine threads included)")
+          "(wall times grow with other jobs, and the engine builds the index in low-priority threads; CPU times "
+          "are this process's own)")
+
+
+def point_counts(spec: str) -> list[int]:
+    try:
+        counts = [int(x) for x in str(spec).replace("_", "").split(",") if x.strip()]
+    except ValueError as e:
+        raise BadInput(f"--points takes numbers separated by commas, got {spec!r}") from e
+    if not counts or min(counts) < 100:
+        raise BadInput("--points >= 100 please")
+    return counts
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from search.store.edge import EdgeStore
+    from search.store.edge import EdgeStore, IndexSettings
     from search.store.qdrant import QdrantStore
     from vitrina.config import StoreConfig
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or set(backends) - {"edge", "qdrant"}:
         raise BadInput("--backends takes edge and/or qdrant")
-    if args.points < 100 or args.dim < 2 or args.queries < 1:
-        raise BadInput("--points >= 100, --dim >= 2 and --queries >= 1 please")
-    qdrant_n = min(args.points, args.qdrant_points)
-    data = make_data(max(args.points, qdrant_n), args.dim, args.seed)
+    counts = point_counts(args.points)
+    if args.dim < 2 or args.queries < 1:
+        raise BadInput("--dim >= 2 and --queries >= 1 please")
+    if args.keep and (not args.dir or len(counts) > 1):
+        raise BadInput("--keep needs --dir and one --points value")
+    sc = cfg.store
+    index = IndexSettings(m=args.hnsw_m or sc.hnsw_m, ef_construct=args.ef_construct or sc.hnsw_ef_construct,
+                          full_scan_kb=args.full_scan_kb or sc.full_scan_kb,
+                          payload_links=sc.payload_links if args.payload_links is None else args.payload_links == "on")
+    qdrant_n = min(counts[0], args.qdrant_points)
+    data = make_data(max(*counts, qdrant_n), args.dim, args.seed)
     results = []
     if "edge" in backends:
         base = Path(args.dir) if args.dir else cfg.data_dir
         base.mkdir(parents=True, exist_ok=True)
-        if args.keep and not args.dir:
-            raise BadInput("--keep needs --dir")
-        folder = base / f"bench-store-{args.points}x{args.dim}-s{args.seed}" if args.keep \
-            else Path(tempfile.mkdtemp(prefix="bench-store-", dir=base))
-        print(f"edge: {args.points} points in {folder} ...", flush=True)
-        try:
-            ef = cfg.store.hnsw_ef if args.hnsw_ef is None else args.hnsw_ef
-            print(f"edge: HNSW search ef = {ef or 'engine default'}", flush=True)
-            with EdgeStore(folder, hnsw_ef=ef or None) as store:
-                results.append(bench_backend("edge", store, args.points, data, args, budget_s=float("inf")))
-        finally:
-            if not args.keep:
-                shutil.rmtree(folder, ignore_errors=True)
+        ef = cfg.store.hnsw_ef if args.hnsw_ef is None else args.hnsw_ef
+        print(f"edge: HNSW m {index.m}, ef_construct {index.ef_construct}, full scan below {index.full_scan_kb} KB, "
+              f"payload links {'on' if index.payload_links else 'off'}; search ef {ef or 'engine default'}",
+              flush=True)
+        for n in counts:
+            folder = base / f"bench-store-{n}x{args.dim}-s{args.seed}" if args.keep \
+                else Path(tempfile.mkdtemp(prefix="bench-store-", dir=base))
+            print(f"edge: {n:,} points in {folder} ...", flush=True)
+            try:
+                with EdgeStore(folder, hnsw_ef=ef or None, index=index) as store:
+                    results.append(bench_backend("edge", store, n, data, args, budget_s=float("inf")))
+            finally:
+                if not args.keep:
+                    shutil.rmtree(folder, ignore_errors=True)
     if "qdrant" in backends:
         print(f"qdrant-client local (:memory:): {qdrant_n} points ...", flush=True)
         with QdrantStore.from_config(StoreConfig(backend="qdrant", path=":memory:")) as store:
             r = bench_backend("qdrant-local", store, qdrant_n, data, args, budget_s=args.qdrant_budget_s)
-        if qdrant_n < args.points:
+        if qdrant_n < counts[0]:
             r.notes.append(f"local mode is pure Python (brute force, no payload index): run on {qdrant_n} of "
-                           f"{args.points} points")
+                           f"{counts[0]} points")
         for phase, m in r.phases.items():
             if m["queries"] < args.queries:
                 r.notes.append(f"{phase}: stopped after {int(m['queries'])} queries ({args.qdrant_budget_s:.0f} s "

@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.http import catalogue_rows, loopback_target, percentile, process_cpu_s
+from benchmarks.http import loopback_target
+from benchmarks.http_inputs import catalogue_rows
+from benchmarks.http_load import percentile, process_cpu_s
 from vitrina.config import Config
 from vitrina.errors import BadInput
 from web.client import ServiceClient, api_key

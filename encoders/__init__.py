@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from encoders.fusion import fuse, fuse_batch
 from vitrina.config import Config
+from vitrina.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from encoders.text import TextEncoder
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["create_image_encoder", "create_text_encoder", "fuse", "fuse_batch", "image_tower_status",
            "text_encoder_key", "tuned_layers_stamp"]
 
+log = logging.getLogger(__name__)
 _TEXT_CACHE: dict[tuple[Any, ...], TextEncoder] = {}
 _TEXT_LOCK = threading.Lock()
 
@@ -37,16 +41,32 @@ def text_encoder_key(cfg: Config) -> tuple[Any, ...]:
 
 
 def create_text_encoder(cfg: Config) -> TextEncoder:
-    """The text encoder for cfg, built once per (model, tuned layers, device, settings) and shared by every caller."""
+    """The text encoder for cfg, built once per (model, tuned layers, device, settings) and shared by every caller:
+    torch, or ONNX Runtime for precision "int8" (encoders.text_onnx; the same `encode`)."""
     from encoders.text import TextEncoder
 
     key = text_encoder_key(cfg)
     with _TEXT_LOCK:
         encoder = _TEXT_CACHE.get(key)
         if encoder is None:
-            encoder = TextEncoder(cfg.text_encoder, cfg.runtime)
+            encoder = _int8_text_encoder(cfg) if cfg.text_encoder.precision == "int8" else None
+            if encoder is None:
+                tc = cfg.text_encoder
+                encoder = TextEncoder(replace(tc, precision="bf16") if tc.precision == "int8" else tc, cfg.runtime)
             _TEXT_CACHE[key] = encoder
         return encoder
+
+
+def _int8_text_encoder(cfg: Config) -> Any:
+    """encoders.text_onnx's encoder (exported once into [data].dir/models), or None with a warning when ONNX
+    Runtime is missing or the export is refused: the caller then runs torch at bf16."""
+    try:
+        from encoders.text_onnx import create
+
+        return create(cfg.text_encoder, cfg.runtime, cfg.data_dir / "models")
+    except (ImportError, ModelUnavailable) as e:
+        log.warning("text encoder precision int8 unavailable (%s): using torch bf16", e)
+        return None
 
 
 def create_image_encoder(cfg: Config) -> Any:

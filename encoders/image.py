@@ -402,8 +402,31 @@ def create_image_encoder(cfg: Config) -> ImageEncoder:
         return enc
 
 
+_STATUS: dict[Any, dict[str, Any]] = {}  # image_tower_status by config and the files' stat: /health asks often
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size) if st is not None else None
+
+
 def image_tower_status(cfg: Config) -> dict[str, Any]:
-    """Cheap (no torch) account of the image tower: is one there, which arch, trained on what, dev metrics."""
+    """Cheap (no torch) account of the image tower: is one there, which arch, trained on what, dev metrics.
+    Kept until the checkpoint or its card changes (two stat calls instead of reading the card)."""
+    ic = cfg.image_encoder
+    ckpt = Path(ic.checkpoint) if ic.checkpoint else None
+    key = (ic, _stamp(ckpt), _stamp(card_path(ckpt)) if ckpt is not None else None)
+    if key not in _STATUS:
+        if len(_STATUS) > 64:
+            _STATUS.clear()
+        _STATUS[key] = _tower_status(cfg)
+    return dict(_STATUS[key])
+
+
+def _tower_status(cfg: Config) -> dict[str, Any]:
     ic = cfg.image_encoder
     ckpt = Path(ic.checkpoint) if ic.checkpoint else None
     status: dict[str, Any] = {"available": False, "checkpoint": str(ckpt) if ckpt else "", "arch": ic.arch,

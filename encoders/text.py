@@ -17,7 +17,23 @@ from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "auto")  # "int8" is encoders.text_onnx (create_text_encoder picks it)
+
+
+def text_list(texts: Sequence[str]) -> list[str]:
+    """The texts an encoder's `encode` was given, as a list; BadInput for one string or a text that is not one."""
+    if isinstance(texts, str):
+        raise BadInput("encode takes a sequence of strings, not one string")
+    items = list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise BadInput(f"text #{i} is {type(t).__name__}, expected str")
+    return items
+
+
+def whole_words_of(tokenizer: Any) -> frozenset[str]:
+    """The words a tokenizer's vocabulary holds whole (no '##' pieces, letters only)."""
+    return frozenset(w for w in tokenizer.get_vocab() if w.isalpha())
 
 
 def _package_model_dir(name: str) -> Path | None:
@@ -171,18 +187,12 @@ class TextEncoder:
         """The words the tokenizer holds whole (no '##' pieces, letters only): words the model knows as such."""
         words = getattr(self, "_whole_words", None)
         if words is None:
-            words = frozenset(w for w in self._tokenizer.get_vocab() if w.isalpha())
-            self._whole_words = words
+            words = self._whole_words = whole_words_of(self._tokenizer)
         return words
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
-        if isinstance(texts, str):
-            raise BadInput("encode takes a sequence of strings, not one string")
-        items = list(texts)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise BadInput(f"text #{i} is {type(t).__name__}, expected str")
+        items = text_list(texts)
         out = np.empty((len(items), self.dim), dtype=np.float32)
         if not items:
             return out

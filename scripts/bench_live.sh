@@ -65,7 +65,7 @@ EOF
 "$PY" - "$CONFIG" "$WORK" <<'EOF'
 import sys
 from urllib.parse import quote
-from benchmarks.http import read_queries, title_queries
+from benchmarks.http_inputs import read_queries, title_queries
 from vitrina.config import load_config
 from pathlib import Path
 cfg = load_config(sys.argv[1])

@@ -17,7 +17,8 @@ from vitrina.errors import BadInput
 
 def available() -> list[str]:
     """Names of the benchmark modules present in this build (benchmarks/*.py)."""
-    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.ispkg)
+    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
+                  if not m.ispkg and m.name not in benchmarks.HELPERS)
 
 
 def _load(name: str) -> Any:

@@ -23,7 +23,7 @@ LAYERS = {
     "scripts": 6,  # the `vitrina` CLI: thin commands over everything below
     "evaluation.experiments": 7,  # programs (`python -m`); they reuse scripts/cmd_finetune.py's helpers
 }
-HEAVY = ("torch", "torchvision", "open_clip", "transformers", "lightgbm")
+HEAVY = ("torch", "torchvision", "open_clip", "transformers", "onnxruntime", "onnx", "lightgbm")
 TORCH_FREE = ("vitrina", "search", "indexer", "web")  # encoders imports the heavy libraries only when a model is built
 
 
@@ -108,7 +108,7 @@ def test_the_store_is_the_bottom_of_search() -> None:
 
 
 def test_no_heavy_import_at_module_level() -> None:
-    """vitrina/, search/, indexer/ and web/ import torch, torchvision, open_clip or transformers only inside
+    """vitrina/, search/, indexer/ and web/ import torch, torchvision, open_clip, transformers or onnx only inside
     functions, so serving, indexing tools and the store load them only when a model is built."""
     mods = modules()
     wrong = [f"{path.relative_to(REPO)}:{line}: imports {target} at module level"

@@ -341,14 +341,25 @@ def test_bench_http_against_live_server(server: Server, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     bench_http.add_arguments(parser)
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["--url", server.url, "--clients", "2", "--requests", "12", "--image-requests", "6",
-                              "--warmup", "2", "--photos", "3", "--queries", str(queries), "--api-key", KEY,
-                              "--json", str(out)])
+    args = parser.parse_args(["--url", server.url, "--client", "python", "--phases", "floor,text,text+user,image",
+                              "--clients", "2", "--requests", "12", "--image-requests", "6", "--warmup", "2",
+                              "--photos", "3", "--queries", str(queries), "--api-key", KEY, "--json", str(out),
+                              "--server-pid", str(os.getpid())])
     assert bench_http.run(server.cfg, args) == 0
     rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"text", "text+user", "image"}
+    assert set(rows) == {"floor", "text", "text+user", "image"}
     assert rows["text"]["ok"] == 12 and rows["image"]["ok"] == 6 and not any(r["errors"] for r in rows.values())
     assert 0 < rows["text"]["p50_ms"] <= rows["text"]["p95_ms"] <= rows["text"]["max_ms"]
+    assert rows["text"]["x_floor"] == pytest.approx(rows["text"]["rps"] / rows["floor"]["rps"])
+    assert rows["text"]["cpu_ms_per_req"] > 0  # this process serves (and also sends) the requests
+    if shutil.which("wrk"):  # the outside client: every phase again, for a second each
+        args = parser.parse_args(["--url", server.url, "--client", "wrk", "--phases", "floor,text@2,image@1",
+                                  "--duration", "1", "--warmup-s", "0", "--photos", "3", "--queries", str(queries),
+                                  "--distinct", "50", "--json", str(out)])
+        assert bench_http.run(server.cfg, args) == 0
+        rows = {r["phase"]: r for r in json.loads(out.read_text())["rows"]}
+        assert set(rows) == {"floor", "text@2", "image@1"} and all(r["client"] == "wrk" for r in rows.values())
+        assert all(r["ok"] > 0 and not r["errors"] for r in rows.values())
     values = [float(v) for v in (7, 1, 3, 3, 9, 12, 0.5)]
     for q in (0, 50, 95, 99, 100):
         assert bench_http.percentile(sorted(values), q) == pytest.approx(np.percentile(values, q))

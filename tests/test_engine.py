@@ -176,7 +176,8 @@ def test_parse_events() -> None:
 def test_importing_web_does_not_import_torch() -> None:
     code = ("import sys; from web import create_app; from vitrina.config import load_config; "
             "app = create_app(load_config(env={})); c = app.test_client(); c.get('/openapi.json'); "
-            "bad = [m for m in ('torch', 'transformers', 'open_clip', 'lightgbm') if m in sys.modules]; "
+            "bad = [m for m in ('torch', 'transformers', 'open_clip', 'onnxruntime', 'onnx', 'lightgbm') "
+            "if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -543,3 +544,16 @@ def test_photo_boost_against_a_hand_computed_order() -> None:
     assert parts[0]["photo_attributes"] == pytest.approx(0.75)
     same, _ = photo_boost(hits, [dict(e) for e in explain], {}, weight=2.0)  # nothing read: order kept
     assert same == hits
+
+
+def test_health_counts_again_only_when_the_alias_moved(service: Any, indexed: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    count = service.store.count
+    monkeypatch.setattr(service.store, "count", lambda *a, **k: calls.append(a) or count(*a, **k))
+    first = service.health()
+    calls.clear()
+    assert service.health()["index"]["points"] == first["index"]["points"] == len(indexed[2])
+    assert calls == []  # the second /health reads the kept count
+    service._counted = "another-collection"  # as if the alias had moved since
+    assert service.health()["index"]["points"] == len(indexed[2]) and calls == [(service.alias,)]

@@ -64,6 +64,8 @@ BY_ID = {it.id: it for it in ITEMS}
 def new_store(kind: str, root: Path) -> Store:
     if kind == "edge":
         return EdgeStore(root / "store", timeout_s=0.2)
+    if kind == "edge-cached":  # payloads from search/store/payload_cache.py; tiny, so eviction happens too
+        return EdgeStore(root / "store", timeout_s=0.2, payload_cache=16)
     return QdrantStore.from_config(StoreConfig(backend="qdrant", path=":memory:"))
 
 
@@ -80,7 +82,7 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(params=["edge", "qdrant"])
+@pytest.fixture(params=["edge", "edge-cached", "qdrant"])
 def store(request: pytest.FixtureRequest, fast_dir: Path) -> Iterator[Store]:
     s = new_store(request.param, fast_dir)
     yield s
@@ -526,11 +528,12 @@ def test_qdrant_server_unreachable_is_a_store_error(monkeypatch: pytest.MonkeyPa
 def test_bench_store_runs_both_backends(fast_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from scripts.cli import main
 
-    argv = ["bench", "store", "--points", "300", "--dim", "16", "--queries", "5", "--qdrant-points", "200",
-            "--dir", str(fast_dir), "--json", str(fast_dir / "bench.json")]
+    argv = ["bench", "store", "--points", "300,400", "--dim", "16", "--queries", "5", "--qdrant-points", "200",
+            "--payload-links", "off", "--ef-construct", "32", "--dir", str(fast_dir), "--json", str(fast_dir / "bench.json")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "edge " in out and "qdrant-local" in out and "run on 200 of 300 points" in out
-    assert "edge filtered p95" in out
+    assert "edge filtered p95 at 300 points" in out and "edge filtered p95 at 400 points" in out
+    assert "ef_construct 32" in out and "payload links off" in out
     assert not list(fast_dir.glob("bench-store-*"))  # the temporary shard is removed
     assert main(["bench", "no-such-bench"]) == 2

@@ -60,7 +60,7 @@ class TextEncoderConfig:
     max_length: int = 64
     batch_size: int = 128
     dim: int = 384
-    precision: str = "auto"  # auto (bf16 when [runtime].bf16 and the device has it) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 when [runtime].bf16 and the device has it) | bf16 | fp32 | int8 (ONNX)
     jit: bool = True  # run a TorchScript trace of the model (checked against eager at load; eager if it differs)
     tuned_layers: str = _path("")  # the model's last layers as `vitrina finetune --text-layers N` tuned them
 
@@ -93,6 +93,13 @@ class StoreConfig:
     timeout_s: float = 30.0  # qdrant: request timeout; edge: longest wait for a shard another process holds
     bm25_avg_len: float = 16.0  # typical keyword-document length in tokens (BM25 length normalisation)
     hnsw_ef: int = 128  # HNSW search breadth (0 = engine default); recall vs latency, see `vitrina bench store`
+    payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.4 KB each; 0 = off)
+    # edge, new collections: HNSW graph degree and build breadth, the size (KB of vectors) below which a filtered
+    # search scans the matching points exactly, and links per payload value (search.store.edge.IndexSettings)
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    full_scan_kb: int = 10_000
+    payload_links: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class SearchConfig:
     max_offset: int = 1000  # deepest page start a search may ask for
     max_events: int = 1000  # most feedback events in one request
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
-    query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32)
+    query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32 | int8: ONNX Runtime)
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely

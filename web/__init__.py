@@ -14,6 +14,7 @@ from search.store.interface import Store
 from vitrina.config import Config, load_config
 from web.deps import api_keys
 from web.errors import register_error_handlers
+from web.json_provider import use_fast_json
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(cfg: Config | None = None, store: Store | None = None, **override
     )
     app.config.update(overrides)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    use_fast_json(app)
     service = SearchService(cfg, store=store)
     app.extensions["vitrina"] = service
     app.extensions["vitrina_traffic"] = Traffic(service)

@@ -28,12 +28,15 @@ slightly after deletes (the ranking rarely does).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -44,12 +47,35 @@ from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
-                                    check_query_vector, WithVectors, payload_changes,
+                                    check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 log = logging.getLogger(__name__)
-_HNSW = dict(m=16, ef_construct=100, full_scan_threshold=10_000)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a new collection's indexes are built ([store] hnsw_m, hnsw_ef_construct, full_scan_kb, payload_links).
+
+    `payload_links`: the engine also builds HNSW links within each value of every indexed payload field (and
+    range blocks of numeric ones) holding more than full_scan_kb of vectors, for filtered search at low
+    selectivity. Filters matching fewer vectors than that are searched exactly over the payload index anyway,
+    so below a few hundred thousand items the extra links are build time for nothing; the item id field never
+    gets them (every value is one item).
+    """
+
+    m: int = 16
+    ef_construct: int = 100
+    full_scan_kb: int = 10_000
+    payload_links: bool = True
+
+    def hnsw(self) -> qe.HnswIndexConfig:
+        return qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_kb)
+
+    def field_index(self, field: str, numeric: bool) -> Any:
+        links = {} if self.payload_links and field != ID_FIELD else {"enable_hnsw": False}
+        return qe.FloatIndexParams(**links) if numeric else qe.KeywordIndexParams(**links)
 
 
 def edge_filter(filters: Filters | None) -> qe.Filter | None:
@@ -70,27 +96,72 @@ def _dense(vector: Any) -> np.ndarray:
     return np.asarray(vector, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def point_key(item_id: str) -> int:
+    """The payload cache's key of an item: its point id as an int (what `point.id.int` gives for a result)."""
+    return uuid.UUID(point_id(item_id)).int
+
+
+def _vectors(point: Any, with_vectors: WithVectors) -> dict[str, np.ndarray]:
+    if with_vectors and point.vector:
+        return {k: _dense(v) for k, v in point.vector.items() if k in DENSE_VECTORS}
+    return {}
+
+
 def _hit(point: Any, score: float, with_vectors: WithVectors) -> Hit:
     payload = dict(point.payload or {})
-    vectors = {}
-    if with_vectors and point.vector:
-        vectors = {k: _dense(v) for k, v in point.vector.items() if k in DENSE_VECTORS}
     item_id = payload[ID_FIELD] if ID_FIELD in payload else point.id  # point.id builds a UUID: only when needed
-    return Hit(id=str(item_id), score=float(score), payload=payload, vectors=vectors)
+    return Hit(id=str(item_id), score=float(score), payload=payload, vectors=_vectors(point, with_vectors))
 
+
+def payloads_of(h: ShardHandle, keys: Sequence[int], ids: Sequence[Any]) -> list[dict[str, Any] | None]:
+    """The payloads of points (by cache key; `ids` the same points as the engine takes them), from the shard's
+    payload cache, the missing ones read from the shard in one call and cached; None for a point gone since."""
+    cache = h.payloads
+    generation = cache.generation
+    out = cache.get_many(keys)
+    missing = [i for i, p in enumerate(out) if p is None]
+    if missing:
+        records = h.shard.retrieve([ids[i] for i in missing], with_payload=True, with_vector=False)
+        read = {r.id.int: dict(r.payload or {}) for r in records}
+        cache.put(read, generation)
+        for i in missing:
+            payload = read.get(keys[i])
+            out[i] = None if payload is None else dict(payload)
+    return out
+
+
+def cached_hits(h: ShardHandle, points: Sequence[Any], with_vectors: WithVectors, with_payload: bool = True,
+                scored: bool = True) -> list[Hit]:
+    """Hits of engine results read without payload: payloads from the shard's cache (search/store/payload_cache.py).
+    A search makes a few hundred of these, so the loop is kept tight (new_hit, one `.id` per point)."""
+    ids = [p.id for p in points]  # each `.id` builds a uuid.UUID (about 1 us): once per point
+    payloads = payloads_of(h, [i.int for i in ids], ids)
+    out = []
+    for p, pid, payload in zip(points, ids, payloads):
+        if payload is None:  # deleted between the query and the payload read
+            continue
+        item_id = payload.get(ID_FIELD)
+        item_id = str(pid) if item_id is None else str(item_id)
+        out.append(new_hit(item_id, float(p.score) if scored else 1.0,
+                           payload if with_payload else {ID_FIELD: item_id},
+                           _vectors(p, with_vectors) if with_vectors else {}))
+    return out
 
 
 class EdgeStore:
     """Store on Qdrant Edge shards under `root` (see the module docstring for files, processes, threads)."""
 
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
-                 hnsw_ef: int | None = None) -> None:
+                 hnsw_ef: int | None = None, payload_cache: int = 0, index: IndexSettings = IndexSettings()
+                 ) -> None:
         self.root = Path(root)
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef  # None = engine default
+        self.index = index
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
-        self._pool = ShardPool(self.root, timeout_s)
+        self._pool = ShardPool(self.root, timeout_s, payload_cache)
 
     # ---- collections and aliases ------------------------------------------------------------------
     def create_collection(self, name: str, dims: dict[str, int], filterable: Sequence[str],
@@ -112,13 +183,13 @@ class EdgeStore:
         config = qe.EdgeConfig(
             vectors={k: qe.EdgeVectorParams(int(d), qe.Distance.Cosine) for k, d in dims.items()},
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=qe.HnswIndexConfig(**_HNSW))
+            hnsw_config=self.index.hnsw())
         try:
             shard = qe.EdgeShard.create(str(folder / "shard"), config)
             for field in sorted(set(filterable) | {ID_FIELD}):
-                shard.update(qe.UpdateOperation.create_field_index(field, qe.KeywordIndexParams()))
+                shard.update(qe.UpdateOperation.create_field_index(field, self.index.field_index(field, False)))
             for field in numeric_fields:
-                shard.update(qe.UpdateOperation.create_field_index(field, qe.FloatIndexParams()))
+                shard.update(qe.UpdateOperation.create_field_index(field, self.index.field_index(field, True)))
             shard.flush()
         except Exception as e:
             shutil.rmtree(folder / "shard", ignore_errors=True)
@@ -129,7 +200,7 @@ class EdgeStore:
         tmp = folder / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, folder / "meta.json")
-        self._pool.adopt(name, ShardHandle(shard, fd, meta))
+        self._pool.adopt(name, ShardHandle(shard, fd, meta, self._pool.payload_cache))
 
     def drop_collection(self, name: str) -> None:
         check_name(name)
@@ -198,6 +269,7 @@ class EdgeStore:
                 points.append(qe.Point(point_id(item.id), vectors, plain_payload(item)))
             if points:
                 h.shard.update(qe.UpdateOperation.upsert_points(points))
+                h.payloads.drop(point_key(i) for i in latest)  # after the write: see PayloadCache
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         pids = list(dict.fromkeys(point_id(i) for i in ids))
@@ -205,6 +277,7 @@ class EdgeStore:
             present = [r.id for r in h.shard.retrieve(pids, with_payload=False, with_vector=False)]
             if present:
                 h.shard.update(qe.UpdateOperation.delete_points(present))
+                h.payloads.drop(r.int for r in present)
             return len(present)
 
     def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -219,6 +292,8 @@ class EdgeStore:
                     h.shard.update(qe.UpdateOperation.set_payload([point_id(item_id)], sets))
                 if removes:
                     h.shard.update(qe.UpdateOperation.delete_payload([point_id(item_id)], removes))
+            if changed:
+                h.payloads.drop(point_key(i) for i in changed)  # after the write: see PayloadCache
             return changed
 
     def flush(self, collection: str) -> None:
@@ -241,15 +316,17 @@ class EdgeStore:
         wanted = list(dict.fromkeys(ids))
         with self._pool.use(collection) as h:
             vectors = vector_names(with_vectors, h.meta["dims"])
-            records = h.shard.retrieve([point_id(i) for i in wanted], with_payload=True, with_vector=vectors)
-        found = {hit.id: hit for hit in (_hit(r, 1.0, with_vectors) for r in records)}
+            if not vectors:  # payloads only: from the cache when it has them all
+                payloads = payloads_of(h, [point_key(i) for i in wanted], [point_id(i) for i in wanted])
+                return [new_hit(i, 1.0, p, {}) for i, p in zip(wanted, payloads) if p is not None]
+            records = h.shard.retrieve([point_id(i) for i in wanted], with_payload=False, with_vector=vectors)
+            found = {hit.id: hit for hit in cached_hits(h, records, with_vectors, scored=False)}
         return [found[i] for i in wanted if i in found]
 
     def _request(self, query: Query, flt: qe.Filter | None, limit: int, offset: int,
-                 with_vectors: list[str] | bool, dims: dict[str, int], with_payload: bool = True
-                 ) -> qe.QueryRequest | None:
+                 with_vectors: list[str] | bool, dims: dict[str, int]) -> qe.QueryRequest | None:
         params = qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
-        payload: Any = True if with_payload else [ID_FIELD]
+        payload = False  # payloads come from the shard's cache (cached_hits)
         if isinstance(query, HybridQuery):
             if query.weights and len(query.weights) != len(query.parts):
                 raise BadInput(f"HybridQuery has {len(query.parts)} parts but {len(query.weights)} weights")
@@ -294,12 +371,11 @@ class EdgeStore:
         flt = edge_filter(filters)
         with self._pool.use(collection) as h:
             vectors = vector_names(with_vectors, h.meta["dims"])
-            requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"], with_payload)
-                        for q in queries]
+            requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"]) for q in queries]
             live = [r for r in requests if r is not None]
             results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
                            else [h.shard.query(r) for r in live])
-            return [best_first([_hit(p, p.score, with_vectors) for p in next(results)]) if r is not None else []
+            return [best_first(cached_hits(h, next(results), with_vectors, with_payload)) if r is not None else []
                     for r in requests]
 
     def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import qdrant_edge as qe
 
+from search.store.payload_cache import PayloadCache
 from vitrina.errors import BadInput, NotFound, StoreError
 from vitrina.locks import flock_within
 
@@ -33,10 +34,11 @@ def check_name(name: str, what: str = "collection") -> str:
 
 
 class ShardHandle:
-    """An open shard, its lock file, and how many calls are using it right now."""
+    """An open shard, its lock file, its cached payloads, and how many calls are using it right now."""
 
-    def __init__(self, shard: qe.EdgeShard, lock_fd: int, meta: dict[str, Any]) -> None:
+    def __init__(self, shard: qe.EdgeShard, lock_fd: int, meta: dict[str, Any], payload_cache: int = 0) -> None:
         self.shard, self.lock_fd, self.meta = shard, lock_fd, meta
+        self.payloads = PayloadCache(payload_cache)
         self.users = 0
         self.retired = False  # no longer in the store's map: close when the last user is done
         self.closed = False
@@ -52,9 +54,10 @@ class ShardHandle:
 class ShardPool:
     """The shards of `root` this process has open, each shared by the calls using it and closed when retired."""
 
-    def __init__(self, root: Path, timeout_s: float = 30.0) -> None:
+    def __init__(self, root: Path, timeout_s: float = 30.0, payload_cache: int = 0) -> None:
         self.root = Path(root)
         self.timeout_s = timeout_s  # longest wait for a shard lock held by another process
+        self.payload_cache = payload_cache  # payloads each open shard keeps in memory (search/store/payload_cache.py)
         self._lock = threading.RLock()
         self._handles: dict[str, ShardHandle] = {}
         self._openers: dict[str, threading.Lock] = {}
@@ -94,7 +97,7 @@ class ShardPool:
         except Exception as e:
             os.close(fd)
             raise StoreError(f"cannot open collection {name!r}: {e}") from e
-        return ShardHandle(shard, fd, meta)
+        return ShardHandle(shard, fd, meta, self.payload_cache)
 
     def resolve(self, name: str) -> str:
         """The collection behind `name`: an alias's target (re-read when its pointer file changed), or name."""

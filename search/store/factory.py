@@ -11,10 +11,13 @@ def open_store(cfg: Config) -> Store:
     """The backend named by cfg.store.backend: `edge` (in-process, on disk) or `qdrant` (client)."""
     backend = cfg.store.backend
     if backend == "edge":
-        from search.store.edge import EdgeStore
+        from search.store.edge import EdgeStore, IndexSettings
 
-        return EdgeStore(cfg.data_dir / "store", timeout_s=cfg.store.timeout_s, bm25_avg_len=cfg.store.bm25_avg_len,
-                         hnsw_ef=cfg.store.hnsw_ef or None)
+        sc = cfg.store
+        index = IndexSettings(m=sc.hnsw_m, ef_construct=sc.hnsw_ef_construct, full_scan_kb=sc.full_scan_kb,
+                              payload_links=sc.payload_links)
+        return EdgeStore(cfg.data_dir / "store", timeout_s=sc.timeout_s, bm25_avg_len=sc.bm25_avg_len,
+                         hnsw_ef=sc.hnsw_ef or None, payload_cache=sc.payload_cache, index=index)
     if backend == "qdrant":
         from search.store.qdrant import QdrantStore
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from dataclasses import dataclass, field
@@ -70,6 +71,19 @@ class Hit:
     score: float
     payload: dict[str, Any]
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+_HIT_FIELDS = ("id", "score", "payload", "vectors")
+assert tuple(f.name for f in dataclasses.fields(Hit)) == _HIT_FIELDS, "new_hit must set every field of Hit"
+
+
+def new_hit(id: str, score: float, payload: dict[str, Any], vectors: dict[str, np.ndarray]) -> Hit:
+    """Hit(id, score, payload, vectors) without the frozen dataclass's __init__ (four object.__setattr__ calls,
+    about 1 us, and a store makes a few hundred hits per search); the same frozen object."""
+    hit = object.__new__(Hit)
+    fields = hit.__dict__
+    fields["id"], fields["score"], fields["payload"], fields["vectors"] = id, score, payload, vectors
+    return hit
 
 
 def best_first(hits: list[Hit]) -> list[Hit]:

@@ -1,0 +1,167 @@
+"""The text tower on ONNX Runtime with int8 weights (`precision = "int8"`), for queries: exported once from the
+torch model (tuned layers included), then run with no torch at all; about half the CPU of the bf16 torch trace."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from encoders.text import text_list, whole_words_of
+from vitrina.config import RuntimeConfig, TextEncoderConfig
+from vitrina.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+# MatMulNBits, 8 bits, blocks of 32 weights, int8 compute (accuracy level 4): on the 300 dev queries the vectors
+# keep cosine >= 0.999 to fp32 torch (per-tensor dynamic int8 quantisation gave 0.987; 4 bits 0.955).
+QUANT = {"bits": 8, "block_size": 32, "accuracy_level": 4, "opset": 17}
+MIN_COSINE = 0.995  # an export whose probe vectors fall below this against torch is refused
+PROBES = ("men brown leather watch", "women black heels", "a", "kids' blue denim jacket with pockets, size 8",
+          "Puma running shoes")
+
+
+def _versions() -> str:
+    out = []
+    for name in ("torch", "onnxruntime", "onnx"):
+        try:
+            out.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{name}=none")
+    return ",".join(out)
+
+
+def export_key(source: str, cfg: TextEncoderConfig) -> str:
+    """What the exported file depends on: the model's files, the tuned layers file, versions and settings."""
+    parts = [source, str(cfg.max_length), repr(sorted(QUANT.items())), _versions()]
+    for f in sorted(Path(source).glob("*")) if Path(source).is_dir() else []:
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    if cfg.tuned_layers:
+        st = Path(cfg.tuned_layers).stat()
+        parts.append(f"tuned:{Path(cfg.tuned_layers).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def export_int8(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None:
+    """The torch model (stock weights + tuned layers) -> ONNX -> 8-bit MatMulNBits weights, written to `out`."""
+    import warnings
+
+    import onnx
+    import torch
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
+    from encoders.text import TextEncoder, _hidden_module
+
+    fp32 = TextEncoder(dataclasses.replace(cfg, precision="fp32", jit=False),
+                       dataclasses.replace(runtime, device="cpu"))
+    hidden = _hidden_module(fp32._model)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        plain = Path(tmp) / "fp32.onnx"
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer warns about shape branches; the probe check decides
+            torch.onnx.export(hidden, (ids, torch.ones_like(ids)), str(plain), dynamo=False,
+                              input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+                              dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "attention_mask",
+                                                                                  "hidden")},
+                              opset_version=QUANT["opset"])
+        algo = DefaultWeightOnlyQuantConfig(block_size=QUANT["block_size"], is_symmetric=True,
+                                            accuracy_level=QUANT["accuracy_level"], bits=QUANT["bits"])
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(plain)), block_size=QUANT["block_size"], is_symmetric=True,
+                                         accuracy_level=QUANT["accuracy_level"], algo_config=algo)
+        quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # it logs every MatMul it visits
+        try:
+            quantizer.process()
+        finally:
+            quiet.setLevel(level)
+        staged = Path(tmp) / "int8.onnx"
+        quantizer.model.save_model_to_file(str(staged), False)
+        reference = fp32.encode(list(PROBES))
+        got = OnnxTextEncoder.open(staged, Path(fp32.source), cfg, threads=1).encode(list(PROBES))
+        worst = float(np.min(np.sum(reference * got, axis=1)))
+        if not worst >= MIN_COSINE:
+            raise ModelUnavailable(f"the int8 export of {fp32.source} is too far from torch (cosine {worst:.4f} "
+                                   f"< {MIN_COSINE})", "use [search].query_precision = \"bf16\"")
+        os.replace(staged, out)
+
+
+class OnnxTextEncoder:
+    """Encodes texts to (n, dim) L2-normalised float32 rows, one text per run (no padding), with ONNX Runtime;
+    `.encode` is safe to call from several threads and releases the GIL while the model runs."""
+
+    def __init__(self, session: Any, tokenizer: Any, dim: int, max_length: int, source: str) -> None:
+        self._session, self._tokenizer = session, tokenizer
+        self.dim, self.max_length, self.source = dim, max_length, source
+        self.bf16 = False
+        self._lock = threading.Lock()
+        self._whole_words: frozenset[str] | None = None
+
+    @classmethod
+    def open(cls, model_file: Path, source: Path, cfg: TextEncoderConfig, threads: int) -> OnnxTextEncoder:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait between calls
+        try:
+            session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+            tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 (onnxruntime raises its own exception types)
+            raise ModelUnavailable(f"cannot load the int8 text model {model_file}", detail=str(e)) from e
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=cfg.max_length)
+        dim = int(session.get_outputs()[0].shape[-1])
+        return cls(session, tokenizer, dim, cfg.max_length, str(source))
+
+    def whole_words(self) -> frozenset[str]:
+        """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
+        if self._whole_words is None:
+            self._whole_words = whole_words_of(self._tokenizer)
+        return self._whole_words
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
+        items = text_list(texts)
+        with self._lock:  # a tokenizer object is not meant to be shared between threads
+            encodings = self._tokenizer.encode_batch(items)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        for row, enc in enumerate(encodings):
+            ids = np.asarray([enc.ids], dtype=np.int64)
+            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+            pooled = hidden[0].mean(axis=0)
+            out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        return out
+
+
+def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OnnxTextEncoder:
+    """The int8 encoder of cfg's model, exported into cache_dir on first use (torch is needed only then)."""
+    from encoders.text import resolve_model_path
+
+    source = resolve_model_path(cfg.model)
+    if not (Path(source) / "tokenizer.json").is_file():
+        raise ModelUnavailable(f"precision int8 needs a local model folder with tokenizer.json, got {cfg.model!r}")
+    model_file = Path(cache_dir) / f"text-int8-{export_key(source, cfg)}.onnx"
+    t0 = time.perf_counter()
+    if not model_file.is_file():
+        log.info("exporting the text model to %s (once)", model_file)
+        export_int8(cfg, runtime, model_file)
+    encoder = OnnxTextEncoder.open(model_file, Path(source), cfg, runtime.threads or 1)
+    log.info("text encoder %s as int8 ONNX (%s) loaded in %.1fs", source, model_file.name, time.perf_counter() - t0)
+    return encoder

@@ -1,0 +1,76 @@
+"""Payloads of one open edge shard's points kept in memory (bounded), so queries ask the engine for ids and scores
+only: reading 100 payloads from a shard costs about as much CPU as the nearest-neighbour search itself."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from typing import Any, Iterable, Mapping
+
+_SHORT = 48  # string values up to this length are interned: attribute values repeat across thousands of items
+
+
+class PayloadCache:
+    """Point key (the UUID's int) -> payload, at most `capacity` of them, the oldest stored dropped first.
+
+    Stored compactly as a tuple of values beside a shared tuple of keys (items of one catalogue share their
+    keys), with repeated short strings interned: about 0.4 KB per fashion item instead of 2 KB of dicts.
+    Writes drop what they touch and bump `generation`; a reader that fetched payloads from the engine stores
+    them only if no write came in between (`put(..., generation)`), so the cache never holds a stale payload.
+    Lookups take no lock (a dict read is atomic); stores and drops do.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(0, int(capacity))
+        self.generation = 0
+        self._items: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: int) -> dict[str, Any] | None:
+        """A fresh dict of the payload (the caller may change it), None when not cached."""
+        entry = self._items.get(key)
+        return None if entry is None else dict(zip(*entry))
+
+    def get_many(self, keys: Iterable[int]) -> list[dict[str, Any] | None]:
+        """`get` of each key (one loop: a search asks for a few hundred)."""
+        find = self._items.get
+        return [None if (entry := find(k)) is None else dict(zip(*entry)) for k in keys]
+
+    def put(self, payloads: Mapping[int, Mapping[str, Any]], generation: int) -> None:
+        """Store payloads read from the engine while `generation` was current (else nothing: a write came in)."""
+        if not self.capacity or not payloads:
+            return
+        entries = {key: self._compact(p) for key, p in payloads.items()}
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._items.update(entries)
+            over = len(self._items) - self.capacity
+            if over > 0:
+                for key in list(itertools.islice(self._items, over)):
+                    del self._items[key]
+
+    def drop(self, keys: Iterable[int]) -> None:
+        """Forget these points (they are being written or deleted)."""
+        with self._lock:
+            self.generation += 1
+            for key in keys:
+                self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._items.clear()
+
+    def _compact(self, payload: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        keys = tuple(payload)
+        shape = self._shapes.get(keys)
+        if shape is None:
+            shape = self._shapes.setdefault(keys, tuple(sys.intern(str(k)) for k in keys))
+        values = tuple(sys.intern(v) if type(v) is str and len(v) <= _SHORT else v for v in payload.values())
+        return shape, values

@@ -1,0 +1,101 @@
+"""The int8 ONNX Runtime text encoder (precision "int8", the query side) against torch on the real MiniLM with the
+shipped tuned layers: same vectors (cosine >= 0.995), same tokens, one export reused, torch as the fallback."""
+
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import encoders
+from encoders import text_onnx
+from encoders.text import TextEncoder
+from vitrina.config import Config, load_config
+from vitrina.errors import ModelUnavailable
+
+pytestmark = pytest.mark.slow  # exports the real MiniLM once (~15 s)
+pytest.importorskip("onnxruntime")
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["men brown watches", "women black heels", "", "Puma Deck Navy Blue Backpack Unisex " * 20,
+         "kids' blue denim jacket, size 8", "Ñandú café naïve 東京", "watch"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    base = load_config(REPO / "config.toml", env={})
+    return base.replace(data={"dir": str(tmp_path_factory.mktemp("onnx"))}, runtime={"device": "cpu", "threads": 1},
+                        text_encoder={"precision": "int8"})
+
+
+@pytest.fixture(scope="module")
+def int8(cfg: Config) -> text_onnx.OnnxTextEncoder:
+    encoder = encoders.create_text_encoder(cfg)
+    assert isinstance(encoder, text_onnx.OnnxTextEncoder)
+    return encoder
+
+
+@pytest.fixture(scope="module")
+def torch_fp32(cfg: Config) -> TextEncoder:
+    return TextEncoder(cfg.text_encoder.__class__(**{**cfg.text_encoder.__dict__, "precision": "fp32"}), cfg.runtime)
+
+
+def dev_queries() -> list[str]:
+    path = Path(load_config(REPO / "config.toml", env={}).catalogue.path).parent / "queries_dev.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [r["query"] for r in csv.DictReader(f)][:100]
+
+
+def test_int8_vectors_match_torch(int8: text_onnx.OnnxTextEncoder, torch_fp32: TextEncoder) -> None:
+    texts = TEXTS + dev_queries()
+    got, want = int8.encode(texts), torch_fp32.encode(texts)
+    assert got.shape == want.shape == (len(texts), 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(got * want, axis=1))) >= 0.995
+    v = int8.encode(["red summer dress", "crimson sundress for women", "men's leather wallet"])
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_int8_tokens_are_the_torch_tokens(int8: text_onnx.OnnxTextEncoder, torch_fp32: TextEncoder) -> None:
+    for text in TEXTS:
+        want = torch_fp32._tokenizer([text], truncation=True, max_length=64)["input_ids"][0]
+        assert int8._tokenizer.encode(text).ids == want
+    assert int8.whole_words() == torch_fp32.whole_words() and "watch" in int8.whole_words()  # the reading's spelling
+
+
+def test_export_is_reused_and_encode_is_thread_safe(cfg: Config, int8: text_onnx.OnnxTextEncoder,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    files = list((cfg.data_dir / "models").glob("text-int8-*.onnx"))
+    assert len(files) == 1
+    monkeypatch.setattr(text_onnx, "export_int8", lambda *a: pytest.fail("exported again"))
+    again = text_onnx.create(cfg.text_encoder, cfg.runtime, cfg.data_dir / "models")
+    want = int8.encode(TEXTS)
+    np.testing.assert_allclose(again.encode(TEXTS), want, atol=1e-6)
+    results: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        results[k] = again.encode(TEXTS[k:] + TEXTS[:k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, got in results.items():
+        np.testing.assert_allclose(np.roll(got, k, axis=0), want, atol=1e-6)
+
+
+def test_refused_or_unavailable_int8_falls_back_to_torch(cfg: Config, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(text_onnx, "MIN_COSINE", 1.01)  # no export can pass: it is refused, nothing is written
+    with pytest.raises(ModelUnavailable, match="too far"):
+        text_onnx.create(cfg.text_encoder, cfg.runtime, tmp_path)
+    assert not list(tmp_path.glob("*.onnx"))
+    other = cfg.replace(data={"dir": str(tmp_path)}, text_encoder={"max_length": 63})  # not cached yet
+    encoder = encoders.create_text_encoder(other)
+    assert isinstance(encoder, TextEncoder) and encoder.cfg.precision == "bf16"
