@@ -46,7 +46,7 @@ import qdrant_edge as qe
 from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
-                                    best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
+                                    best_first, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
@@ -149,7 +149,7 @@ def cached_hits(h: ShardHandle, points: Sequence[Any], with_vectors: WithVectors
     return out
 
 
-class EdgeStore:
+class EdgeStore(QueriesInBatches):
     """Store on Qdrant Edge shards under `root` (see the module docstring for files, processes, threads)."""
 
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
@@ -357,15 +357,10 @@ class EdgeStore:
             return qe.Query.Nearest(qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE_VECTOR)
         raise BadInput(f"not a query: {type(part).__name__}")
 
-    def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: WithVectors = False, with_payload: bool = True) -> list[Hit]:
-        return self.query_batch(collection, [query], filters, limit, offset, with_vectors, with_payload)[0]
 
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
                     limit: int = 10, offset: int = 0, with_vectors: WithVectors = False,
                     with_payload: bool = True) -> list[list[Hit]]:
-        """Several queries with the same filters in one engine call; one result list per query.
-        `with_payload=False` returns only ID_FIELD of each payload (ids and scores are all a caller needs)."""
         if limit <= 0:
             return [[] for _ in queries]
         flt = edge_filter(filters)

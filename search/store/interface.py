@@ -128,6 +128,21 @@ class CollectionInfo:
     dims: dict[str, int]
 
 
+class QueriesInBatches:
+    """For a backend whose engine answers batches: `query` is a batch of one."""
+
+    def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
+                    limit: int = 10, offset: int = 0, with_vectors: WithVectors = False,
+                    with_payload: bool = True) -> list[list[Hit]]:
+        """Several queries with the same filters in one engine call; one result list per query.
+        `with_payload=False` returns only ID_FIELD of each payload (ids and scores are all a caller needs)."""
+        raise NotImplementedError
+
+    def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
+              offset: int = 0, with_vectors: WithVectors = False, with_payload: bool = True) -> list[Hit]:
+        return self.query_batch(collection, [query], filters, limit, offset, with_vectors, with_payload)[0]
+
+
 class Store(Protocol):
     """What the indexer, the search service and the tests rely on; both backends behave the same."""
 

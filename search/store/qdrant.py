@@ -22,7 +22,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from search.store import keywords
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
-                                    best_first, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
+                                    best_first, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, payload_changes,
                                     plain_payload, point_id, vector_names)
 from vitrina.config import StoreConfig
@@ -55,7 +55,7 @@ def _hit(point: Any, score: float, with_vectors: WithVectors) -> Hit:
     return Hit(id=str(payload.get(ID_FIELD, point.id)), score=float(score), payload=payload, vectors=vectors)
 
 
-class QdrantStore:
+class QdrantStore(QueriesInBatches):
     """Store on a QdrantClient; `from_config` picks server, local folder or memory."""
 
     def __init__(self, client: QdrantClient, local: bool, timeout_s: float = 30.0,
@@ -299,15 +299,10 @@ class QdrantStore:
             return None
         return models.QueryRequest(query=scoring[0], using=scoring[1], params=params, **common)
 
-    def query(self, collection: str, query: Query, filters: Filters | None = None, limit: int = 10,
-              offset: int = 0, with_vectors: WithVectors = False, with_payload: bool = True) -> list[Hit]:
-        return self.query_batch(collection, [query], filters, limit, offset, with_vectors, with_payload)[0]
 
     def query_batch(self, collection: str, queries: Sequence[Query], filters: Filters | None = None,
                     limit: int = 10, offset: int = 0, with_vectors: WithVectors = False,
                     with_payload: bool = True) -> list[list[Hit]]:
-        """Several queries with the same filters in one engine call; one result list per query.
-        `with_payload=False` returns only ID_FIELD of each payload (ids and scores are all a caller needs)."""
         if limit <= 0:
             return [[] for _ in queries]
         flt = qdrant_filter(filters)
