@@ -214,3 +214,36 @@ def test_api_shows_the_reading_and_survives_odd_queries(shop: Any) -> None:
         assert "understood" in body and isinstance(body["understood"]["readings"], list)
     r = client.get("/api/search", query_string={"q": "x" * 513})
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("using", ["fused", "text"])
+def test_reading_neighbours_come_from_the_configured_vectors(shop: Any, using: str, monkeypatch: Any) -> None:
+    from search.query.engine import SearchService
+    from search.store.interface import DenseQuery
+
+    cfg, store, _ = shop
+    service = SearchService(cfg.replace(understand={"neighbours_using": using}), store=store)
+    asked: list[tuple[str, int]] = []
+    real = store.query
+
+    def spy(collection: str, query: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(query, DenseQuery):
+            asked.append((query.using, kw.get("limit", args[1] if len(args) > 1 else 10)))
+        return real(collection, query, *args, **kw)
+
+    monkeypatch.setattr(store, "query", spy)
+    resp = search(service, "shades", k=4)
+    assert resp["understood"]["readings"]
+    k = cfg.understand.neighbour_k
+    assert (("text", k) in asked) == (using == "text")
+    assert any(u == "fused" for u, _ in asked)
+
+
+def test_unknown_neighbour_vectors_are_a_config_error(shop: Any) -> None:
+    from search.query.engine import SearchService
+    from vitrina.errors import ConfigError
+
+    cfg, store, _ = shop
+    service = SearchService(cfg.replace(understand={"neighbours_using": "image"}), store=store)
+    with pytest.raises(ConfigError, match="neighbours_using"):
+        search(service, "shades", k=4)

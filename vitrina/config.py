@@ -153,6 +153,7 @@ class UnderstandConfig:
     exact_weights: tuple[str, ...] = ()  # "field=weight" for exact words of weakly telling fields (others 1)
     neighbours: float = 0.5  # share of a similarity reading taken from the values of the query's nearest items
     neighbour_k: int = 10  # ... the top this many of the dense list
+    neighbours_using: str = "fused"  # ... of this named vector: fused (the dense list itself) or text
     spelling: bool = True  # correct words neither the catalogue nor the text encoder knows
     cache: int = 4096  # readings kept per query text (LRU)
     keyword_floor: float = 0.0  # share of [search].keyword_weight kept when keywords match no telling word

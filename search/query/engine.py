@@ -25,7 +25,7 @@ from search.shopper.segments import borrow
 from search.store.factory import open_store
 from search.store.interface import DenseQuery, Filters, Hit, KeywordQuery, Store
 from vitrina.config import Config
-from vitrina.errors import BadInput, NotFound, VitrinaError
+from vitrina.errors import BadInput, ConfigError, NotFound, VitrinaError
 
 if TYPE_CHECKING:
     from search.shopper.personal import UserState
@@ -242,7 +242,13 @@ class SearchService:
             if req.q and not req.has_photo else []
         if reading is not None:
             u = self.cfg.understand
-            reading = reading.with_neighbours(dense, u.neighbours, u.neighbour_k)
+            near = dense
+            if u.neighbours_using not in ("fused", "text"):
+                raise ConfigError(f"[understand].neighbours_using must be fused or text, got {u.neighbours_using!r}")
+            if u.neighbours_using == "text" and not req.has_photo and u.neighbours > 0:
+                near = st.query(self.alias, DenseQuery(qvec, "text"), filters, limit=u.neighbour_k,
+                                with_payload=True)
+            reading = reading.with_neighbours(near, u.neighbours, u.neighbour_k)
             named = reading.named()
             weights, signals = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
             share, excluded = reading.share, (reading.excluded if reading.exclude else None)
