@@ -121,3 +121,21 @@ def test_purchases_replayed_against_the_engine_train_both_rankers(shop_index: An
 def test_month_windows() -> None:
     assert month_windows("2020-02-01", 2, 3) == [("2019-08-01", "2019-10-01"), ("2019-10-01", "2019-12-01"),
                                                  ("2019-12-01", "2020-02-01")]
+
+
+def test_shipped_hm_ranker_loads_and_scores() -> None:
+    """configs/hm.toml serves models/ranker_hm.json: LightGBM must be installed and the file must read back."""
+    from vitrina.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "hm.toml")
+    assert Path(cfg.ranker.search_model) == root / "models" / "ranker_hm.json"
+    model = load_model(cfg.ranker.search_model, surface="search")
+    assert model.kind == "lambdarank" and model.version == json.loads(
+        (root / "models" / "ranker_hm.json").read_text())["version"]
+    x = np.zeros((3, len(model.features)))
+    x[1, model.features.index("blend")] = 1.0
+    x[2, model.features.index("popularity")] = 50.0
+    scores, contrib = model.score(x), model.contributions(x)
+    assert scores.shape == (3,) and np.isfinite(scores).all() and len(set(scores.round(6))) > 1
+    assert contrib.shape == x.shape
