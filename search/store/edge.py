@@ -46,7 +46,7 @@ import qdrant_edge as qe
 from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
-                                    best_first, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
+                                    best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
@@ -380,8 +380,7 @@ class EdgeStore(QueriesInBatches):
         with self._pool.use(collection) as h:
             for field in fields:
                 response = h.shard.facet(qe.FacetRequest(field, limit=limit, exact=True, filter=flt))
-                hits = sorted(response.hits, key=lambda f: (-f.count, str(f.value)))
-                out[field] = {str(f.value): int(f.count) for f in hits}
+                out[field] = facet_values(response.hits)
         return out
 
     def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]:

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -126,6 +126,11 @@ class CollectionInfo:
     name: str
     points: int
     dims: dict[str, int]
+
+
+def facet_values(hits: Iterable[Any]) -> dict[str, int]:
+    """An engine's facet hits (objects with .value and .count) as {value: count}, most first, ties by value."""
+    return {str(f.value): int(f.count) for f in sorted(hits, key=lambda f: (-f.count, str(f.value)))}
 
 
 class QueriesInBatches:

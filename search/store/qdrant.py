@@ -22,7 +22,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from search.store import keywords
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
-                                    best_first, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
+                                    best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, payload_changes,
                                     plain_payload, point_id, vector_names)
 from vitrina.config import StoreConfig
@@ -322,8 +322,7 @@ class QdrantStore(QueriesInBatches):
         with self._call(f"facets {collection}"):
             for field in fields:
                 response = self.client.facet(collection, field, facet_filter=flt, limit=limit, exact=True)
-                hits = sorted(response.hits, key=lambda f: (-f.count, str(f.value)))
-                out[field] = {str(f.value): int(f.count) for f in hits}
+                out[field] = facet_values(response.hits)
         return out
 
     def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]:
