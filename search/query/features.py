@@ -35,17 +35,24 @@ def similarities(store: Store, alias: str, query: np.ndarray | None, ids: Sequen
                  known: Mapping[str, float] | None = None) -> np.ndarray:
     """Cosine of each candidate's `using` vector to the query vector, scored by the store over just these ids
     (those in `known` are not asked again); 0 where an item has no such vector or there is no query."""
-    score = dict(known or {})
-    if query is None or not ids:
-        return np.array([score.get(i, 0.0) for i in ids], dtype=np.float64)
-    q = np.asarray(query, dtype=np.float32)
-    norm = float(np.linalg.norm(q))
-    ask = tuple(i for i in ids if i not in score)
-    if ask and norm > 0:
-        hits = store.query(alias, DenseQuery(q / norm, using), Filters(only_ids=ask), limit=len(ask),
-                           with_payload=False)
-        score.update((h.id, float(h.score)) for h in hits)
-    return np.array([score.get(i, 0.0) for i in ids], dtype=np.float64)
+    return similarities_of(store, alias, query, ids, (using,), {using: known or {}})[0]
+
+
+def similarities_of(store: Store, alias: str, query: np.ndarray | None, ids: Sequence[str], usings: Sequence[str],
+                    known: Mapping[str, Mapping[str, float]] | None = None) -> list[np.ndarray]:
+    """`similarities` for several named vectors at once: one engine call (a batch of one query per vector that
+    has candidates left to score) instead of one call each."""
+    scores = [dict((known or {}).get(u) or {}) for u in usings]
+    q = None if query is None else np.asarray(query, dtype=np.float32)
+    norm = float(np.linalg.norm(q)) if q is not None else 0.0
+    asks = [j for j, score in enumerate(scores) if any(i not in score for i in ids)] if ids and norm > 0 else []
+    if asks:
+        assert q is not None
+        batch = store.query_batch(alias, [DenseQuery(q / norm, usings[j]) for j in asks], Filters(only_ids=tuple(ids)),
+                                  limit=len(ids), with_payload=False)
+        for j, hits in zip(asks, batch):
+            scores[j].update((h.id, float(h.score)) for h in hits if h.id not in scores[j])
+    return [np.array([score.get(i, 0.0) for i in ids], dtype=np.float64) for score in scores]
 
 
 def _prices(hits: Sequence[Hit]) -> np.ndarray:
@@ -82,10 +89,8 @@ def search_matrix(service: SearchService, hits: Sequence[Hit], explain: Sequence
     ids = [h.id for h in hits]
     n = len(ids)
     store, alias = service.store, service.alias
-    vector = similarities(store, alias, query, ids, "fused",
-                          {h.id: e["vector"] for h, e in zip(hits, explain) if e.get("vector") is not None})
-    text = similarities(store, alias, query, ids, "text")
-    image = similarities(store, alias, query, ids, "image")
+    known = {h.id: e["vector"] for h, e in zip(hits, explain) if e.get("vector") is not None}
+    vector, text, image = similarities_of(store, alias, query, ids, ("fused", "text", "image"), {"fused": known})
     seen = service.profiles.last_seen(ids)
     age = np.array([math.log1p(max(0.0, now - seen[i]) / 86_400.0) if i in seen else math.log1p(NEVER_DAYS)
                     for i in ids])
