@@ -290,6 +290,7 @@ class ImageEncoder:
         self.flip_average = bool(flip_average)
         self.autocontrast = bool(autocontrast)
         self.trim = bool(trim)
+        self._onnx: Any = None  # encoders.image_onnx.OnnxForward when [image_encoder].runtime = "onnx"
         self._visual = visual.to(device).eval()
         self._torch = torch
         self._lock = threading.Lock()
@@ -321,6 +322,11 @@ class ImageEncoder:
         if pixels.ndim != 4 or tuple(pixels.shape[1:3]) != self.image_size or pixels.shape[3] != 3:
             raise BadInput(f"pixels must be (n, {self.image_size[0]}, {self.image_size[1]}, 3) uint8")
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        if self._onnx is not None:  # ONNX Runtime runs calls from several threads at once: no lock
+            for start in range(0, len(pixels), self.batch_size):
+                chunk = pixels[start:start + self.batch_size]
+                out[start:start + len(chunk)] = self._onnx(chunk)
+            return out
         with self._lock, torch.inference_mode():
             for start in range(0, len(pixels), self.batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(pixels[start:start + self.batch_size]))
@@ -369,6 +375,15 @@ def _build_encoder(cfg: Config) -> ImageEncoder:
     enc = ImageEncoder(visual, size, device, bf16=cfg.runtime.bf16, batch_size=ic.batch_size, name=name,
                        mean=mean, std=std, labels=labels, flip_average=ic.flip_average, autocontrast=ic.autocontrast,
                        trim=ic.trim_borders)
+    if ic.runtime not in ("torch", "onnx"):
+        raise ConfigError(f"[image_encoder].runtime must be torch or onnx, got {ic.runtime!r}")
+    if ic.runtime == "onnx" and str(device) == "cpu" and ckpt is not None and ckpt.is_file():
+        try:
+            from encoders.image_onnx import attach
+
+            enc._onnx = attach(enc, ckpt, ic.arch, cfg.data_dir / "models", cfg.runtime.threads or 1)
+        except (ImportError, ModelUnavailable) as e:
+            log.warning("image tower on ONNX Runtime unavailable (%s): using torch", e)
     if enc.dim != cfg.text_encoder.dim:
         log.warning("image tower %s gives %d-d vectors but the text encoder gives %d-d: text->image search "
                     "will not work with it", name, enc.dim, cfg.text_encoder.dim)
@@ -393,7 +408,7 @@ def create_image_encoder(cfg: Config) -> ImageEncoder:
     ckpt = Path(ic.checkpoint) if ic.checkpoint else None
     stamp = ckpt.stat().st_mtime_ns if ckpt is not None and ckpt.is_file() else None
     key = (str(ckpt), stamp, ic.pretrained, ic.arch, ic.batch_size, ic.flip_average, ic.autocontrast,
-           ic.trim_borders, cfg.runtime.device, cfg.runtime.bf16, cfg.runtime.threads)
+           ic.trim_borders, ic.runtime, cfg.runtime.device, cfg.runtime.bf16, cfg.runtime.threads)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

@@ -178,3 +178,27 @@ def test_label_head_predict_matches_a_numpy_oracle() -> None:
     assert got["gender"][0] == want_gender[0] and got["gender"][1] == pytest.approx(want_gender[1], 1e-5)
     with pytest.raises(ModelUnavailable):
         LabelHead(["articleType"], classes, protos, scale=1.0)  # a class with two values for one field
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_onnx_runtime_gives_the_fp32_torch_vectors(tmp_path: Path, flip: bool) -> None:
+    pytest.importorskip("onnxruntime")
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt")
+    settings = {"checkpoint": str(ckpt), "arch": TEST_ARCH, "flip_average": flip, "batch_size": 3}
+    torch_enc = create_image_encoder(make_config(tmp_path, image_encoder=settings, runtime={"bf16": False}))
+    onnx_cfg = make_config(tmp_path, image_encoder={**settings, "runtime": "onnx"}, runtime={"bf16": False})
+    onnx_enc = create_image_encoder(onnx_cfg)
+    assert torch_enc._onnx is None and onnx_enc._onnx is not None
+    exported = sorted((tmp_path / "var" / "models").glob("image-*.onnx")) or sorted(tmp_path.rglob("image-*.onnx"))
+    assert len(exported) == 1
+    shots = photos() + [ImageOps.mirror(p) for p in photos()]
+    want, got = torch_enc.encode(shots), onnx_enc.encode(shots)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert float(np.min(np.sum(want * got, axis=1))) > 0.9999
+    if flip:  # mirror averaging holds on the ONNX path too
+        np.testing.assert_allclose(got[:4], got[4:], atol=1e-5)
+
+
+def test_unknown_image_runtime_is_a_config_error(tiny_cfg) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="runtime"):
+        create_image_encoder(tiny_cfg.replace(image_encoder={"runtime": "tensorrt"}))

@@ -74,6 +74,7 @@ class ImageEncoderConfig:
     flip_average: bool = False  # each photo's vector = mean of it and its mirror image (test-time augmentation)
     autocontrast: bool = False  # stretch each photo's levels (1st-99th percentile to 0-255) before the tower
     trim_borders: bool = False  # crop each photo to its content (uniform background edges cut) before the tower
+    runtime: str = "torch"  # torch | onnx: ONNX Runtime fp32 for the forward (the service sets it from [search])
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class SearchConfig:
     max_events: int = 1000  # most feedback events in one request
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
     query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32 | int8: ONNX Runtime)
+    photo_runtime: str = "torch"  # image tower for uploaded photos: torch (bf16) | onnx (ONNX Runtime fp32)
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
