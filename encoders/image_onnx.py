@@ -5,7 +5,6 @@ mirror) takes about 6.5 ms of CPU against 15 ms for the bf16 torch tower, with t
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import os
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from encoders.runtime import onnx_session, package_versions
 from vitrina.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,7 @@ def export_key(checkpoint: Path, arch: str, image_size: tuple[int, int]) -> str:
     """What the exported file depends on: the checkpoint file (path, size, time), the architecture, versions."""
     st = checkpoint.stat()
     parts = [str(checkpoint.resolve()), str(st.st_size), str(st.st_mtime_ns), arch, repr(image_size), str(OPSET)]
-    for name in ("torch", "onnxruntime"):
-        try:
-            parts.append(f"{name}={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{name}=none")
+    parts.append(package_versions(("torch", "onnxruntime")))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -97,19 +93,22 @@ def export(visual: Any, image_size: tuple[int, int], out: Path) -> None:
 def attach(encoder: Any, checkpoint: Path, arch: str, cache_dir: Path, threads: int) -> OnnxForward:
     """Export `encoder`'s tower once into cache_dir, open it, check it against the torch tower in fp32 on probe
     photos (ModelUnavailable below MIN_COSINE) and return the forward the encoder then uses."""
-    import onnxruntime as ort
+    import importlib.util
+
     import torch
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ModelUnavailable("onnxruntime is not installed")
 
     model_file = Path(cache_dir) / f"image-{export_key(checkpoint, arch, encoder.image_size)}.onnx"
     t0 = time.perf_counter()
     if not model_file.is_file():
         log.info("exporting the image tower to %s (once)", model_file)
         export(encoder._visual, encoder.image_size, model_file)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    try:
+        session = onnx_session(model_file, threads)
+    except Exception as e:  # noqa: BLE001 (onnxruntime raises its own exception types)
+        raise ModelUnavailable(f"cannot load the ONNX image tower {model_file}", detail=str(e)) from e
     forward = OnnxForward(session, encoder.mean, encoder.std, encoder.flip_average)
     probes = np.random.default_rng(0).integers(0, 256, size=(4, *encoder.image_size, 3), dtype=np.uint8)
     probes[0] = 255  # a blank studio background

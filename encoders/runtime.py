@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import os
+from typing import Any, Iterator, Sequence
 
 from vitrina.config import RuntimeConfig
 from vitrina.errors import ConfigError
@@ -52,3 +53,28 @@ def autocast(device: Any, enabled: bool) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def package_versions(names: Sequence[str]) -> str:
+    """"name=version,..." of installed packages ("none" when missing): part of an exported model's cache key."""
+    import importlib.metadata
+
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{name}=none")
+    return ",".join(out)
+
+
+def onnx_session(model_file: str | os.PathLike[str], threads: int) -> Any:
+    """An ONNX Runtime CPU session for one exported model: `threads` intra-op threads, one inter-op thread, and no
+    busy-waiting between calls (a service runs a call per request)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import logging
 import os
 import tempfile
@@ -16,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from encoders.runtime import onnx_session, package_versions
 from encoders.text import text_list, whole_words_of
 from vitrina.config import RuntimeConfig, TextEncoderConfig
 from vitrina.errors import ModelUnavailable
@@ -30,19 +30,9 @@ PROBES = ("men brown leather watch", "women black heels", "a", "kids' blue denim
           "Puma running shoes")
 
 
-def _versions() -> str:
-    out = []
-    for name in ("torch", "onnxruntime", "onnx"):
-        try:
-            out.append(f"{name}={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(f"{name}=none")
-    return ",".join(out)
-
-
 def export_key(source: str, cfg: TextEncoderConfig) -> str:
     """What the exported file depends on: the model's files, the tuned layers file, versions and settings."""
-    parts = [source, str(cfg.max_length), repr(sorted(QUANT.items())), _versions()]
+    parts = [source, str(cfg.max_length), repr(sorted(QUANT.items())), package_versions(("torch", "onnxruntime", "onnx"))]
     for f in sorted(Path(source).glob("*")) if Path(source).is_dir() else []:
         if f.is_file():
             st = f.stat()
@@ -113,15 +103,10 @@ class OnnxTextEncoder:
 
     @classmethod
     def open(cls, model_file: Path, source: Path, cfg: TextEncoderConfig, threads: int) -> OnnxTextEncoder:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait between calls
         try:
-            session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+            session = onnx_session(model_file, threads)
             tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         except Exception as e:  # noqa: BLE001 (onnxruntime raises its own exception types)
             raise ModelUnavailable(f"cannot load the int8 text model {model_file}", detail=str(e)) from e
