@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -322,23 +323,21 @@ class ImageEncoder:
         if pixels.ndim != 4 or tuple(pixels.shape[1:3]) != self.image_size or pixels.shape[3] != 3:
             raise BadInput(f"pixels must be (n, {self.image_size[0]}, {self.image_size[1]}, 3) uint8")
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
-        if self._onnx is not None:  # ONNX Runtime runs calls from several threads at once: no lock
+        onnx = self._onnx  # ONNX Runtime runs calls from several threads at once: no lock
+        with contextlib.nullcontext() if onnx is not None else self._lock, torch.inference_mode():
             for start in range(0, len(pixels), self.batch_size):
                 chunk = pixels[start:start + self.batch_size]
-                out[start:start + len(chunk)] = self._onnx(chunk)
-            return out
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                chunk = torch.from_numpy(np.ascontiguousarray(pixels[start:start + self.batch_size]))
-                out[start:start + len(chunk)] = self._forward(chunk).cpu().numpy()
+                out[start:start + len(chunk)] = onnx(chunk) if onnx is not None else \
+                    self._forward(torch.from_numpy(np.ascontiguousarray(chunk))).cpu().numpy()
         return out
 
-    def _forward(self, pixels: Any) -> Any:
+    def _forward(self, pixels: Any, bf16: bool | None = None) -> Any:
+        """uint8 (n, h, w, 3) tensor -> unit vectors; `bf16` overrides the encoder's autocast (False: fp32)."""
         from encoders.runtime import autocast
 
         unit = self._torch.nn.functional.normalize
         x = pixels_to_input(pixels.to(self.device), self.mean, self.std)
-        with autocast(self.device, self.bf16):
+        with autocast(self.device, self.bf16 if bf16 is None else bf16):
             if self.flip_average:  # the tower trained on mirrored photos too: both views in one batch, one vector
                 both = unit(self._visual(self._torch.cat([x, x.flip(-1)])).float(), dim=-1)
                 feats = both[:len(x)] + both[len(x):]

@@ -112,13 +112,8 @@ def attach(encoder: Any, checkpoint: Path, arch: str, cache_dir: Path, threads: 
     forward = OnnxForward(session, encoder.mean, encoder.std, encoder.flip_average)
     probes = np.random.default_rng(0).integers(0, 256, size=(4, *encoder.image_size, 3), dtype=np.uint8)
     probes[0] = 255  # a blank studio background
-    with torch.inference_mode():
-        x = torch.from_numpy(normalise(probes, encoder.mean, encoder.std))
-        ref = encoder._visual.float()(x) if not encoder.flip_average else None
-        if encoder.flip_average:
-            both = torch.nn.functional.normalize(encoder._visual.float()(torch.cat([x, x.flip(-1)])), dim=-1)
-            ref = both[:len(x)] + both[len(x):]
-        ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+    with torch.inference_mode():  # the torch tower's own forward (mirror averaging included), in fp32
+        ref = encoder._forward(torch.from_numpy(probes), bf16=False).numpy()
     cosine = float(np.min(np.sum(forward(probes) * ref, axis=1)))
     if cosine < MIN_COSINE:
         raise ModelUnavailable(f"the ONNX image tower differs from torch (cosine {cosine:.4f} < {MIN_COSINE})")

@@ -25,7 +25,7 @@ from search.shopper.segments import borrow
 from search.store.factory import open_store
 from search.store.interface import DenseQuery, Filters, Hit, KeywordQuery, Store
 from vitrina.config import Config
-from vitrina.errors import BadInput, ConfigError, NotFound, VitrinaError
+from vitrina.errors import BadInput, NotFound, VitrinaError
 
 if TYPE_CHECKING:
     from search.shopper.personal import UserState
@@ -244,8 +244,6 @@ class SearchService:
         if reading is not None:
             u = self.cfg.understand
             near = dense
-            if u.neighbours_using not in ("fused", "text"):
-                raise ConfigError(f"[understand].neighbours_using must be fused or text, got {u.neighbours_using!r}")
             if u.neighbours_using == "text" and not req.has_photo and u.neighbours > 0:
                 near = st.query(self.alias, DenseQuery(qvec, "text"), filters, limit=u.neighbour_k,
                                 with_payload=True)

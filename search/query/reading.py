@@ -258,6 +258,8 @@ def reader_settings(cfg: Config) -> ReaderSettings:
             raise ConfigError(f"[understand].exact_weights: {item!r} is not field=weight") from e
         if not sep:
             raise ConfigError(f"[understand].exact_weights: {item!r} is not field=weight")
+    if u.neighbours_using not in ("fused", "text"):  # read by the engine, checked once here with the rest
+        raise ConfigError(f"[understand].neighbours_using must be fused or text, got {u.neighbours_using!r}")
     fields = u.fields or ((cat.category,) if cat.category else ())
     return ReaderSettings(fields=tuple(fields), temperature=u.temperature, threshold=u.threshold,
                           name_mix=u.name_mix, min_confidence=u.min_confidence, exact_weights=weights,
