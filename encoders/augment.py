@@ -42,6 +42,15 @@ class ViewSettings:
     mild: float = 0.5  # chance that the first of two views is mild (the catalogue photo zoomed in a little)
 
 
+def settings_for(zoom_out: float, background: float) -> ViewSettings:
+    """The default strong views with another zoom-out limit and background chance ([finetune].view_*)."""
+    import dataclasses
+
+    if zoom_out < 1.0 or not 0.0 <= background <= 1.0:
+        raise ValueError(f"view_zoom_out must be >= 1 and view_background in [0, 1], got {zoom_out}, {background}")
+    return dataclasses.replace(ViewSettings(), zoom=(ViewSettings.zoom[0], zoom_out), background=background)
+
+
 def _rand(shape: Any, gen: Any) -> Any:
     """Uniform [0, 1) numbers made where the generator lives (a CUDA generator makes them on the GPU)."""
     import torch

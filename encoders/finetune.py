@@ -184,13 +184,14 @@ def _views(pixels: Any, masks: Any, idx: np.ndarray, gen: Any, settings: Finetun
     """The batch's training input: one mild view per photo, or two views (mild-or-strong, strong) stacked."""
     import torch
 
-    from encoders.augment import mild_view, two_views
+    from encoders.augment import mild_view, settings_for, two_views
 
     x = _to_input(_rows(pixels, idx, device))
     if settings.augment != "strong":
         return _normalise(mild_view(x, gen, (settings.crop_scale_min, 1.0), settings.erase))
     m = _rows(masks, idx, device).float().div_(255.0)
-    first, second = two_views(x, m, gen, mild_scale=(settings.crop_scale_min, 1.0))
+    views = settings_for(settings.view_zoom_out, settings.view_background)
+    first, second = two_views(x, m, gen, views, mild_scale=(settings.crop_scale_min, 1.0))
     return _normalise(torch.cat([first, second]))
 
 
@@ -222,6 +223,9 @@ def finetune(items: Sequence[TrainItem] | TrainingData, encode_text: Callable[[l
         raise ConfigError(f"[finetune].augment must be one of {AUGMENTS}, got {settings.augment!r}")
     if settings.view_weight > 0 and settings.augment != "strong":
         raise ConfigError("[finetune].view_weight > 0 needs augment = \"strong\" (two views per photo)")
+    if settings.view_zoom_out < 1.0 or not 0.0 <= settings.view_background <= 1.0:
+        raise ConfigError("[finetune] needs view_zoom_out >= 1 and view_background in [0, 1], got "
+                          f"{settings.view_zoom_out} and {settings.view_background}")
     if settings.text_layers and text_side is None:
         raise ConfigError("text_layers > 0 needs a text_side that builds the tuned text layers")
     runtime = RuntimeConfig(device=settings.device, threads=settings.threads, bf16=settings.bf16)

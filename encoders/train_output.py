@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 
 def augmentation_card(settings: Any) -> dict[str, Any]:
     """What the training views were, for the model card."""
-    from encoders.augment import ViewSettings
+    from encoders.augment import settings_for
 
     if settings.augment == "strong":
         return {"views": "two views per photo: the first mild (random resized crop, mirror) with chance `mild`, "
                          "else strong; the second strong (product masked from the near-white border, warped, pasted "
                          "on a flat / gradient / noise / striped / other-photo background, then light, colour, "
                          "shading, greyscale, blur, noise, low-resolution round trip)",
-                "strong": dataclasses.asdict(ViewSettings()), "mild_crop_scale_min": settings.crop_scale_min}
+                "strong": dataclasses.asdict(settings_for(settings.view_zoom_out, settings.view_background)), "mild_crop_scale_min": settings.crop_scale_min}
     return {"views": "one view: random resized crop and mirror", "crop_scale_min": settings.crop_scale_min,
             "erase": settings.erase}
 

@@ -74,6 +74,24 @@ def test_zooming_out_shows_the_product_smaller_on_white() -> None:
     assert torch.allclose(moved[..., :4, :], torch.ones_like(moved[..., :4, :]), atol=1e-5)  # white margin
 
 
+def test_view_settings_from_finetune_zoom_further_and_paste_more_often() -> None:
+    far = aug.settings_for(2.6, 0.9)
+    assert far.zoom == (aug.ViewSettings().zoom[0], 2.6) and far.background == 0.9
+    assert far.hue == aug.ViewSettings().hue  # the rest stays the default
+    assert aug.settings_for(2.0, 0.6) == aug.ViewSettings()
+    for zoom_out, background in ((0.9, 0.5), (2.0, 1.5), (2.0, -0.1)):
+        with pytest.raises(ValueError):
+            aug.settings_for(zoom_out, background)
+    # with no background pasted and zoom-out only, the margin around a shrunk product stays studio white
+    x, _ = white_studio_batch(8)
+    out = aug.strong_view(x, aug.product_masks(x), torch.Generator().manual_seed(3),
+                          aug.ViewSettings(zoom=(2.5, 2.6), rotate_deg=0.0, perspective=0.0, background=0.0,
+                                           brightness=(1.0, 1.0), contrast=(1.0, 1.0), saturation=(1.0, 1.0),
+                                           hue=0.0, gamma=(1.0, 1.0), white_balance=0.0, shading=0.0,
+                                           greyscale=0.0, blur=0.0, noise=0.0, downsample=0.0))
+    assert float(out[..., :3, :].min()) > 0.9
+
+
 def test_photometric_changes_light_within_range() -> None:
     x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     dark = aug.photometric(x, aug.ViewSettings(brightness=(0.5, 0.5), contrast=(1.0, 1.0), saturation=(1.0, 1.0),

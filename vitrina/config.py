@@ -289,6 +289,8 @@ class FinetuneConfig:
     augment: str = "mild"  # mild: crop + mirror; strong: two views per photo (encoders.augment), one maybe mild
     view_weight: float = 0.0  # > 0 (augment strong): NT-Xent between the two views of each photo, this weight
     view_temperature: float = 0.1
+    view_zoom_out: float = 2.0  # strong views: the source window up to this x the frame (the product at 1/this size)
+    view_background: float = 0.6  # strong views: chance of pasting the product onto another background
     robust_dev: int = 1000  # dev photos altered once (fixed seed) for the rob_ dev metrics; 0 = none
     state_every_s: float = 0.0  # write the resumable state and best tower at most this often (0: every epoch)
     eval_every: int = 1  # epochs between dev evaluations (and chances to keep the tower); the last is always judged
