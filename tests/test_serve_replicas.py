@@ -239,3 +239,35 @@ def test_both_workers_follow_a_reindex_in_another_process(shop: tuple[Config, Pa
     assert code == 0, server.output()[-3000:]
     assert not errors, errors[:5]
     assert searches[0] > 20, searches
+
+
+def test_a_copy_keeps_the_holes_and_bytes_of_sparse_files(tmp_path: Path) -> None:
+    from search.store.edge_shards import copy_sparse
+
+    src, dst = tmp_path / "chunk.mmap", tmp_path / "copy.mmap"
+    with open(src, "wb") as f:  # 32 MiB with data at the start, in the middle and at the end
+        f.truncate(32 << 20)
+        for at in (0, 16 << 20, (32 << 20) - 5):
+            f.seek(at)
+            f.write(b"vitrina"[: (32 << 20) - at])
+    copy_sparse(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+    assert os.stat(dst).st_blocks * 512 < (1 << 20)  # not 32 MiB on disk
+
+
+def test_clean_replicas_removes_only_copies_no_process_holds(tmp_path: Path) -> None:
+    import fcntl
+
+    from indexer.replica import clean_replicas, replicas_dir
+
+    cfg = make_config(tmp_path)
+    held, dead = replicas_dir(cfg) / "101", replicas_dir(cfg) / "102"
+    for folder in (held, dead):
+        (folder / "collections").mkdir(parents=True)
+    fd = os.open(held / "owner", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert clean_replicas(cfg) == ["102"] and held.is_dir() and not dead.exists()
+    finally:
+        os.close(fd)
+    assert clean_replicas(cfg, 101) == ["101"] and not held.exists()
