@@ -41,6 +41,7 @@ from vitrina.locks import flock_within
 log = logging.getLogger(__name__)
 POLL_S = 1.0  # the log is read at least this often, whatever the counter says
 RETRY_S = 2.0  # a failed copy of a new collection is tried again after this long
+ALIAS_CHECK_S = 0.1  # the alias file is looked at (a stat) at most this often
 
 
 def replicas_dir(cfg: Config) -> Path:
@@ -89,7 +90,7 @@ class Replica:
         self._alias_key: tuple[int, int] | None = None  # the alias file (inode, mtime) when the copy was made
         self._starting = threading.Lock()
         self._apply = threading.Lock()  # one thread applies entries to the served copy at a time
-        self._polled = 0.0
+        self._polled = self._alias_checked = 0.0
         self._fresh: threading.Thread | None = None  # copying the collection the alias moved to
         self._retry_at = 0.0
 
@@ -99,12 +100,15 @@ class Replica:
         copying the collection behind the alias when it moved. Microseconds when nothing changed."""
         if self.collection is None:
             self.ready()
-        announced = self.log.announced()
+        announced, now = self.log.announced(), time.monotonic()
         if announced > self.seq:
             self.follow(until=announced)
-        elif time.monotonic() - self._polled > POLL_S:
+        elif now - self._polled > POLL_S:
             self.follow()
-        if self._fresh is None and self._alias_moved() and time.monotonic() >= self._retry_at:
+        if now - self._alias_checked < ALIAS_CHECK_S or self._fresh is not None:
+            return
+        self._alias_checked = now
+        if self._alias_moved() and now >= self._retry_at:
             with self._starting:
                 if self._fresh is None:
                     self._fresh = threading.Thread(target=self._refresh, name="replica-refresh", daemon=True)
