@@ -12,7 +12,7 @@ request on any other. The log itself is also read every POLL_S, for writers that
 
 Nobody opens the collection behind the alias while the workers serve: `vitrina serve` brings it up to date from
 the log (the writers' usual recovery) before it starts them and after they stop. When `vitrina reindex` moves the
-alias, each worker sees it (a stat of the alias file per call), copies the new collection in a background thread
+alias, each worker sees it (a stat of the alias file, every 0.1 s), copies the new collection in a background thread
 while it goes on serving the old copy, replays the log onto the new one, then switches under the write lock and
 drops the old copy. A copy belongs to the process that flocks its `owner` file; `clean_replicas` removes the
 copies of processes that are gone.
