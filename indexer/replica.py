@@ -186,9 +186,8 @@ class Replica:
                 replay_log(self.store, target, self.log, seq, top, self.embedders)
             if target != old:
                 self.store.set_alias(self.alias, target)
-                self.seq = max(seq, top)
-            self.collection, self._alias_key, self.copied_at = target, key, time.time()
-            self._polled = time.monotonic()
+                self.seq, self.copied_at = max(seq, top), time.time()
+            self.collection, self._alias_key, self._polled = target, key, time.monotonic()
         if old is not None and old != target:
             log.info("process %d: now serving its copy of %s (log entry %d); dropping its copy of %s",
                      os.getpid(), target, self.seq, old)
@@ -201,6 +200,9 @@ class Replica:
             self._install(*self._copy())
         except (VitrinaError, OSError) as e:
             log.warning("process %d: cannot copy the new collection yet: %s", os.getpid(), e)
+            self._retry_at = time.monotonic() + RETRY_S
+        except Exception:  # noqa: BLE001 - the old copy goes on serving; tried again later
+            log.exception("process %d: copying the new collection failed", os.getpid())
             self._retry_at = time.monotonic() + RETRY_S
         finally:
             self._fresh = None
