@@ -108,9 +108,12 @@ class ChangeLog:
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            new = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'changes'").fetchone() is None
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the change log {self.path}: {e}") from e
+        if new:  # a log made anew starts at 1 again: so does the counter its followers read
+            struct.pack_into("<q", self._counter(), 0, 0)
 
     @classmethod
     def for_config(cls, cfg: Config) -> ChangeLog:

@@ -271,3 +271,21 @@ def test_clean_replicas_removes_only_copies_no_process_holds(tmp_path: Path) -> 
     finally:
         os.close(fd)
     assert clean_replicas(cfg, 101) == ["101"] and not held.exists()
+
+
+def test_the_announced_counter_is_shared_and_starts_again_with_a_new_log(tmp_path: Path) -> None:
+    from indexer.changelog import Change, ChangeLog
+
+    writer, reader = ChangeLog(tmp_path / "a.sqlite"), ChangeLog(tmp_path / "a.sqlite")
+    try:
+        assert reader.announced() == 0
+        writer.announce(writer.append([Change("delete", "x"), Change("delete", "y")]))
+        assert reader.announced() == 2  # what another process reads through its own mapping
+        writer.announce(1)  # never backwards
+        assert reader.announced() == 2
+    finally:
+        writer.close()
+        reader.close()
+    (tmp_path / "a.sqlite").unlink()  # a log made anew: a stale counter would hide its first entries
+    with ChangeLog(tmp_path / "a.sqlite") as log:
+        assert log.announced() == 0
