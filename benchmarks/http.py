@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
 from benchmarks.http_inputs import catalogue_ids, distinct_queries, multipart, read_photos, read_queries
-from benchmarks.http_load import (Client, Phase, Request, error_text, percentile, pid_listening, process_rss_mb,
+from benchmarks.http_load import (Client, Phase, Request, error_text, percentile, pid_listening, process_rss_each,
                                   run_phase, run_wrk, wrk_binary)
 from vitrina.config import Config
 from vitrina.errors import BadInput
@@ -119,14 +119,14 @@ def forget(host: str, port: int, user: str, key: str) -> None:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ("phase", "conns", "client", "ok", "errors", "req/s", "x floor", "p50 ms", "p95 ms", "p99 ms", "max ms",
-            "cpu ms/req", "target")
+            "cpu ms/req", "other cores", "target")
     lines = [head]
     for r in rows:
         ratio = r.get("x_floor")
         lines.append((r["phase"], str(r["clients"]), r.get("client", "python"), str(r["ok"]), str(r["errors"]),
                       f"{r['rps']:.1f}", "-" if ratio is None else f"{ratio:.3f}", f"{r['p50_ms']:.1f}",
                       f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", f"{r['cpu_ms_per_req']:.2f}",
-                      r.get("verdict", "")))
+                      f"{r['other_cores']:.2f}" if "other_cores" in r else "-", r.get("verdict", "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) if i in (0, 2) or i == len(head) - 1 else c.rjust(w)
                      for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
@@ -179,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start `vitrina serve` on a free loopback port for the run (query cache off, see "
                              "--serve-env), measure it, stop it")
     parser.add_argument("--serve-args", default="", help="extra `vitrina serve` options with --serve")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="with --serve: serving processes (`vitrina serve --workers N`; default [web].workers)")
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the --serve server (default VITRINA_SEARCH__QUERY_CACHE=0)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
@@ -223,7 +225,8 @@ def start_server(cfg: Config, args: argparse.Namespace, log_dir: Path) -> tuple[
             raise BadInput(f"--serve-env takes NAME=VALUE, got {item!r}")
         env[name] = value
     cmd = [sys.executable, "-m", "scripts.cli", *(["--config", cfg.source] if cfg.source else []), "serve",
-           "--host", "127.0.0.1", "--port", str(port), *shlex.split(args.serve_args)]
+           "--host", "127.0.0.1", "--port", str(port), *(["--workers", str(args.workers)] if args.workers else []),
+           *shlex.split(args.serve_args)]
     log = (log_dir / "serve.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -315,8 +318,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
               f"{'wrk ' + str(args.wrk_threads) + ' threads' if bench.use_wrk else 'python threads'}")
         print(f"{len(texts)} distinct queries from {len(base_queries)} in {queries_path} ({share} per text phase), "
               f"{len(photos)} photos, {len(items)} item ids for the floor endpoint")
+        print(f"load average at the start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         rows = measure_all(bench, phases, texts, warm_texts, share, photos, items)
-        rss = process_rss_mb(pid) if pid else None
+        rss_each = process_rss_each(pid) if pid else {}
+        rss = sum(rss_each.values()) if rss_each else None
     finally:
         if server is not None:
             stop_server(server)
@@ -326,7 +331,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     print(f"load average at the end: {load} on {os.cpu_count()} CPUs (other work here inflates latency; the "
           "x floor ratio and CPU per request are far less sensitive to it)")
     if rss is not None:
-        print(f"server RSS at the end: {rss:.0f} MiB")
+        each = ", ".join(f"{p} {mb:.0f}" for p, mb in rss_each.items())
+        print(f"server RSS at the end: {rss:.0f} MiB (per process, the parent first: {each})")
     for r in rows:
         if r["repeats"]:
             print(f"warning: {r['phase']}: {r['repeats']} requests repeated a query (the server's query cache "
@@ -377,8 +383,10 @@ def measure_all(bench: Bench, phases: Sequence[tuple[str, str, int]], texts: Seq
             row["x_floor"] = row["rps"] / floor_rps if floor_rps and kind != "floor" else None
             row["verdict"] = verdict(row)
             rows.append(row)
+            cores = (f"; cores busy: server {row['server_cores']:.2f}, client {row['client_cores']:.2f}, other work "
+                     f"{row['other_cores']:.2f}" if "other_cores" in row else "")
             print(f"  {label}: {row['rps']:.1f} req/s, p95 {row['p95_ms']:.1f} ms, "
-                  f"{row['cpu_ms_per_req']:.2f} ms server CPU per request", flush=True)
+                  f"{row['cpu_ms_per_req']:.2f} ms server CPU per request{cores}", flush=True)
     finally:
         if seeded:
             forget(bench.host, bench.port, user, key)

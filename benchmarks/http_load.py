@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,9 @@ class Phase:
     clients: int
     client: str = "python"  # which load generator measured it: python or wrk
     server_cpu_s: float | None = None  # CPU the server's processes used during the phase
+    client_cpu_s: float | None = None  # ... the load generator (wrk, or this process's threads)
+    machine_cpu_s: float | None = None  # ... every process on the machine (so the rest: other work)
+    cpu_wall_s: float = 0.0  # the seconds those were measured over
     latencies_ms: list[float] = field(default_factory=list)  # python client: every successful request
     took_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -60,8 +64,51 @@ class Phase:
                 **pct, "server_p50_ms": server_p50,
                 "cpu_ms_per_req": (1000.0 * self.server_cpu_s / self.ok) if self.server_cpu_s and self.ok
                 else float("nan"),
+                **self.cores(),
                 "repeats": max(0, self.sent - self.distinct) if self.distinct else 0,
                 "error_kinds": dict(self.errors)}
+
+
+    def cores(self) -> dict[str, float]:
+        """Cores busy on average during the phase: the server, the load generator, and all other work."""
+        if not self.cpu_wall_s or self.machine_cpu_s is None:
+            return {}
+        server, client = self.server_cpu_s or 0.0, self.client_cpu_s or 0.0
+        return {"server_cores": server / self.cpu_wall_s, "client_cores": client / self.cpu_wall_s,
+                "other_cores": max(0.0, self.machine_cpu_s - server - client) / self.cpu_wall_s}
+
+
+class CpuMeter:
+    """CPU used from its making to `stop`: by the server's processes, by the load generator (this process's
+    threads, or its children that ended meanwhile: wrk) and by the whole machine (/proc/stat)."""
+
+    def __init__(self, server_pid: int, client_is_child: bool) -> None:
+        self.server_pid = server_pid
+        self.who = resource.RUSAGE_CHILDREN if client_is_child else resource.RUSAGE_SELF
+        self.start = self._read()
+
+    def _read(self) -> tuple[float | None, float, float | None, float]:
+        use = resource.getrusage(self.who)
+        server = process_cpu_s(self.server_pid) if self.server_pid else None
+        return server, use.ru_utime + use.ru_stime, machine_busy_s(), time.perf_counter()
+
+    def stop(self, phase: Phase) -> None:
+        (s0, c0, m0, t0), (s1, c1, m1, t1) = self.start, self._read()
+        if s0 is not None and s1 is not None:
+            phase.server_cpu_s = s1 - s0
+        phase.client_cpu_s = c1 - c0
+        if m0 is not None and m1 is not None:
+            phase.machine_cpu_s, phase.cpu_wall_s = m1 - m0, t1 - t0
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds this machine's cores have been busy so far (/proc/stat: all but idle and iowait), None if
+    unreadable."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -109,18 +156,23 @@ def process_cpu_s(pid: int) -> float | None:
     return total if seen else None
 
 
-def process_rss_mb(pid: int) -> float | None:
-    """Resident memory of a process and its children in MiB (VmRSS), None if unreadable."""
-    total, seen = 0.0, False
+def process_rss_each(pid: int) -> dict[int, float]:
+    """Resident memory (VmRSS, MiB) of a process and of each of its descendants that could be read."""
+    out = {}
     for p in process_tree(pid):
         try:
             match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
         except OSError:
             continue
         if match:
-            total += int(match.group(1)) / 1024.0
-            seen = True
-    return total if seen else None
+            out[p] = int(match.group(1)) / 1024.0
+    return out
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory of a process and its children in MiB (VmRSS), None if unreadable."""
+    each = process_rss_each(pid)
+    return sum(each.values()) if each else None
 
 
 def pid_listening(port: int) -> int | None:
@@ -236,16 +288,14 @@ def run_phase(name: str, clients: int, make_request: Callable[[int], Request], h
             client.close()
 
     threads = [threading.Thread(target=worker, name=f"bench-{name}-{c}", daemon=True) for c in range(clients)]
-    cpu0 = process_cpu_s(server_pid) if server_pid else None
+    meter = CpuMeter(server_pid, client_is_child=False)
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     phase.wall_s = time.perf_counter() - t0
-    cpu1 = process_cpu_s(server_pid) if server_pid else None
-    if cpu0 is not None and cpu1 is not None:
-        phase.server_cpu_s = cpu1 - cpu0
+    meter.stop(phase)
     phase.distinct = max_requests
     return phase
 
@@ -352,16 +402,14 @@ def run_wrk(name: str, connections: int, requests: Sequence[Request], url: str, 
         listing = write_requests(folder, requests)
         cmd = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                f"--timeout={max(1, round(timeout))}s", "-s", str(script), url, "--", str(listing), str(threads)]
-        cpu0 = process_cpu_s(server_pid) if server_pid else None
+        meter = CpuMeter(server_pid, client_is_child=True)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 60)
         elapsed = time.perf_counter() - t0
-        cpu1 = process_cpu_s(server_pid) if server_pid else None
+        meter.stop(phase)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-400:]}")
     phase.wrk = parse_wrk(done.stdout)
     phase.wall_s = phase.wrk["duration_us"] / 1e6 or elapsed
     phase.errors = wrk_errors(phase.wrk)
-    if cpu0 is not None and cpu1 is not None:
-        phase.server_cpu_s = cpu1 - cpu0
     return phase

@@ -1,5 +1,6 @@
 """The durable log of item writes: an append-only SQLite table under data_dir/changes, the write lock, and
-per-collection checkpoints of how far each collection has applied the log.
+per-collection checkpoints of how far each collection has applied the log, and <alias>.seq: the last sequence
+number written, an 8-byte counter that per-process copies (indexer/replica.py) read per request.
 
 Every write the API (or `vitrina upsert`/`delete`) acknowledges is first committed here with a sequence
 number (SQLite WAL, synchronous=FULL: fsync'd before the answer), then applied to the collection behind
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
 import os
 import sqlite3
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -99,14 +102,18 @@ class ChangeLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db_lock = threading.RLock()
         self._write_lock = threading.Lock()
+        self._board: mmap.mmap | None = None
         try:
             self._db = sqlite3.connect(self.path, timeout=lock_timeout_s, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            new = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'changes'").fetchone() is None
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the change log {self.path}: {e}") from e
+        if new:  # a log made anew starts at 1 again: so does the counter its followers read
+            struct.pack_into("<q", self._counter(), 0, 0)
 
     @classmethod
     def for_config(cls, cfg: Config) -> ChangeLog:
@@ -115,6 +122,8 @@ class ChangeLog:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
+            if self._board is not None:
+                self._board.close()
 
     def __enter__(self) -> ChangeLog:
         return self
@@ -200,6 +209,35 @@ class ChangeLog:
             n, first, last = db.execute("SELECT count(*), min(seq), max(seq) FROM changes").fetchone()
             applied = {c: s for c, s in db.execute("SELECT collection, seq FROM applied ORDER BY collection")}
         return {"path": str(self.path), "entries": int(n), "first_seq": first, "last_seq": last, "applied": applied}
+
+    # ---- the counter followers read --------------------------------------------------------------------
+    def announce(self, seq: int) -> None:
+        """Tell the followers that entries up to `seq` are written (under the write lock, after the commit): the
+        counter in <alias>.seq, shared memory through mmap. A hint that saves them a query: they poll the log too."""
+        board = self._counter()
+        if seq > struct.unpack_from("<q", board)[0]:
+            struct.pack_into("<q", board, 0, int(seq))
+
+    def announced(self) -> int:
+        """The last sequence number a writer announced (a read of shared memory: well under a microsecond)."""
+        board = self._counter()
+        while True:  # an 8-byte write seen half-done reads differently twice
+            first, again = struct.unpack_from("<q", board)[0], struct.unpack_from("<q", board)[0]
+            if first == again:
+                return int(first)
+
+    def _counter(self) -> mmap.mmap:
+        if self._board is None:
+            with self._db_lock:
+                if self._board is None:
+                    fd = os.open(self.path.with_suffix(".seq"), os.O_RDWR | os.O_CREAT, 0o644)
+                    try:
+                        if os.fstat(fd).st_size < 8:
+                            os.ftruncate(fd, 8)
+                        self._board = mmap.mmap(fd, 8)
+                    finally:
+                        os.close(fd)
+        return self._board
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def applied(self, collection: str) -> int | None:

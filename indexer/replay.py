@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from indexer.changelog import Change
-from indexer.embed import Embedder
+from indexer.changelog import Change, ChangeLog
+from indexer.embed import Embedder, load_image_encoder
 from indexer.items import ItemError, ItemInput, parse_item
 from indexer.reader import Skipped
 from search.store.interface import ItemRecord, Store
 from vitrina.config import Config
 from vitrina.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 # Upserts whose vectors came from other models -> records embedded now, and the items that could not be.
 Reembed = Callable[[list[Change]], tuple[list[ItemRecord], list[Skipped]]]
@@ -34,6 +38,46 @@ def embed_items(embedder: Embedder, items: Sequence[ItemInput]) -> tuple[list[It
     extra = {i.id: i.extra for i in items}
     return [dataclasses.replace(r, payload={**r.payload, **extra[r.id]}) if extra.get(r.id) else r
             for r in records], skipped
+
+
+class Embedders:
+    """The encoders for items of a collection (with the image tower when it holds image vectors), each built once:
+    shared by a process's item writer and its copy of the live collection (indexer/replica.py)."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg, self.store = cfg, store
+        self._build = threading.Lock()
+        self._built: dict[bool, Embedder] = {}
+        self._dims: dict[str, frozenset[str]] = {}
+
+    def vectors(self, collection: str) -> frozenset[str]:
+        """The named vectors `collection` holds."""
+        if collection not in self._dims:
+            self._dims[collection] = frozenset(self.store.collection_info(collection).dims)
+        return self._dims[collection]
+
+    def __call__(self, collection: str) -> Embedder:
+        with_image = "image" in self.vectors(collection)
+        with self._build:
+            if with_image not in self._built:
+                encoder, why = load_image_encoder(self.cfg) if with_image else (None, "")
+                if with_image and encoder is None:
+                    log.warning("items written without image vectors: %s", why)
+                self._built[with_image] = Embedder(self.cfg, encoder)
+            return self._built[with_image]
+
+    def close(self) -> None:
+        for embedder in self._built.values():
+            embedder.close()
+
+
+def replay_log(store: Store, collection: str, changelog: ChangeLog, after: int, until: int,
+               embedders: Embedders) -> ReplayStats:
+    """Apply the logged entries after < seq <= until to `collection` with this process's models (logged vectors
+    are kept when the same models made them, else the items are embedded again)."""
+    embedder = embedders(collection)
+    return apply_changes(store, collection, changelog.read(after=after, until=until), embedder.stamp,
+                         reembedder(embedders.cfg, embedder))
 
 
 def reembedder(cfg: Config, embedder: Embedder) -> Reembed:

@@ -2,7 +2,10 @@
 
 One ItemWriter per process (the service, or `vitrina upsert`/`delete` when no service runs). Under the lock it
 first brings the collection behind the alias up to the end of the change log (after a crash, or when a reindex
-has just moved the alias), so every write lands after all earlier ones, in whichever collection is live.
+has just moved the alias), so every write lands after all earlier ones, in whichever collection is live. Each write
+is announced to the other processes (ChangeLog.announce). In a worker of `vitrina serve --workers N` on the
+embedded store the writer's store is the worker's own copy (indexer/replica.py): the copy applies the entries from
+the log, and the collection behind the alias is left to the recovery at the service's start and stop.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from indexer.changelog import Change, ChangeLog
-from indexer.embed import Embedder, load_image_encoder
+from indexer.embed import Embedder
 from indexer.items import ItemError, ItemInput, item_id_of, parse_item, parse_patch
 from indexer.live import live_collection
-from indexer.replay import apply_changes, embed_items, reembedder
+from indexer.replay import Embedders, embed_items, replay_log
+from indexer.replica import ReplicaStore
 from search.store.interface import Hit, ItemRecord, Store, plain_payload
 from vitrina.config import Config
 from vitrina.errors import StoreError
@@ -65,9 +69,9 @@ class ItemWriter:
         self.cfg, self.store = cfg, store
         self.log = changelog or ChangeLog.for_config(cfg)
         self._own_log = changelog is None
-        self._build = threading.Lock()
-        self._embedders: dict[bool, Embedder] = {}
-        self._dims: dict[str, frozenset[str]] = {}
+        # a worker's own copy of the live collection: it applies the log itself (indexer/replica.py)
+        self.follower = store.replica if isinstance(store, ReplicaStore) else None
+        self.embedders = self.follower.embedders if self.follower is not None else Embedders(cfg, store)
         self._applied: dict[str, int] = {}  # collection -> last seq this process applied to it
         self._durable: dict[str, int] = {}  # collection -> last seq recorded as flushed (the checkpoint)
         self._checkpointing = threading.Lock()
@@ -75,25 +79,15 @@ class ItemWriter:
         self.durable_writes = cfg.store.backend != "edge"  # a Qdrant server persists a write before answering
 
     # ---- models -------------------------------------------------------------------------------------
-    def _vectors(self, collection: str) -> frozenset[str]:
-        if collection not in self._dims:
-            self._dims[collection] = frozenset(self.store.collection_info(collection).dims)
-        return self._dims[collection]
-
     def embedder(self, collection: str) -> Embedder:
         """The encoders for items of `collection` (with the image tower when it holds image vectors)."""
-        with_image = "image" in self._vectors(collection)
-        with self._build:
-            if with_image not in self._embedders:
-                encoder, why = load_image_encoder(self.cfg) if with_image else (None, "")
-                if with_image and encoder is None:
-                    log.warning("items written without image vectors: %s", why)
-                self._embedders[with_image] = Embedder(self.cfg, encoder)
-            return self._embedders[with_image]
+        return self.embedders(collection)
 
     # ---- the log ------------------------------------------------------------------------------------
     def _catch_up(self) -> str:
         """Under the lock: the live collection, after applying the log entries it may lack."""
+        if self.follower is not None:
+            return self.follower.follow()
         target = live_collection(self.cfg, self.store)
         recorded = self.log.applied(target)
         top = self.log.max_seq()
@@ -104,12 +98,20 @@ class ItemWriter:
             return target
         done = max(recorded or 0, self._applied.get(target, 0))
         if top > done:
-            embedder = self.embedder(target)
-            stats = apply_changes(self.store, target, self.log.read(after=done, until=top), embedder.stamp,
-                                  reembedder(self.cfg, embedder))
+            stats = replay_log(self.store, target, self.log, done, top, self.embedders)
             log.info("applied %d logged change(s) (seq %d..%d) to %s", stats.applied, done + 1, top, target)
         self._applied[target] = top
         return target
+
+    def _write(self, target: str, changes: list[Change], apply: Callable[[], Any]) -> None:
+        """Under the lock: log the changes (fsync'd), apply them to `target`, announce them to other processes."""
+        seq = self.log.append(changes)
+        if self.follower is not None:
+            self.follower.follow(until=seq)  # the worker's copy applies them from the log, in order
+        else:
+            apply()
+            self._applied_through(target, seq)
+        self.log.announce(seq)
 
     def _applied_through(self, collection: str, seq: int) -> None:
         self._applied[collection] = max(seq, self._applied.get(collection, 0))
@@ -120,6 +122,8 @@ class ItemWriter:
     def checkpoint(self, force: bool = False) -> None:
         """Flush written collections and record how far they have applied the log (at most every [live].flush_s
         unless forced; never blocks writers: another thread's checkpoint in progress is enough)."""
+        if self.follower is not None:  # a worker's copy: the log is what is durable
+            return
         if not force and time.monotonic() - self._checkpoint_at < self.cfg.live.flush_s:
             return
         if not self._checkpointing.acquire(blocking=force):
@@ -172,14 +176,12 @@ class ItemWriter:
             source = {i.id: i.source for i in todo}
             with self.log.locked():
                 target = self._catch_up()
-                if self._vectors(target) != self._vectors(collection):
+                if self.embedders.vectors(target) != self.embedders.vectors(collection):
                     raise StoreError("the index was replaced by one with other vectors meanwhile",
                                      detail="send the items again")
                 existing = {h.id: h for h in self.store.retrieve(target, [r.id for r in records], with_vectors=True)}
-                seq = self.log.append([Change("upsert", r.id, record=r, source=source[r.id], stamp=embedder.stamp)
-                                       for r in records])
-                self.store.upsert(target, records)
-                self._applied_through(target, seq)
+                self._write(target, [Change("upsert", r.id, record=r, source=source[r.id], stamp=embedder.stamp)
+                                     for r in records], lambda: self.store.upsert(target, records))
             for r in records:
                 hit = existing.get(r.id)
                 status = "created" if hit is None else "unchanged" if _same(r, hit) else "updated"
@@ -195,9 +197,8 @@ class ItemWriter:
             existing = {h.id: h for h in self.store.retrieve(target, list(changes))}
             known = {i: dict(f) for i, f in changes.items() if i in existing}
             if known:
-                seq = self.log.append([Change("patch", i, fields=f) for i, f in known.items()])
-                self.store.set_payload(target, known)
-                self._applied_through(target, seq)
+                self._write(target, [Change("patch", i, fields=f) for i, f in known.items()],
+                            lambda: self.store.set_payload(target, known))
         for item_id, fields in changes.items():
             hit = existing.get(item_id)
             if hit is None:
@@ -217,9 +218,7 @@ class ItemWriter:
             present = {h.id for h in self.store.retrieve(target, wanted)}
             gone = [i for i in wanted if i in present]
             if gone:
-                seq = self.log.append([Change("delete", i) for i in gone])
-                self.store.delete(target, gone)
-                self._applied_through(target, seq)
+                self._write(target, [Change("delete", i) for i in gone], lambda: self.store.delete(target, gone))
         self.checkpoint()
         return [ItemResult(i, "deleted") if i in present else
                 ItemResult(i, "error", "unknown item", "no item with this id in the index", 404) for i in wanted]
@@ -229,8 +228,8 @@ class ItemWriter:
         try:
             self.checkpoint(force=True)
         finally:
-            for embedder in self._embedders.values():
-                embedder.close()
+            if self.follower is None:  # a worker's copy owns the encoders it shares with its writer
+                self.embedders.close()
             if self._own_log:
                 self.log.close()
 

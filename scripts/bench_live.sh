@@ -3,8 +3,9 @@
 #   1. write throughput through POST /api/items, batches of 100 real products with their photos (one client);
 #   2. text search with wrk (another process), distinct queries (no query-cache hits): 4 and 16 clients;
 #   3. text search at 4 clients while a writer adds 20 items/s (batches of 10 every 0.5 s);
-#   4. with COPIES=2: two processes, each on its own copy of the store, both loaded by wrk at once (the most
-#      that two serving processes could give on this machine; the embedded store itself serves from one).
+#   4. with COPIES=2: two services, each on its own copy of the whole data dir, both loaded by wrk at once (no
+#      writes shared: the ceiling of two serving processes; WORKERS=2 is the real thing, writes followed by both).
+# WORKERS=N serves with `vitrina serve --workers N` (on the embedded store each worker searches its own copy).
 # Usage: bash scripts/bench_live.sh [config.toml]   (env: PYTHON, DURATION=30, COPIES=1, WORKERS=1)
 # Written items are deleted at the end of each phase; the index is left as it was.
 set -euo pipefail
@@ -30,11 +31,9 @@ start() {  # start PORT [env...]: vitrina serve in the background, wait for /hea
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0; sleep 0.5; done
   echo "server on $port did not start:"; tail -20 "$WORK/serve-$port.log"; exit 1
 }
-cpu_s() {  # CPU seconds the serving processes (PIDS) have used so far
-  local total=0
-  for p in "${PIDS[@]}"; do total=$(awk -v t="$total" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' \
-    "/proc/$p/stat"); done
-  echo "$total"
+cpu_s() {  # CPU seconds the serving processes (PIDS and their workers) have used so far
+  "$PY" -c 'import sys; from benchmarks.http_load import process_cpu_s
+print(sum(process_cpu_s(int(p)) or 0.0 for p in sys.argv[1:]))' "${PIDS[@]}"
 }
 wrk_phase() {  # wrk_phase NAME CLIENTS SLICE URL...: one wrk per URL at once (CLIENTS split between them)
   local name=$1 clients=$2 slice=$3; shift 3
@@ -80,7 +79,7 @@ EOF
 PORT=$(free_port)
 start "$PORT"
 URL="http://127.0.0.1:$PORT"
-SERVER=$(pgrep -P "${PIDS[0]}" -f "scripts.cli" || echo "${PIDS[0]}")
+SERVER=${PIDS[0]}  # its workers count with it (benchmarks/http_load.process_cpu_s)
 SECONDS_OF=5 wrk_phase "warm-up" 4 3 "$URL" >/dev/null  # first searches fill the engine's caches
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), workers $WORKERS, copies $COPIES"
 curl -s "$URL/health" | "$PY" -c 'import json,sys; h=json.load(sys.stdin); print("# index", h["index"])'

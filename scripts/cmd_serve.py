@@ -22,9 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", help="interface to listen on (default [web].host)")
     p.add_argument("--port", type=int, help="port (default [web].port)")
     p.add_argument("--threads", type=int, help="worker threads per process (default [web].threads)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="serving processes sharing the port (needs a Qdrant server: [store].backend = qdrant "
-                        "with a url; the embedded store serves from one process)")
+    p.add_argument("--workers", type=int,
+                   help="serving processes sharing the port (default [web].workers); on the embedded store each "
+                        "searches its own copy of the index, kept up to date from the change log")
     p.add_argument("--no-preload", action="store_true",
                    help="load the text model on the first search instead of at start")
     p.set_defaults(func=serve)
@@ -53,10 +53,8 @@ def check_open_writes(cfg: Config, host: str) -> None:
 
 
 def workers_refused(cfg: Config) -> str | None:
-    """Why this store cannot be served by several processes (None when it can: a Qdrant server by URL)."""
-    if cfg.store.backend == "edge":
-        return ("the embedded store (qdrant-edge) opens a collection in one process only, so it serves from one "
-                "process: see 'Several processes' in the README for its measured ceiling")
+    """Why this store cannot be served by several processes (None when it can: a Qdrant server by URL, or the
+    embedded store with a copy per process)."""
     if cfg.store.backend == "qdrant" and not cfg.store.url:
         return "qdrant-client's local mode (a folder or memory) is one process"
     return None
@@ -70,21 +68,23 @@ def service_url(host: str, port: int) -> str:
 
 def serve(cfg: Config, args: argparse.Namespace) -> int:
     from web.client import service_file
-    from scripts.serve_workers import exit_on_signal, listen, run_workers
+    from scripts.serve_workers import exit_on_signal, listen, run_in_child, run_workers
 
     host = args.host or cfg.web.host
     port = cfg.web.port if args.port is None else args.port
     threads = cfg.web.threads if args.threads is None else args.threads
+    workers = cfg.web.workers if args.workers is None else args.workers
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port}")
-    if threads < 1 or args.workers < 1:
-        raise ConfigError(f"threads and workers must be >= 1, got {threads} and {args.workers}")
+    if threads < 1 or workers < 1:
+        raise ConfigError(f"threads and workers must be >= 1, got {threads} and {workers}")
     check_open_writes(cfg, host)
-    why = workers_refused(cfg) if args.workers > 1 else None
+    why = workers_refused(cfg) if workers > 1 else None
     if why:
-        raise ConfigError(f"--workers {args.workers}: {why}",
-                          detail='for more throughput run a Qdrant server and set [store].backend = "qdrant", '
-                                 'url = "http://..." (then reindex into it)')
+        raise ConfigError(f"--workers {workers}: {why}",
+                          detail='run a Qdrant server and set [store].backend = "qdrant", url = "http://...", or '
+                                 'the embedded store (backend = "edge"), then reindex into it')
+    copies = workers > 1 and cfg.store.backend == "edge"
     try:
         sock = listen(host, port)
     except OSError as e:
@@ -92,13 +92,25 @@ def serve(cfg: Config, args: argparse.Namespace) -> int:
     url = service_url(host, sock.getsockname()[1])
     announce = service_file(cfg)
     announce.parent.mkdir(parents=True, exist_ok=True)
-    announce.write_text(json.dumps({"url": url, "pid": os.getpid(), "workers": args.workers, "started": time.time()}))
-    log.info("serving on %s (%s) with %d process(es) x %d threads", url, host, args.workers, threads)
+    announce.write_text(json.dumps({"url": url, "pid": os.getpid(), "workers": workers, "started": time.time()}))
+    log.info("serving on %s (%s) with %d process(es) x %d threads%s", url, host, workers, threads,
+             ", each on its own copy of the index" if copies else "")
     try:
-        if args.workers == 1:
+        if workers == 1:
             signal.signal(signal.SIGTERM, exit_on_signal)
             return run_app(cfg, sock, threads, not args.no_preload)
-        return run_workers(args.workers, lambda: run_app(cfg, sock, threads, not args.no_preload))
+        if not copies:
+            return run_workers(workers, lambda: run_app(cfg, sock, threads, not args.no_preload))
+        from indexer.replica import clean_replicas
+
+        clean_replicas(cfg)  # copies of workers killed with the last service
+        run_in_child(lambda: recover_live(cfg))  # the collection behind the alias: every logged write in
+        try:
+            return run_workers(workers, lambda: run_app(cfg, sock, threads, not args.no_preload, copy=True),
+                               reaped=lambda pid: clean_replicas(cfg, pid))
+        finally:
+            clean_replicas(cfg)
+            run_in_child(lambda: recover_live(cfg))  # ... and again: the workers wrote only into their copies
     finally:
         try:
             if json.loads(announce.read_text()).get("pid") == os.getpid():
@@ -108,14 +120,44 @@ def serve(cfg: Config, args: argparse.Namespace) -> int:
         sock.close()
 
 
-def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool) -> int:
-    """One serving process: its own app, store and models; logged writes a crash left unapplied go in first."""
+def recover_live(cfg: Config) -> int:
+    """Apply to the collection behind the alias the logged writes it lacks (what a single process does at start)."""
+    from indexer.writer import ItemWriter
+    from search.store.factory import open_store
+
+    store = open_store(cfg)
+    try:
+        writer = ItemWriter(cfg, store)
+        try:
+            log.info("collection %s is up to date with the change log", writer.recover())
+        finally:
+            writer.close()
+    except VitrinaError as e:
+        log.warning("the collection behind the alias was not brought up to date: %s", e.message)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy: bool = False) -> int:
+    """One serving process: its own app, store and models; logged writes a crash left unapplied go in first.
+    `copy`: it searches its own copy of the index (indexer/replica.py) rather than the collection itself."""
     import waitress
 
     from web import create_app
     from web.api_write import close_writer, writer
 
-    app = create_app(cfg)
+    store = None
+    if copy:
+        from indexer.replica import Replica, ReplicaStore
+
+        store = ReplicaStore(Replica(cfg))
+        try:
+            store.replica.ready()
+        except VitrinaError as e:  # e.g. no index yet: copied on the first request that finds one
+            log.warning("process %d serves no copy of the index yet: %s", os.getpid(), e.message)
+    app = create_app(cfg, store=store)
     service = app.extensions["vitrina"]
     try:
         if preload:

@@ -31,9 +31,26 @@ def exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def run_workers(n: int, work: Callable[[], int]) -> int:
+def run_in_child(work: Callable[[], int]) -> int:
+    """Run `work()` in a forked process and return its exit status (so that this one loads no model and starts no
+    thread before it forks the workers)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = work()
+        except BaseException:  # noqa: BLE001 - logged; the status says it failed
+            log.exception("process %d failed", os.getpid())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def run_workers(n: int, work: Callable[[], int], reaped: Callable[[int], object] | None = None) -> int:
     """Fork `n` processes that each run `work()` (which serves the inherited socket) until told to stop; returns
-    0 after a clean stop, 1 when workers keep dying at start."""
+    0 after a clean stop, 1 when workers keep dying at start. `reaped(pid)` is called for each worker that ended
+    (e.g. to remove what it left behind)."""
     children: dict[int, float] = {}
     stopping = False
     quick_deaths = 0
@@ -74,6 +91,11 @@ def run_workers(n: int, work: Callable[[], int]) -> int:
             except ChildProcessError:
                 break
             started = children.pop(pid, None)
+            if reaped is not None and started is not None:
+                try:
+                    reaped(pid)
+                except Exception:  # noqa: BLE001 - cleaning up must not stop the service
+                    log.exception("cleaning up after worker %d failed", pid)
             if stopping or started is None:
                 continue
             log.warning("worker %d exited (status %d); starting another", pid, status)

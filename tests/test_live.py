@@ -1,5 +1,6 @@
 """`vitrina serve` beside the CLI: upsert/delete through the running service (found from the data dir), safe
-defaults for listening beyond loopback, --workers (refused on the embedded store; pre-fork on a shared socket)."""
+defaults for listening beyond loopback, --workers (refused on qdrant-client's local mode; pre-fork on a shared
+socket)."""
 
 from __future__ import annotations
 
@@ -110,8 +111,11 @@ def test_open_host_needs_keys_unless_the_config_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2 and "refusing to serve on '0.0.0.0' without an API key" in done.stderr
     assert "open_writes" in done.stderr
     many = subprocess.run([sys.executable, "-m", "scripts.cli", "--config", str(config), "serve", "--workers", "2",
-                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert many.returncode == 2 and "one process" in many.stderr and "Qdrant server" in many.stderr
+                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VITRINA_STORE__BACKEND": "qdrant", "VITRINA_STORE__PATH": ":memory:"})
+    assert many.returncode == 2 and "local mode" in many.stderr and "one process" in many.stderr
+    assert "Qdrant server" in many.stderr  # what to run instead (the embedded store serves several: see
+    # tests/test_serve_replicas.py)
 
 
 def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:

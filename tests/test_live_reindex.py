@@ -1,6 +1,7 @@
 """No write lost during a reindex: a real `vitrina serve` takes writes from 8 threads (create, re-embed, patch,
 delete) and searches from 4 while a real `vitrina reindex` builds the next collection and moves the alias (also
-killed with SIGKILL part-way and rerun); afterwards every acknowledged write is in the index exactly."""
+killed with SIGKILL part-way and rerun, and again with `--workers 2`); afterwards every acknowledged write is in the
+index exactly."""
 
 from __future__ import annotations
 
@@ -127,14 +128,17 @@ def run_reindex(config: Path, kill_at: int | None, cfg: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill", [False, True], ids=["reindex", "reindex-kill-9-rerun"])
-def test_every_acknowledged_write_survives_a_concurrent_reindex(tmp_path: Path, kill: bool) -> None:
+@pytest.mark.parametrize(("kill", "workers"), [(False, 1), (True, 1), (False, 2)],
+                         ids=["reindex", "reindex-kill-9-rerun", "reindex-2-workers"])
+def test_every_acknowledged_write_survives_a_concurrent_reindex(tmp_path: Path, kill: bool, workers: int) -> None:
+    """With 2 workers (each on its own copy of the index, indexer/replica.py) the writes, reads and searches of
+    one thread land on either worker: a write is read back from whichever answers next."""
     cfg = make_config(tmp_path, write_catalogue(tmp_path / "shop", product_rows(N)), web={"api_keys": (KEY,)},
                       indexer={"batch_size": 4, "checkpoint_every": 1})
     write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint))
     first = reindex(cfg, progress=False).collection
     config = write_config(tmp_path / "vitrina.toml", cfg, SECTIONS)
-    server = ServeProcess(config, "--threads", "8")
+    server = ServeProcess(config, "--threads", "8", "--workers", str(workers))
     stop, stop_search = threading.Event(), threading.Event()
     writers = [Writer(k, server.url, stop) for k in range(WRITERS)]
     seen: list[int] = []

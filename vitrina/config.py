@@ -252,6 +252,7 @@ class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 8
+    workers: int = 1  # serving processes; on the embedded store each searches its own copy (indexer/replica.py)
     api_keys: tuple[str, ...] = ()  # when set, writes need Authorization: Bearer KEY
     api_keys_env: str = "VITRINA_API_KEYS"  # comma-separated keys, added to api_keys
     open_writes: bool = False  # true: `vitrina serve` may listen beyond loopback with no API key (writes open to all)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from typing import Any
@@ -85,8 +86,13 @@ def init_metrics(app: Flask) -> Metrics:
 @bp.get("/health")
 @spec("Liveness and index status", responses={200: {"type": "object"}, 503: None}, tag="meta")
 def health() -> ResponseReturnValue:
-    """ok when the alias points at a collection; 503 'degraded' otherwise (with the reason)."""
-    body: dict[str, Any] = get_service().health()
+    """ok when the alias points at a collection; 503 'degraded' otherwise (with the reason). `pid`: the serving
+    process; `copy`: with several workers on the embedded store, its copy of the index and the log entry it holds."""
+    service = get_service()
+    body: dict[str, Any] = {**service.health(), "pid": os.getpid()}
+    replica = getattr(service.store, "replica", None)
+    if replica is not None:
+        body["copy"] = replica.status()
     return jsonify(body), (200 if body["status"] == "ok" else 503)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def save_value_index(index: ValueIndex, path: Path) -> None:
     for f, fv in index.fields.items():
         meta["fields"][f] = list(fv.values)  # type: ignore[index]
         arrays[f"{f}.names"], arrays[f"{f}.centroids"], arrays[f"{f}.counts"] = fv.names, fv.centroids, fv.counts
-    tmp, tmp_json = _file(path, ".tmp.npz"), _file(path, ".tmp.json")
+    own = f".{os.getpid()}.tmp"  # several serving processes may save the same index at once
+    tmp, tmp_json = _file(path, own + ".npz"), _file(path, own + ".json")
     np.savez(tmp, **arrays)
     tmp_json.write_text(json.dumps(meta), encoding="utf-8")
     tmp.replace(_file(path, ".npz"))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from search.store.interface import Store
 from vitrina.config import Config
 from vitrina.errors import ConfigError
 
 
-def open_store(cfg: Config) -> Store:
-    """The backend named by cfg.store.backend: `edge` (in-process, on disk) or `qdrant` (client)."""
+def open_store(cfg: Config, root: Path | None = None) -> Store:
+    """The backend named by cfg.store.backend: `edge` (in-process, on disk; under `root`, default
+    data_dir/store) or `qdrant` (client)."""
     backend = cfg.store.backend
     if backend == "edge":
         from search.store.edge import EdgeStore, IndexSettings
@@ -16,7 +19,7 @@ def open_store(cfg: Config) -> Store:
         sc = cfg.store
         index = IndexSettings(m=sc.hnsw_m, ef_construct=sc.hnsw_ef_construct, full_scan_kb=sc.full_scan_kb,
                               payload_links=sc.payload_links)
-        return EdgeStore(cfg.data_dir / "store", timeout_s=sc.timeout_s, bm25_avg_len=sc.bm25_avg_len,
+        return EdgeStore(root or cfg.data_dir / "store", timeout_s=sc.timeout_s, bm25_avg_len=sc.bm25_avg_len,
                          hnsw_ef=sc.hnsw_ef or None, payload_cache=sc.payload_cache, index=index)
     if backend == "qdrant":
         from search.store.qdrant import QdrantStore
