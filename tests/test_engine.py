@@ -402,7 +402,8 @@ def test_photo_attributes_read_by_the_label_head_move_matching_items_up(indexed:
 
 def test_hybrid_defaults_in_config_are_sane(service: Any) -> None:
     s = service.cfg.search
-    assert s.candidates >= s.max_k and s.rrf_k >= 0 and s.keyword_weight >= 0 and s.vector_weight >= 0
+    # the pool of each fused list is max(candidates, offset + k): a page of max_k still comes whole
+    assert s.candidates >= s.default_k and s.rrf_k >= 0 and s.keyword_weight >= 0 and s.vector_weight >= 0
     assert s.default_mode in ("hybrid", "vector", "text", "image", "keyword")
 
 
