@@ -180,17 +180,18 @@ def _altered_dev(pixels: Any, dv_idx: np.ndarray, n: int, device: Any) -> tuple[
     return rows, altered
 
 
-def _views(pixels: Any, masks: Any, idx: np.ndarray, gen: Any, settings: FinetuneSettings, device: Any) -> Any:
-    """The batch's training input: one mild view per photo, or two views (mild-or-strong, strong) stacked."""
+def _views(pixels: Any, masks: Any, idx: np.ndarray, gen: Any, settings: FinetuneSettings, views: Any,
+           device: Any) -> Any:
+    """The batch's training input: one mild view per photo, or two views (mild-or-strong, strong: `views`, the
+    ViewSettings) stacked."""
     import torch
 
-    from encoders.augment import mild_view, settings_for, two_views
+    from encoders.augment import mild_view, two_views
 
     x = _to_input(_rows(pixels, idx, device))
     if settings.augment != "strong":
         return _normalise(mild_view(x, gen, (settings.crop_scale_min, 1.0), settings.erase))
     m = _rows(masks, idx, device).float().div_(255.0)
-    views = settings_for(settings.view_zoom_out, settings.view_background)
     first, second = two_views(x, m, gen, views, mild_scale=(settings.crop_scale_min, 1.0))
     return _normalise(torch.cat([first, second]))
 
@@ -211,6 +212,7 @@ def finetune(items: Sequence[TrainItem] | TrainingData, encode_text: Callable[[l
     """
     import torch
 
+    from encoders.augment import settings_for
     from encoders.runtime import autocast, bf16_supported, configure_threads, resolve_device
     from vitrina.config import RuntimeConfig
 
@@ -223,9 +225,10 @@ def finetune(items: Sequence[TrainItem] | TrainingData, encode_text: Callable[[l
         raise ConfigError(f"[finetune].augment must be one of {AUGMENTS}, got {settings.augment!r}")
     if settings.view_weight > 0 and settings.augment != "strong":
         raise ConfigError("[finetune].view_weight > 0 needs augment = \"strong\" (two views per photo)")
-    if settings.view_zoom_out < 1.0 or not 0.0 <= settings.view_background <= 1.0:
-        raise ConfigError("[finetune] needs view_zoom_out >= 1 and view_background in [0, 1], got "
-                          f"{settings.view_zoom_out} and {settings.view_background}")
+    try:
+        views = settings_for(settings.view_zoom_out, settings.view_background)
+    except ValueError as e:
+        raise ConfigError(f"[finetune]: {e}") from e
     if settings.text_layers and text_side is None:
         raise ConfigError("text_layers > 0 needs a text_side that builds the tuned text layers")
     runtime = RuntimeConfig(device=settings.device, threads=settings.threads, bf16=settings.bf16)
@@ -338,7 +341,7 @@ def finetune(items: Sequence[TrainItem] | TrainingData, encode_text: Callable[[l
                 for g in opt.param_groups:
                     g["lr"] = g.get("base_lr", settings.lr) * lr_factor(state["step"], warmup, total_steps, spent)
             idx = np.sort(order[m * batch:(m + 1) * batch])
-            x = _views(pixels, masks, idx, view_gen, settings, device)
+            x = _views(pixels, masks, idx, view_gen, settings, views, device)
             if on_gpu:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, bf16):

@@ -30,7 +30,8 @@ def augmentation_card(settings: Any) -> dict[str, Any]:
                          "else strong; the second strong (product masked from the near-white border, warped, pasted "
                          "on a flat / gradient / noise / striped / other-photo background, then light, colour, "
                          "shading, greyscale, blur, noise, low-resolution round trip)",
-                "strong": dataclasses.asdict(settings_for(settings.view_zoom_out, settings.view_background)), "mild_crop_scale_min": settings.crop_scale_min}
+                "strong": dataclasses.asdict(settings_for(settings.view_zoom_out, settings.view_background)),
+                "mild_crop_scale_min": settings.crop_scale_min}
     return {"views": "one view: random resized crop and mirror", "crop_scale_min": settings.crop_scale_min,
             "erase": settings.erase}
 

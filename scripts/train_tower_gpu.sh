@@ -27,7 +27,7 @@ compress() {  # xz where installed, else Python's lzma
 }
 finalise() {
   mkdir "$WORK/.final" 2>/dev/null || return 0  # once
-  (cd "$WORK" && tar cf - --exclude=.final --exclude='*.tmp' --exclude='state*' --exclude='*.state*' \
+  (cd "$WORK" && tar cf - --exclude=.final --exclude='*.tmp' \
     $(ls -d */ 2>/dev/null) *.log 2>/dev/null) | compress | split -b 15M - "$OUT/towers.tar.xz.part-"
   ls -la "$OUT"
 }

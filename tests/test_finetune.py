@@ -112,6 +112,15 @@ def test_resume_required_but_absent_is_an_error(tmp_path: Path, catalogue: Path)
                  resume="require", progress=False)
 
 
+def test_views_out_of_range_are_refused_before_training(tmp_path: Path, catalogue: Path) -> None:
+    for bad in ({"view_zoom_out": 0.5}, {"view_background": 1.5}):
+        settings = FinetuneSettings(**{**SETTINGS.__dict__, "augment": "strong", **bad})
+        with pytest.raises(ConfigError, match="view_zoom_out"):
+            finetune(items_for(catalogue), fake_text, "fake", settings, tmp_path / "t.pt", tmp_path / "w",
+                     progress=False)
+    assert not (tmp_path / "t.pt").exists()
+
+
 def test_bad_image_skipped_and_test_rows_never_read(tmp_path: Path, catalogue: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     items = items_for(catalogue)
