@@ -68,7 +68,6 @@ class Phase:
                 "repeats": max(0, self.sent - self.distinct) if self.distinct else 0,
                 "error_kinds": dict(self.errors)}
 
-
     def cores(self) -> dict[str, float]:
         """Cores busy on average during the phase: the server, the load generator, and all other work."""
         if not self.cpu_wall_s or self.machine_cpu_s is None:
