@@ -415,6 +415,25 @@ def test_edge_alias_swap_by_another_instance_is_seen(fast_dir: Path) -> None:
     server.close()
     indexer.close()
 
+def test_edge_call_on_an_alias_resolved_just_before_its_old_target_was_dropped(fast_dir: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search resolves the alias, the alias moves and the old collection is dropped, then the search opens the
+    shard: it is answered from the new target, not with an error (a worker swapping its copy, indexer/replica.py)."""
+    store = EdgeStore(fast_dir, timeout_s=0.2)
+    load(store, "v1", ITEMS[:20])
+    load(store, "v2", ITEMS[20:30])
+    store.set_alias("live", "v1")
+    pool, real = store._pool, store._pool.resolve
+    stale = iter(["v1"])
+    monkeypatch.setattr(pool, "resolve", lambda name: next(stale, None) or real(name))
+    store.set_alias("live", "v2")
+    store.drop_collection("v1")
+    assert store.count("live") == 10
+    with pytest.raises(NotFound):  # a collection named outright is not swapped for anything
+        store.count("v1")
+    store.close()
+
+
 
 def test_edge_lock_conflict_names_the_holder(fast_dir: Path) -> None:
     first, second = EdgeStore(fast_dir, timeout_s=0.2), EdgeStore(fast_dir, timeout_s=0.2)

@@ -145,6 +145,9 @@ class ShardPool:
         if not self.exists(name):
             raise NotFound(f"collection {name!r} does not exist")
         fd = self.take_lock(name)
+        if not self.exists(name):  # dropped while we waited for its lock
+            os.close(fd)
+            raise NotFound(f"collection {name!r} does not exist")
         try:
             meta = json.loads((self.dir(name) / "meta.json").read_text())
             shard = qe.EdgeShard.load(str(self.dir(name) / "shard"))
@@ -227,7 +230,14 @@ class ShardPool:
         if self._closed:
             raise StoreError("the store is closed")
         target = self.resolve(check_name(name))
-        handle = self._acquire(target)
+        try:
+            handle = self._acquire(target)
+        except NotFound:
+            # An alias resolved just before it moved, and its old collection dropped since: take the new one.
+            again = self.resolve(name) if target != name else target
+            if again == target:
+                raise
+            target, handle = again, self._acquire(again)
         try:
             yield handle
         except (StoreError, NotFound, BadInput):
