@@ -10,9 +10,13 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from vitrina.config import Config
 from vitrina.errors import ConfigError, VitrinaError
+
+if TYPE_CHECKING:
+    from scripts.serve_workers import ConnectionBalance
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def service_url(host: str, port: int) -> str:
 
 def serve(cfg: Config, args: argparse.Namespace) -> int:
     from web.client import service_file
-    from scripts.serve_workers import exit_on_signal, listen, run_in_child, run_workers
+    from scripts.serve_workers import ConnectionBalance, exit_on_signal, listen, run_in_child, run_workers
 
     host = args.host or cfg.web.host
     port = cfg.web.port if args.port is None else args.port
@@ -99,15 +103,18 @@ def serve(cfg: Config, args: argparse.Namespace) -> int:
         if workers == 1:
             signal.signal(signal.SIGTERM, exit_on_signal)
             return run_app(cfg, sock, threads, not args.no_preload)
+        balance = ConnectionBalance(workers)
         if not copies:
-            return run_workers(workers, lambda: run_app(cfg, sock, threads, not args.no_preload))
+            return run_workers(workers, lambda: run_app(cfg, sock, threads, not args.no_preload, balance=balance),
+                               balance=balance)
         from indexer.replica import clean_replicas
 
         clean_replicas(cfg)  # copies of workers killed with the last service
         run_in_child(lambda: recover_live(cfg))  # the collection behind the alias: every logged write in
         try:
-            return run_workers(workers, lambda: run_app(cfg, sock, threads, not args.no_preload, copy=True),
-                               reaped=lambda pid: clean_replicas(cfg, pid))
+            return run_workers(workers, lambda: run_app(cfg, sock, threads, not args.no_preload, copy=True,
+                                                        balance=balance),
+                               reaped=lambda pid: clean_replicas(cfg, pid), balance=balance)
         finally:
             clean_replicas(cfg)
             run_in_child(lambda: recover_live(cfg))  # ... and again: the workers wrote only into their copies
@@ -140,10 +147,12 @@ def recover_live(cfg: Config) -> int:
     return 0
 
 
-def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy: bool = False) -> int:
+def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy: bool = False,
+            balance: ConnectionBalance | None = None) -> int:
     """One serving process: its own app, store and models; logged writes a crash left unapplied go in first.
-    `copy`: it searches its own copy of the index (indexer/replica.py) rather than the collection itself."""
-    import waitress
+    `copy`: it searches its own copy of the index (indexer/replica.py) rather than the collection itself.
+    `balance`: it takes new connections on its turn among the workers (least connections)."""
+    from scripts.serve_workers import serve_wsgi
 
     from web import create_app
     from web.api_write import close_writer, writer
@@ -170,8 +179,8 @@ def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy:
                     writer().warm()
         except VitrinaError as e:
             log.warning("writes not checked against the change log yet: %s", e.message)
-        waitress.serve(app, sockets=[sock], threads=threads, ident="vitrina",
-                       max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024)
+        serve_wsgi(app, sock, balance, threads=threads, ident="vitrina",
+                   max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024)
     finally:
         close_writer(app)
         app.extensions["vitrina_traffic"].close()  # the impression log synced, the online model checkpointed

@@ -1,14 +1,16 @@
-"""Several serving processes on one listening socket (pre-fork): the kernel hands each connection to one worker;
-a worker that dies is replaced; SIGTERM or SIGINT stops them all."""
+"""Several serving processes on one listening socket (pre-fork): each connection goes to the worker with the fewest
+open connections (ConnectionBalance); a worker that dies is replaced; SIGTERM or SIGINT stops them all."""
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import signal
 import socket
+import struct
 import time
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 QUICK_DEATH_S = 10.0  # a worker dying sooner than this after its start counts towards giving up
@@ -24,6 +26,71 @@ def listen(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
+
+
+class ConnectionBalance:
+    """Least-connections accept across the workers of one listening socket.
+
+    Left alone, the workers race for each new connection and a few long-lived ones (keep-alive clients, a load
+    generator's 4 connections) often land 3:1 or 4:0, so one worker queues on its GIL while the other idles. Here
+    each worker publishes, in a slot of shared memory made before the fork, how many connections it holds and when
+    it last looked (its serving loop wakes at least every second), and listens for new ones only while no other
+    live worker holds fewer. A worker silent for STALE_S (stuck, or dead and not yet replaced) is left out, so a
+    connection always finds a worker."""
+
+    SLOT = struct.Struct("<qd")  # open connections, monotonic time of the last look
+    STALE_S = 3.0
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.shared = mmap.mmap(-1, self.SLOT.size * workers)  # anonymous and shared: inherited by the forks
+        self.slot: int | None = None  # this worker's, set in the child by run_workers
+
+    def publish(self, connections: int, now: float | None = None) -> None:
+        assert self.slot is not None
+        self.SLOT.pack_into(self.shared, self.slot * self.SLOT.size, connections,
+                            time.monotonic() if now is None else now)
+
+    def fewest_elsewhere(self, now: float | None = None) -> int | None:
+        """The fewest connections a live other worker holds (None when there is none)."""
+        now = time.monotonic() if now is None else now
+        counts = [n for i in range(self.workers) if i != self.slot
+                  for n, seen in [self.SLOT.unpack_from(self.shared, i * self.SLOT.size)]
+                  if now - seen < self.STALE_S]
+        return min(counts) if counts else None
+
+    def my_turn(self, connections: int) -> bool:
+        """Publish `connections` and say whether this worker should accept the next one."""
+        now = time.monotonic()
+        self.publish(connections, now)
+        fewest = self.fewest_elsewhere(now)
+        return fewest is None or connections <= fewest
+
+    def attach(self, server: Any) -> None:
+        """Make a waitress server listen only on its turn: its `readable` is asked before every wait of its loop,
+        and asked again when a connection arrives, since the turn may have passed to another worker meanwhile (a
+        worker that lets it be listens no more after this, so the one whose turn it is takes it)."""
+        plain, accept = server.readable, server.handle_accept
+
+        def readable() -> bool:
+            return bool(plain()) and self.my_turn(len(server.active_channels))
+
+        def handle_accept() -> None:
+            if self.my_turn(len(server.active_channels)):
+                accept()
+
+        server.readable, server.handle_accept = readable, handle_accept
+        self.publish(0)
+
+
+def serve_wsgi(app: Any, sock: socket.socket, balance: ConnectionBalance | None = None, **adjustments: Any) -> None:
+    """Serve `app` with waitress on the inherited socket, taking connections on this worker's turn."""
+    import waitress
+
+    server = waitress.create_server(app, sockets=[sock], **adjustments)
+    if balance is not None and balance.slot is not None:
+        balance.attach(server)
+    server.run()
 
 
 def exit_on_signal(signum: int, _frame: object) -> None:
@@ -47,17 +114,22 @@ def run_in_child(work: Callable[[], int]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def run_workers(n: int, work: Callable[[], int], reaped: Callable[[int], object] | None = None) -> int:
+def run_workers(n: int, work: Callable[[], int], reaped: Callable[[int], object] | None = None,
+                balance: ConnectionBalance | None = None) -> int:
     """Fork `n` processes that each run `work()` (which serves the inherited socket) until told to stop; returns
     0 after a clean stop, 1 when workers keep dying at start. `reaped(pid)` is called for each worker that ended
-    (e.g. to remove what it left behind)."""
+    (e.g. to remove what it left behind). With `balance`, each worker has its slot there (a replacement takes
+    the slot of the worker it replaces)."""
     children: dict[int, float] = {}
+    slots: dict[int, int] = {}
     stopping = False
     quick_deaths = 0
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker: default signal handling, its own app, store and models
+            if balance is not None:
+                balance.slot = slot  # published once it serves (attach): a loading worker takes no turn
             signal.signal(signal.SIGTERM, exit_on_signal)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
@@ -69,7 +141,7 @@ def run_workers(n: int, work: Callable[[], int], reaped: Callable[[int], object]
                 log.exception("worker %d failed", os.getpid())
             finally:
                 os._exit(code)
-        children[pid] = time.monotonic()
+        children[pid], slots[pid] = time.monotonic(), slot
         log.info("worker %d started (%d of %d)", pid, len(children), n)
 
     def stop(signum: int, _frame: object) -> None:
@@ -83,14 +155,14 @@ def run_workers(n: int, work: Callable[[], int], reaped: Callable[[int], object]
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for _ in range(n):
-            spawn()
+        for slot in range(n):
+            spawn(slot)
         while children:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            started = children.pop(pid, None)
+            started, slot = children.pop(pid, None), slots.pop(pid, 0)
             if reaped is not None and started is not None:
                 try:
                     reaped(pid)
@@ -104,7 +176,7 @@ def run_workers(n: int, work: Callable[[], int], reaped: Callable[[int], object]
                 log.error("workers keep dying at start: stopping")
                 stop(signal.SIGTERM, None)
                 continue
-            spawn()
+            spawn(slot)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

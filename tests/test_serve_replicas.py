@@ -160,6 +160,36 @@ def test_a_write_through_one_worker_is_read_at_once_from_the_other(shop: tuple[C
         assert again.stop() == 0
 
 
+def test_kept_alive_connections_are_shared_evenly_between_the_workers(shop: tuple[Config, Path]) -> None:
+    """Least-connections accept (scripts/serve_workers.ConnectionBalance): 4 and then 6 long-lived connections,
+    opened one after another as a load generator's are, land 2:2 and 3:3 rather than where the race for the
+    accept puts them; a closed connection frees its worker's turn."""
+    _, config = shop
+    server = ServeProcess(config, "--workers", "2", "--threads", "2")
+    conns: list[Worker] = []
+    try:
+        for w in workers(server):  # both serve
+            w.close()
+        time.sleep(0.3)  # the closes seen by each worker's loop
+        conns = [Worker(server.port) for _ in range(4)]
+        pids = [c.pid for c in conns]
+        assert sorted(pids.count(p) for p in set(pids)) == [2, 2], pids
+        conns += [Worker(server.port) for _ in range(2)]
+        pids = [c.pid for c in conns]
+        assert sorted(pids.count(p) for p in set(pids)) == [3, 3], pids
+        for c in [c for c in conns if c.pid == pids[0]][:2]:
+            c.close()
+            conns.remove(c)
+        time.sleep(0.3)
+        again = Worker(server.port)  # the worker now holding fewer takes it
+        conns.append(again)
+        assert again.pid == pids[0], (again.pid, pids)
+    finally:
+        for c in conns:
+            c.close()
+        assert server.stop() == 0, server.output()[-3000:]
+
+
 def test_both_workers_follow_a_reindex_in_another_process(shop: tuple[Config, Path]) -> None:
     cfg, config = shop
     server = ServeProcess(config, "--workers", "2", "--threads", "4")
@@ -289,3 +319,22 @@ def test_the_announced_counter_is_shared_and_starts_again_with_a_new_log(tmp_pat
     (tmp_path / "a.sqlite").unlink()  # a log made anew: a stale counter would hide its first entries
     with ChangeLog(tmp_path / "a.sqlite") as log:
         assert log.announced() == 0
+
+
+def test_connection_balance_turns() -> None:
+    """A worker listens while no live other holds fewer connections; a silent one (stuck or dead) is left out."""
+    from scripts.serve_workers import ConnectionBalance
+
+    balance = ConnectionBalance(3)
+    balance.slot = 0
+    assert balance.my_turn(5)  # alone: nobody else has spoken yet
+    balance.slot = 1
+    balance.publish(2)
+    balance.slot = 2
+    balance.publish(4)
+    balance.slot = 0
+    assert not balance.my_turn(3) and balance.my_turn(2) and balance.fewest_elsewhere() == 2
+    balance.slot = 1
+    balance.publish(2, now=time.monotonic() - ConnectionBalance.STALE_S - 1)  # silent since
+    balance.slot = 0
+    assert balance.fewest_elsewhere() == 4 and balance.my_turn(3)
