@@ -57,10 +57,15 @@ def check_open_writes(cfg: Config, host: str) -> None:
 
 
 def workers_refused(cfg: Config) -> str | None:
-    """Why this store cannot be served by several processes (None when it can: a Qdrant server by URL, or the
-    embedded store with a copy per process)."""
+    """Why this deployment cannot be served by several processes (None when it can: a Qdrant server by URL, or
+    the embedded store with a copy per process, and no online click model)."""
     if cfg.store.backend == "qdrant" and not cfg.store.url:
         return "qdrant-client's local mode (a folder or memory) is one process"
+    from search.online.experiments import Experiments
+
+    if cfg.ranker.online or any(c.ranker.online for c in Experiments(cfg).configs.values()):
+        return ("the online click model ([ranker].online, here or in an experiment's variant) learns in one "
+                "process: several would each learn from part of the feedback and overwrite one checkpoint")
     return None
 
 
@@ -86,8 +91,9 @@ def serve(cfg: Config, args: argparse.Namespace) -> int:
     why = workers_refused(cfg) if workers > 1 else None
     if why:
         raise ConfigError(f"--workers {workers}: {why}",
-                          detail='run a Qdrant server and set [store].backend = "qdrant", url = "http://...", or '
-                                 'the embedded store (backend = "edge"), then reindex into it')
+                          detail="serve with --workers 1 (or [web].workers = 1); for the store: run a Qdrant server "
+                                 'and set [store].backend = "qdrant", url = "http://...", or the embedded store '
+                                 '(backend = "edge"), then reindex into it')
     copies = workers > 1 and cfg.store.backend == "edge"
     try:
         sock = listen(host, port)

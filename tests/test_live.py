@@ -18,7 +18,7 @@ import pytest
 
 from indexer.pipeline import reindex
 from scripts.cli import main
-from scripts.cmd_serve import check_open_writes, is_loopback
+from scripts.cmd_serve import check_open_writes, is_loopback, workers_refused
 from search.store.factory import open_store
 from tests.helpers import ServeProcess, free_port, http_json, make_config, product_rows, write_catalogue
 from tests.test_indexer import write_config
@@ -116,6 +116,9 @@ def test_open_host_needs_keys_unless_the_config_says_so(tmp_path: Path) -> None:
     assert many.returncode == 2 and "local mode" in many.stderr and "one process" in many.stderr
     assert "Qdrant server" in many.stderr  # what to run instead (the embedded store serves several: see
     # tests/test_serve_replicas.py)
+    assert workers_refused(cfg) is None
+    why = workers_refused(cfg.replace(ranker={"online": True}))  # each process would learn its own model
+    assert why is not None and "online click model" in why
 
 
 def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
