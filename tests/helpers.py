@@ -102,6 +102,8 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
         "runtime": {"threads": 2, "device": "cpu"},
         # equal weights for the tiny test towers, whatever the shipped config.toml tunes for its catalogue
         "fusion": {"image_weight": 0.5, "text_weight": 0.5},
+        # one serving process of several threads unless a test asks for more processes (config.toml ships 2 x 1)
+        "web": {"workers": 1, "threads": 8},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
