@@ -556,3 +556,29 @@ def test_bench_store_runs_both_backends(fast_dir: Path, capsys: pytest.CaptureFi
     assert "ef_construct 32" in out and "payload links off" in out
     assert not list(fast_dir.glob("bench-store-*"))  # the temporary shard is removed
     assert main(["bench", "no-such-bench"]) == 2
+
+
+@pytest.mark.parametrize("max_kb", [0, 8])
+def test_edge_bulk_load_builds_segments_of_the_configured_size(fast_dir: Path, max_kb: int) -> None:
+    """[store].max_segment_kb: a bulk load builds each segment as it fills (build_due), so the collection ends as
+    several graphs of about that size instead of one; every point stays found, nearest first."""
+    from search.store.edge import IndexSettings
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(2000, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    store = EdgeStore(fast_dir, index=IndexSettings(max_segment_kb=max_kb, full_scan_kb=4))
+    store.create_collection("big", {"fused": 16}, filterable=(), numeric=())
+    built = 0
+    for start in range(0, 2000, 250):  # 250 points x 16 floats = 15.6 KB a batch
+        store.upsert("big", [ItemRecord(id=f"p{i}", vectors={"fused": data[i]}, keywords="word", payload={})
+                             for i in range(start, start + 250)])
+        built += store.build_due("big")
+    store.finalize("big")
+    assert built == (8 if max_kb else 0)
+    assert (store.segments("big") >= 8) if max_kb else store.segments("big") == 1
+    assert store.count("big") == 2000
+    for i in (0, 777, 1999):
+        hits = store.query("big", DenseQuery(data[i], "fused"), limit=10)
+        assert hits[0].id == f"p{i}" and len(hits) == 10
+    store.close()

@@ -101,6 +101,7 @@ class StoreConfig:
     hnsw_ef_construct: int = 100
     full_scan_kb: int = 10_000
     payload_links: bool = True
+    max_segment_kb: int = 0  # edge: largest segment (KB of vectors) the optimiser builds; 0 = 256 MB per core
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """How a new collection's indexes are built ([store] hnsw_m, hnsw_ef_construct, full_scan_kb, payload_links).
+    """How a new collection's indexes are built ([store] hnsw_m, hnsw_ef_construct, full_scan_kb, payload_links,
+    max_segment_kb).
 
     `payload_links`: the engine also builds HNSW links within each value of every indexed payload field (and
     range blocks of numeric ones) holding more than full_scan_kb of vectors, for filtered search at low
@@ -69,9 +70,20 @@ class IndexSettings:
     ef_construct: int = 100
     full_scan_kb: int = 10_000
     payload_links: bool = True
+    max_segment_kb: int = 0  # 0: the engine's default (256 MB of vectors per core)
 
     def hnsw(self) -> qe.HnswIndexConfig:
         return qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_kb)
+
+    def optimizers(self) -> qe.EdgeOptimizersConfig | None:
+        """Segments of at most max_segment_kb: an HNSW graph costs more per point the larger it grows, so a large
+        collection builds faster as several smaller graphs (each searched in turn). The engine never splits a
+        segment, so a bulk load builds each one as it fills (EdgeStore.build_due); built segments are indexed
+        from full_scan_kb on, and the optimiser merges them only while the merge stays under the limit."""
+        if self.max_segment_kb <= 0:
+            return None
+        return qe.EdgeOptimizersConfig(max_segment_size=self.max_segment_kb,
+                                       indexing_threshold=min(self.max_segment_kb, max(1, self.full_scan_kb)))
 
     def field_index(self, field: str, numeric: bool) -> Any:
         links = {} if self.payload_links and field != ID_FIELD else {"enable_hnsw": False}
@@ -183,7 +195,7 @@ class EdgeStore(QueriesInBatches):
         config = qe.EdgeConfig(
             vectors={k: qe.EdgeVectorParams(int(d), qe.Distance.Cosine) for k, d in dims.items()},
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=self.index.hnsw())
+            hnsw_config=self.index.hnsw(), optimizers=self.index.optimizers())
         try:
             shard = qe.EdgeShard.create(str(folder / "shard"), config)
             for field in sorted(set(filterable) | {ID_FIELD}):
@@ -216,6 +228,11 @@ class EdgeStore(QueriesInBatches):
             shutil.rmtree(self._pool.dir(name), ignore_errors=True)
         finally:
             os.close(fd)
+
+    def segments(self, collection: str) -> int:
+        """How many segments the collection's shard holds (each an HNSW graph of its own once built)."""
+        with self._pool.use(collection) as h:
+            return int(h.shard.info().segments_count)
 
     def list_collections(self) -> list[str]:
         return sorted(p.name for p in (self.root / "collections").iterdir() if (p / "meta.json").is_file())
@@ -270,6 +287,20 @@ class EdgeStore(QueriesInBatches):
             if points:
                 h.shard.update(qe.UpdateOperation.upsert_points(points))
                 h.payloads.drop(point_key(i) for i in latest)  # after the write: see PayloadCache
+                h.unsealed_kb += len(points) * sum(h.meta["dims"].values()) * 4 / 1024
+
+    def build_due(self, collection: str) -> bool:
+        """During a bulk load with [store].max_segment_kb set: once that much has been upserted since the last
+        build, build it now as a segment of its own (its HNSW graph; new points go to a fresh segment), so a large
+        collection ends as several graphs of about that size rather than one huge one. True when it built."""
+        limit = self.index.max_segment_kb
+        with self._pool.use(collection) as h:
+            if limit <= 0 or h.unsealed_kb < limit:
+                return False
+            h.shard.flush()
+            h.shard.optimize()
+            h.unsealed_kb = 0.0
+            return True
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         pids = list(dict.fromkeys(point_id(i) for i in ids))

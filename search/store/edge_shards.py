@@ -94,6 +94,7 @@ class ShardHandle:
         self.shard, self.lock_fd, self.meta = shard, lock_fd, meta
         self.payloads = PayloadCache(payload_cache)
         self.users = 0
+        self.unsealed_kb = 0.0  # vectors upserted since the shard's last optimisation (EdgeStore.build_due)
         self.retired = False  # no longer in the store's map: close when the last user is done
         self.closed = False
 
