@@ -337,6 +337,7 @@ class EdgeStore(QueriesInBatches):
             h.shard.flush()
             h.shard.optimize()
             h.shard.flush()
+            h.unsealed_kb = 0.0  # everything upserted so far is built (see build_due)
 
     # ---- reads ------------------------------------------------------------------------------------
     def count(self, collection: str, filters: Filters | None = None) -> int:
