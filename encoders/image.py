@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -149,6 +150,38 @@ def pixels_to_input(pixels: Any, mean: Sequence[float] = MEAN, std: Sequence[flo
     return (x - m) / s
 
 
+def fold_batch_norms(visual: Any, size: tuple[int, int], min_cosine: float = 0.99999) -> Any:
+    """An inference copy of the tower with every eval-mode BatchNorm2d folded into the Conv2d registered just before it
+    in the same module (y = bn(conv(x)) as one conv), or `visual` itself when the copy's fp32 output on a probe batch
+    strays from the original's (the layout assumption would not hold); `visual` is left in eval mode. Under bf16 autocast a BatchNorm runs in fp32 with
+    a cast on each side; folded, the tower reads and writes each activation once less."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(visual).float().eval()
+    count = 0
+    for parent in list(folded.modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and \
+                    bn.track_running_stats and conv.out_channels == bn.num_features:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, torch.nn.Identity())
+                count += 1
+    if count == 0:
+        return visual
+    probe = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, size[0], size[1], generator=probe)
+    with torch.inference_mode():
+        dtype = next(visual.parameters()).dtype
+        ref = torch.nn.functional.normalize(visual.eval()(x.to(dtype)).float(), dim=-1)
+        got = torch.nn.functional.normalize(folded(x).float(), dim=-1)
+    if float((ref * got).sum(-1).min()) < min_cosine:
+        log.warning("folding the image tower's batch norms changed its output: running it unfolded")
+        return visual
+    return folded
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -292,12 +325,19 @@ class ImageEncoder:
         self.autocontrast = bool(autocontrast)
         self.trim = bool(trim)
         self._onnx: Any = None  # encoders.image_onnx.OnnxForward when [image_encoder].runtime = "onnx"
-        self._visual = visual.to(device).eval()
+        self._visual = fold_batch_norms(visual, self.image_size).to(device).eval()
         self._torch = torch
         self._lock = threading.Lock()
         with torch.inference_mode():
             probe = torch.zeros(1, self.image_size[0], self.image_size[1], 3, dtype=torch.uint8)
             self.dim = int(self._forward(probe).shape[1])
+
+    def twin(self) -> ImageEncoder:
+        """Another handle on the same tower with its own lock, for a second thread that runs batches beside this
+        one's (the forward only reads the weights; the indexer's two encoder threads each take one)."""
+        other = copy.copy(self)
+        other._lock = threading.Lock()
+        return other
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(len(images), dim) float32, rows L2-normalised, in input order."""

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,6 +80,8 @@ def model_stamp(cfg: Config, image_tower: str) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
+TEXT_CACHE = 8192  # texts whose vectors an Embedder keeps (1.5 KB each at 384-d)
+
 _TWINS: dict[Any, Any] = {}
 _TWINS_LOCK = threading.Lock()
 
@@ -113,12 +115,18 @@ class Embedder:
         parallel = cfg.indexer.parallel_encode and cfg.runtime.threads > 1
         # In bulk, a second copy of the text model lets the main thread take a share of each batch's texts:
         # half when there is no image tower, else what balances its image work against the text thread
-        # (two threads with one torch thread each beat one op on two threads, more so on a busy machine).
+        # (two threads with one torch thread each beat one op on two threads, more so on a busy machine) ...
         self._text_twin: Any | None = None
         if parallel and bulk:
             self._text_twin = _text_twin(run)
         self._per_item: dict[str, float] = {}  # moving averages: seconds per item of "text" and "image"
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # recent text -> vector (LRU)
+        self._cache_lock = threading.Lock()
         self.image_encoder = image_encoder
+        # ... and, when the catalogue's texts are the lighter work, a second handle on the image tower lets the
+        # text thread take a share of each batch's photos.
+        self._image_twin = image_encoder.twin() if self._text_twin is not None and image_encoder is not None \
+            and hasattr(image_encoder, "twin") else None
         self.stamp = model_stamp(cfg, image_encoder.name if image_encoder is not None else "")
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)
@@ -160,22 +168,60 @@ class Embedder:
             self.timer.add("decode", time.perf_counter() - t0)
 
     # ---- the batch ------------------------------------------------------------------------------
-    def main_text_share(self) -> float:
-        """Fraction of a batch's texts the main thread encodes (with the twin model) besides the images."""
+    def shares(self, texts: int, images: int) -> tuple[float, float]:
+        """(fraction of the batch's `texts` the main thread encodes with the twin text model, fraction of its
+        `images` photos the text thread encodes with the image twin) that gives both threads the same work by the
+        per-item times learnt so far: texts move to the main thread when there is more text work than photo work,
+        photos to the text thread when there is less (a catalogue that repeats its texts has little)."""
         if self._text_twin is None:
-            return 0.0
+            return 0.0, 0.0
         if self.image_encoder is None:
-            return 0.5
+            return 0.5, 0.0
         t, i = self._per_item.get("text"), self._per_item.get("image")
         if not t or i is None:
-            return 0.0
-        return min(0.5, max(0.0, (t - i) / (2 * t)))  # text thread (1-m)t == main thread i + m t
+            return 0.0, 0.0
+        text_s, image_s = t * texts, i * images
+        if text_s >= image_s:
+            return (text_s - image_s) / (2 * text_s) if text_s > 0 else 0.0, 0.0  # (1-m)T == I + mT
+        return 0.0, min(0.5, (image_s - text_s) / (2 * image_s))  # T + qI == (1-q)I
 
     def _learn(self, what: str, seconds: float, items: int) -> None:
         if items > 0:
             old = self._per_item.get(what)
             now = seconds / items
             self._per_item[what] = now if old is None else 0.7 * old + 0.3 * now
+
+    def _known_texts(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The vectors of the batch's texts this Embedder has encoded lately, and its other distinct texts in
+        order: a catalogue repeats many texts (28% of the fashion one), and one text is one vector."""
+        vectors_of: dict[str, np.ndarray] = {}
+        todo: list[str] = []
+        with self._cache_lock:
+            for text in dict.fromkeys(texts):
+                hit = self._text_cache.get(text)
+                if hit is None:
+                    todo.append(text)
+                else:
+                    self._text_cache.move_to_end(text)
+                    vectors_of[text] = hit
+        return vectors_of, todo
+
+    def _remember_texts(self, texts: Sequence[str], vectors: np.ndarray, vectors_of: dict[str, np.ndarray]) -> None:
+        with self._cache_lock:
+            for text, vec in zip(texts, vectors):
+                vec = np.array(vec, dtype=np.float32)  # its own row, so the cache never pins a whole batch
+                vec.setflags(write=False)
+                vectors_of[text] = vec
+                self._text_cache[text] = vec
+            while len(self._text_cache) > TEXT_CACHE:
+                self._text_cache.popitem(last=False)
+
+    def _encode_images(self, pixels: np.ndarray, encoder: Any = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return (encoder or self.image_encoder).encode_pixels(pixels)
+        finally:
+            self.timer.add("image", time.perf_counter() - t0)
 
     def _timed_text(self, texts: list[str]) -> np.ndarray:
         t0 = time.perf_counter()
@@ -197,8 +243,11 @@ class Embedder:
             return [], []
         futures = images if images is not None else self.submit_images(products)
         texts = [p.text for p in products]
-        split = len(texts) - round(len(texts) * self.main_text_share())
-        pending = self._text_pool.submit(self._timed_text, texts[:split]) if self._text_pool else None
+        vectors_of, todo = self._known_texts(texts)
+        photos = sum(1 for p in products if p.image) if self.image_encoder is not None else 0
+        main_share, helper_share = self.shares(len(todo), photos)
+        split = len(todo) - round(len(todo) * main_share)
+        pending = self._text_pool.submit(self._timed_text, todo[:split]) if self._text_pool and split else None
         t0 = time.perf_counter()
         decoded = [f.result() for f in futures]
         self.timer.add("wait_decode", time.perf_counter() - t0)
@@ -207,16 +256,29 @@ class Embedder:
         with_pixels = [i for i in keep if isinstance(decoded[i], np.ndarray)]
         image_vecs = np.full((len(products), self.dims["image"]), np.nan, dtype=np.float32)
         if with_pixels and self.image_encoder is not None:
+            pixels = np.stack([decoded[i] for i in with_pixels])
+            mine = len(pixels) - round(len(pixels) * helper_share) if self._image_twin is not None else len(pixels)
+            helped = self._text_pool.submit(self._encode_images, pixels[mine:], self._image_twin) \
+                if mine < len(pixels) and self._text_pool is not None else None
             t1 = time.perf_counter()
-            image_vecs[with_pixels] = self.image_encoder.encode_pixels(np.stack([decoded[i] for i in with_pixels]))
-            self.timer.add("image", time.perf_counter() - t1)
-            self._learn("image", time.perf_counter() - t1, len(with_pixels))
-        rest = self._encode_text(texts[split:], self._text_twin) if split < len(texts) else None
+            image_vecs[with_pixels[:mine]] = self._encode_images(pixels[:mine])
+            self._learn("image", time.perf_counter() - t1, mine)
+            if helped is not None:
+                image_vecs[with_pixels[mine:]] = helped.result()
+        rest = self._encode_text(todo[split:], self._text_twin) if split < len(todo) else None
         t2 = time.perf_counter()
-        text_vecs = pending.result() if pending is not None else self._encode_text(texts)
+        if pending is not None:
+            fresh = pending.result()
+        elif todo[:split]:
+            fresh = self._encode_text(todo[:split])
+        else:
+            fresh = np.empty((0, self.dims["text"]), dtype=np.float32)
         if rest is not None:
-            text_vecs = np.concatenate([text_vecs, rest])
+            fresh = np.concatenate([fresh, rest])
         self.timer.add("wait_text", time.perf_counter() - t2)
+        self._remember_texts(todo, fresh, vectors_of)
+        text_vecs = np.stack([vectors_of[t] for t in texts]) if texts else \
+            np.empty((0, self.dims["text"]), dtype=np.float32)
         t3 = time.perf_counter()
         present = np.zeros(len(products), dtype=bool)
         present[with_pixels] = True

@@ -201,3 +201,46 @@ def test_onnx_runtime_gives_the_fp32_torch_vectors(tmp_path: Path, flip: bool) -
 def test_unknown_image_runtime_is_a_config_error(tiny_cfg) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="runtime"):
         create_image_encoder(tiny_cfg.replace(image_encoder={"runtime": "tensorrt"}))
+
+
+def test_folded_batch_norms_give_the_towers_own_vectors() -> None:
+    import torch
+
+    from encoders.image import fold_batch_norms, pixels_to_input
+
+    torch.manual_seed(5)
+    visual = build_tower("vitrina-rn-tiny")
+    for m in visual.modules():  # trained-looking statistics, so a fold that ignored them would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.2, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in visual.modules())
+    assert norms > 10
+    folded = fold_batch_norms(visual, (64, 64))
+    assert folded is not visual and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = pixels_to_input(torch.from_numpy(np.stack([to_tower_pixels(p, (64, 64)) for p in photos()])))
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(x).numpy(), visual.eval()(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_batch_norm_that_does_not_follow_its_conv_is_left_alone() -> None:
+    import torch
+
+    from encoders.image import fold_batch_norms
+
+    class NormFirst(torch.nn.Module):  # registered conv then norm, but the norm runs on the input
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(x)).mean(dim=(2, 3))
+
+    torch.manual_seed(0)
+    net = NormFirst()
+    net.bn.running_mean.uniform_(-1, 1)
+    net.bn.running_var.uniform_(0.2, 3.0)
+    assert fold_batch_norms(net, (8, 8)) is net

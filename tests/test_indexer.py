@@ -271,3 +271,47 @@ def test_a_catalogue_with_nothing_indexable_never_replaces_the_live_index(cfg: C
         reindex(cfg, progress=False)
     assert json.loads(report_path(cfg).read_text())["skipped"] == 5
     assert stored_ids(cfg) and open_store(cfg).get_alias(cfg.store.alias) == first.collection
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_text_the_catalogue_repeats_is_encoded_once(tmp_path: Path, parallel: bool) -> None:
+    from indexer.embed import Embedder
+    from indexer.reader import Product, read_catalogue
+    from tests.tiny_models import write_tiny_checkpoint
+
+    rows = product_rows(24)
+    for i, row in enumerate(rows):  # four titles, each six times: ids differ, texts repeat
+        row["title"], row["gender"], row["baseColour"], row["articleType"] = f"same title {i % 4}", "Men", "Red", "Caps"
+    cfg = make_config(tmp_path, write_catalogue(tmp_path / "shop", rows),
+                      indexer={"parallel_encode": parallel}, runtime={"threads": 2})
+    cfg = cfg.replace(image_encoder={"checkpoint": str(write_tiny_checkpoint(tmp_path / "tower.pt"))})
+    from indexer.embed import load_image_encoder
+
+    products = [p for p in read_catalogue(cfg) if isinstance(p, Product)]
+    with Embedder(cfg, load_image_encoder(cfg)[0], bulk=True) as embedder:
+        seen: list[str] = []
+        for name in ("text_encoder", "_text_twin"):
+            encoder = getattr(embedder, name)
+            if encoder is None:
+                continue
+
+            class Counting:  # the real encoder, with the texts it was asked for noted
+                def __init__(self, inner: Any) -> None:
+                    self.inner, self.dim = inner, inner.dim
+
+                def encode(self, texts: list[str]) -> np.ndarray:
+                    seen.extend(texts)
+                    return self.inner.encode(texts)
+
+            setattr(embedder, name, Counting(encoder))
+        first, _ = embedder.embed(products[:12])
+        second, _ = embedder.embed(products[12:])
+        alone = embedder.text_encoder.inner.encode(["same title 0, Men, Red, Caps"])[0]
+    assert sorted(seen) == sorted({p.text for p in products}) and len(seen) == 4  # each text once, across batches
+    records = first + second
+    assert [r.id for r in records] == [p.id for p in products]
+    for r, p in zip(records, products):
+        same = records[products.index(next(q for q in products if q.text == p.text))]
+        np.testing.assert_array_equal(r.vectors["text"], same.vectors["text"])
+        assert not np.array_equal(r.vectors["image"], same.vectors["image"]) or r.id == same.id
+    np.testing.assert_allclose(records[0].vectors["text"], alone, atol=2e-2)
