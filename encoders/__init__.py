@@ -31,13 +31,13 @@ def tuned_layers_stamp(cfg: Config) -> int | None:
 
 
 def text_encoder_key(cfg: Config) -> tuple[Any, ...]:
-    """What makes two text encoders the same: model, tuned layers file (and its time: retrained = new), device,
-    settings."""
-    from encoders.runtime import resolve_device
+    """What makes two text encoders the same in this process: model, tuned layers file (and its time: retrained =
+    new), settings ([runtime] names the device; "auto" resolves the same way every time here, and without torch,
+    which the int8 encoder never loads)."""
     from encoders.text import resolve_model_path
 
     tc = cfg.text_encoder
-    return (resolve_model_path(tc.model), str(resolve_device(cfg.runtime)), tc, tuned_layers_stamp(cfg), cfg.runtime)
+    return (resolve_model_path(tc.model), tc, tuned_layers_stamp(cfg), cfg.runtime)
 
 
 def create_text_encoder(cfg: Config) -> TextEncoder:

@@ -99,3 +99,23 @@ def test_refused_or_unavailable_int8_falls_back_to_torch(cfg: Config, tmp_path: 
     other = cfg.replace(data={"dir": str(tmp_path)}, text_encoder={"max_length": 63})  # not cached yet
     encoder = encoders.create_text_encoder(other)
     assert isinstance(encoder, TextEncoder) and encoder.cfg.precision == "bf16"
+
+
+def test_an_exported_int8_encoder_loads_without_torch(cfg: Config, int8: text_onnx.OnnxTextEncoder) -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from vitrina.config import load_config\n"
+        "import encoders\n"
+        f"cfg = load_config({str(REPO / 'config.toml')!r}, env={{}}).replace(data={{'dir': {str(cfg.data_dir)!r}}}, "
+        "runtime={'device': 'auto', 'threads': 1}, text_encoder={'precision': 'int8'})\n"
+        "vec = encoders.create_text_encoder(cfg).encode(['men brown watches'])[0]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'vec': vec.tolist()}))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False  # a search worker's text side holds no torch
+    np.testing.assert_allclose(got["vec"], int8.encode(["men brown watches"])[0], atol=1e-6)
