@@ -48,13 +48,21 @@ def tower_runtime(cfg: Config) -> Config:
     return cfg
 
 
+def index_side(cfg: Config) -> Config:
+    """cfg as the index embeds photos: the mirror view of [image_encoder].flip_average only where
+    [indexer].mirror_view keeps it (queries always take both views when flip_average is on)."""
+    if cfg.image_encoder.flip_average and not cfg.indexer.mirror_view:
+        return cfg.replace(image_encoder={"flip_average": False})
+    return cfg
+
+
 def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
-    """The trained image tower, or (None, why not): never a randomly initialised one."""
+    """The trained image tower as the index runs it, or (None, why not): never a randomly initialised one."""
     status = image_tower_status(cfg)
     if not status.get("available"):
         return None, str(status.get("reason") or "no trained image tower")
     try:
-        enc = create_image_encoder(tower_runtime(cfg))
+        enc = create_image_encoder(tower_runtime(index_side(cfg)))
     except ModelUnavailable as e:
         return None, e.message + (f" ({e.detail})" if e.detail else "")
     if enc.dim != cfg.text_encoder.dim:
@@ -73,9 +81,10 @@ def tower_identity(image_tower: str) -> str:
 
 def model_stamp(cfg: Config, image_tower: str) -> str:
     """What makes an item's record (vectors, keywords, payload) the same when built again: the catalogue mapping,
-    the text model and its tuned layers, the fusion weights and the image tower (16 hex digits)."""
+    the text model and its tuned layers, the fusion weights and the image tower as the index runs it (16 hex
+    digits)."""
     mapping = dataclasses.replace(cfg.catalogue, path="", format="")
-    settings = repr((mapping, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion, cfg.image_encoder,
+    settings = repr((mapping, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion, index_side(cfg).image_encoder,
                      tower_identity(image_tower)))
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 

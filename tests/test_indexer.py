@@ -315,3 +315,26 @@ def test_a_text_the_catalogue_repeats_is_encoded_once(tmp_path: Path, parallel: 
         np.testing.assert_array_equal(r.vectors["text"], same.vectors["text"])
         assert not np.array_equal(r.vectors["image"], same.vectors["image"]) or r.id == same.id
     np.testing.assert_allclose(records[0].vectors["text"], alone, atol=2e-2)
+
+
+def test_mirror_view_off_indexes_one_view_of_each_photo(cfg: Config) -> None:
+    from encoders import create_image_encoder
+    from indexer.embed import model_stamp
+    from tests.tiny_models import write_tiny_checkpoint
+    from vitrina.images import load_image
+
+    write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint))
+    both = cfg.replace(image_encoder={"flip_average": True}, indexer={"batch_size": 16})
+    one = both.replace(indexer={"mirror_view": False})
+    assert model_stamp(one, "t") != model_stamp(both, "t")  # a record from the other setting is re-embedded
+    reindex(one, progress=False)
+    store = open_store(one)
+    try:
+        got = store.retrieve(one.store.alias, ["1000"], with_vectors=True)[0].vectors["image"]
+    finally:
+        store.close()
+    photo = load_image("images/1000.jpg", Path(cfg.catalogue.path).parent, cfg.indexer)
+    single = create_image_encoder(one.replace(image_encoder={"flip_average": False})).encode([photo])[0]
+    mirrored = create_image_encoder(both).encode([photo])[0]
+    np.testing.assert_allclose(got, single, atol=2e-2)
+    assert float(np.abs(got - mirrored).max()) > 5 * float(np.abs(got - single).max())

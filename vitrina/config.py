@@ -114,6 +114,9 @@ class IndexerConfig:
     max_redirects: int = 3  # redirects followed per image URL, each hop re-checked for private addresses
     decode_workers: int = 2  # threads decoding and resizing images while the models run
     parallel_encode: bool = True  # text and image towers in two threads, [runtime].threads split between them
+    # with [image_encoder].flip_average: index each photo with its mirror image too (false: one view, about a
+    # fifth less indexing CPU; uploaded photos keep both views)
+    mirror_view: bool = True
     checkpoint_every: int = 4  # batches between flush + resume checkpoint (a kill -9 redoes at most this many)
 
 
