@@ -69,6 +69,29 @@ def _int8_text_encoder(cfg: Config) -> Any:
         return None
 
 
+def query_side(cfg: Config) -> Config:
+    """cfg as the search service builds its models: [search].torch_threads intra-op threads when set, the text
+    encoder at [search].query_precision and the image tower on [search].photo_runtime."""
+    sc = cfg.search
+    runtime = {"threads": sc.torch_threads} if sc.torch_threads > 0 else {}
+    return cfg.replace(runtime=runtime, text_encoder={"precision": sc.query_precision},
+                       image_encoder={"runtime": sc.photo_runtime})
+
+
+def prepare_query_models(cfg: Config) -> None:
+    """Export the search service's ONNX models now (int8 text encoder, fp32 image tower and its sidecar) if they
+    are not there yet, from a process that has torch loaded anyway (a reindex), so that serving processes load them
+    without torch. Best effort: a failure is logged, and the service exports on first use instead."""
+    qc = query_side(cfg)
+    try:
+        if qc.text_encoder.precision == "int8":
+            create_text_encoder(qc)
+        if qc.image_encoder.runtime == "onnx" and image_tower_status(qc).get("available"):
+            create_image_encoder(qc)
+    except (ModelUnavailable, ImportError, OSError) as e:
+        log.warning("query models not prepared (%s): the service prepares them on first use", e)
+
+
 def create_image_encoder(cfg: Config) -> Any:
     """The image tower for cfg (see encoders.image); raises ModelUnavailable when none is trained."""
     from encoders.image import create_image_encoder as create

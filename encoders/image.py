@@ -303,8 +303,48 @@ class LabelHead:
         return out
 
 
-class ImageEncoder:
-    """Encodes PIL images to (n, dim) L2-normalised float32 rows; `.encode` is safe to call from several threads."""
+class PhotoEncoder:
+    """Photos -> (n, dim) L2-normalised float32 rows through an image tower: the preparation every runtime shares
+    (alpha on white, squashed to the tower's size, levels and borders as configured); `encode_pixels` is the
+    runtime's forward."""
+
+    image_size: tuple[int, int]
+    dim: int
+    name: str
+    labels: LabelHead | None
+    flip_average: bool
+    autocontrast: bool
+    trim: bool
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(len(images), dim) float32, rows L2-normalised, in input order."""
+        if isinstance(images, Image.Image):
+            raise BadInput("encode takes a sequence of images, not one image")
+        items = list(images)
+        for i, img in enumerate(items):
+            if not isinstance(img, Image.Image):
+                raise BadInput(f"image #{i} is {type(img).__name__}, expected PIL.Image.Image")
+        if not items:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self.encode_pixels(np.stack([self.pixels(img) for img in items]))
+
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """The photo as this tower reads it: (h, w, 3) uint8 at its size, levels stretched if configured. The
+        indexer and uploaded photos both come through here, so both sides are prepared the same way."""
+        px = to_tower_pixels(trim_borders(img) if self.trim else img, self.image_size)
+        return stretch_levels(px) if self.autocontrast else px
+
+    def check_pixels(self, pixels: np.ndarray) -> None:
+        if pixels.ndim != 4 or tuple(pixels.shape[1:3]) != self.image_size or pixels.shape[3] != 3:
+            raise BadInput(f"pixels must be (n, {self.image_size[0]}, {self.image_size[1]}, 3) uint8")
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Like encode, for uint8 (n, h, w, 3) arrays already at the tower's size."""
+        raise NotImplementedError
+
+
+class ImageEncoder(PhotoEncoder):
+    """The tower on torch; `.encode` is safe to call from several threads."""
 
     def __init__(self, visual: Any, image_size: tuple[int, int], device: Any, bf16: bool = True,
                  batch_size: int = 128, name: str = "", mean: Sequence[float] = MEAN,
@@ -339,29 +379,10 @@ class ImageEncoder:
         other._lock = threading.Lock()
         return other
 
-    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(len(images), dim) float32, rows L2-normalised, in input order."""
-        if isinstance(images, Image.Image):
-            raise BadInput("encode takes a sequence of images, not one image")
-        items = list(images)
-        for i, img in enumerate(items):
-            if not isinstance(img, Image.Image):
-                raise BadInput(f"image #{i} is {type(img).__name__}, expected PIL.Image.Image")
-        if not items:
-            return np.empty((0, self.dim), dtype=np.float32)
-        return self.encode_pixels(np.stack([self.pixels(img) for img in items]))
-
-    def pixels(self, img: Image.Image) -> np.ndarray:
-        """The photo as this tower reads it: (h, w, 3) uint8 at its size, levels stretched if configured. The
-        indexer and uploaded photos both come through here, so both sides are prepared the same way."""
-        px = to_tower_pixels(trim_borders(img) if self.trim else img, self.image_size)
-        return stretch_levels(px) if self.autocontrast else px
-
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Like encode, for uint8 (n, h, w, 3) arrays already at the tower's size."""
         torch = self._torch
-        if pixels.ndim != 4 or tuple(pixels.shape[1:3]) != self.image_size or pixels.shape[3] != 3:
-            raise BadInput(f"pixels must be (n, {self.image_size[0]}, {self.image_size[1]}, 3) uint8")
+        self.check_pixels(pixels)
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
         onnx = self._onnx  # ONNX Runtime runs calls from several threads at once: no lock
         with contextlib.nullcontext() if onnx is not None else self._lock, torch.inference_mode():
@@ -441,7 +462,7 @@ def _try_vitrina_checkpoint(source: str) -> dict[str, Any] | None:
         return None
 
 
-def create_image_encoder(cfg: Config) -> ImageEncoder:
+def create_image_encoder(cfg: Config) -> PhotoEncoder:
     """The image tower for cfg, built once per (checkpoint, settings) and shared; ModelUnavailable if none."""
     ic = cfg.image_encoder
     ckpt = Path(ic.checkpoint) if ic.checkpoint else None
@@ -451,9 +472,22 @@ def create_image_encoder(cfg: Config) -> ImageEncoder:
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:
-            enc = _build_encoder(cfg)
+            enc = _exported_encoder(cfg) or _build_encoder(cfg)
             _ENCODERS[key] = enc
         return enc
+
+
+def _exported_encoder(cfg: Config) -> PhotoEncoder | None:
+    """On the CPU with [image_encoder].runtime "onnx": the tower an earlier process exported, without torch."""
+    from encoders.runtime import surely_cpu
+
+    if cfg.image_encoder.runtime != "onnx" or not surely_cpu(cfg.runtime):
+        return None
+    try:
+        from encoders.image_onnx import open_exported
+    except ImportError:
+        return None
+    return open_exported(cfg)
 
 
 _STATUS: dict[Any, dict[str, Any]] = {}  # image_tower_status by config and the files' stat: /health asks often

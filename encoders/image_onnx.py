@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from encoders.image import LabelHead, PhotoEncoder, image_tower_status
 from encoders.runtime import onnx_session, package_versions
+from vitrina.config import Config
 from vitrina.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,90 @@ def attach(encoder: Any, checkpoint: Path, arch: str, cache_dir: Path, threads: 
     cosine = float(np.min(np.sum(forward(probes) * ref, axis=1)))
     if cosine < MIN_COSINE:
         raise ModelUnavailable(f"the ONNX image tower differs from torch (cosine {cosine:.4f} < {MIN_COSINE})")
+    write_sidecar(model_file, encoder)
     log.info("image tower as fp32 ONNX (%s) loaded in %.1fs, cosine to torch fp32 %.6f", model_file.name,
              time.perf_counter() - t0, cosine)
     return forward
+
+
+def sidecar_path(model_file: Path) -> Path:
+    """What a process needs besides the ONNX file to run the tower without torch: sizes, normalisation, label head."""
+    return model_file.with_suffix(".npz")
+
+
+def write_sidecar(model_file: Path, encoder: Any) -> None:
+    """Write sidecar_path(model_file) for `encoder` (atomically; once the export has passed its check)."""
+    labels = encoder.labels
+    arrays: dict[str, np.ndarray] = {
+        "image_size": np.asarray(encoder.image_size, dtype=np.int64), "dim": np.asarray(encoder.dim, dtype=np.int64),
+        "mean": np.asarray(encoder.mean, dtype=np.float32), "std": np.asarray(encoder.std, dtype=np.float32)}
+    if labels is not None:
+        arrays.update(label_fields=np.asarray(labels.fields, dtype=str),
+                      label_classes=np.asarray(labels.classes, dtype=str).reshape(len(labels.classes), -1),
+                      label_prototypes=labels.prototypes.astype(np.float32),
+                      label_scale=np.asarray(labels.scale, dtype=np.float32))
+    out = sidecar_path(model_file)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class OnnxImageEncoder(PhotoEncoder):
+    """The tower as an earlier process exported and checked it, run by ONNX Runtime alone: no torch is imported
+    (a search worker that answers photos holds about 0.9 GB less). `.encode` is safe to call from several threads."""
+
+    def __init__(self, forward: OnnxForward, image_size: tuple[int, int], dim: int, name: str,
+                 labels: LabelHead | None, batch_size: int, autocontrast: bool, trim: bool) -> None:
+        self._onnx = forward
+        self.image_size, self.dim, self.name, self.labels = image_size, dim, name, labels
+        self.mean, self.std = forward.mean, forward.std
+        self.flip_average, self.autocontrast, self.trim = forward.flip_average, autocontrast, trim
+        self.batch_size = max(1, int(batch_size))
+        self.bf16 = False
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.check_pixels(pixels)
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start:start + self.batch_size]
+            out[start:start + len(chunk)] = self._onnx(chunk)
+        return out
+
+
+def open_exported(cfg: Config) -> OnnxImageEncoder | None:
+    """cfg's tower from its ONNX export and sidecar, when an earlier process wrote them for this very checkpoint
+    (the export key covers its path, size and time); None otherwise (the caller loads it with torch, which exports)."""
+    import importlib.util
+
+    ic = cfg.image_encoder
+    checkpoint = Path(ic.checkpoint) if ic.checkpoint else None
+    size = image_tower_status(cfg).get("image_size")
+    if checkpoint is None or not checkpoint.is_file() or not size or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    image_size = (int(size[0]), int(size[1]))
+    model_file = Path(cfg.data_dir / "models") / f"image-{export_key(checkpoint, ic.arch, image_size)}.onnx"
+    if not model_file.is_file() or not sidecar_path(model_file).is_file():
+        return None
+    t0 = time.perf_counter()
+    try:
+        with np.load(sidecar_path(model_file), allow_pickle=False) as side:
+            if tuple(int(v) for v in side["image_size"]) != image_size:
+                return None
+            labels = LabelHead([str(f) for f in side["label_fields"]], side["label_classes"].tolist(),
+                               side["label_prototypes"], float(side["label_scale"])) \
+                if "label_prototypes" in side.files else None
+            mean, std, dim = side["mean"].tolist(), side["std"].tolist(), int(side["dim"])
+        session = onnx_session(model_file, cfg.runtime.threads or 1)
+    except Exception as e:  # noqa: BLE001 (a damaged file: the torch path exports it again)
+        log.warning("cannot open the exported image tower %s (%s): loading it with torch", model_file, e)
+        return None
+    encoder = OnnxImageEncoder(OnnxForward(session, mean, std, ic.flip_average), image_size, dim, str(checkpoint),
+                               labels, ic.batch_size, ic.autocontrast, ic.trim_borders)
+    log.info("image tower %s as fp32 ONNX (%s) loaded without torch in %.1fs", checkpoint, model_file.name,
+             time.perf_counter() - t0)
+    return encoder

@@ -23,6 +23,12 @@ def resolve_device(runtime: RuntimeConfig) -> Any:
     return torch.device(runtime.device)
 
 
+def surely_cpu(runtime: RuntimeConfig) -> bool:
+    """True when models will run on the CPU, known without importing torch: device "cpu", or "auto" on a machine
+    with no NVIDIA driver loaded (where torch finds no CUDA device either)."""
+    return runtime.device == "cpu" or (runtime.device == "auto" and not os.path.exists("/proc/driver/nvidia/version"))
+
+
 def configure_threads(runtime: RuntimeConfig) -> None:
     """Set torch's intra-op thread count from config (0 leaves torch's default)."""
     import torch

@@ -54,6 +54,9 @@ def cmd_reindex(cfg: Config, args: argparse.Namespace) -> int:
         cfg = cfg.replace(indexer={"batch_size": args.batch_size})
     summary = reindex(cfg, fresh=args.fresh, limit=args.limit, progress=not args.no_progress)
     print("\n".join(summary.lines()))
+    from encoders import prepare_query_models
+
+    prepare_query_models(cfg)  # the service's ONNX exports, while torch is loaded here anyway: workers need none
     return 0
 
 

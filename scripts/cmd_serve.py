@@ -181,7 +181,7 @@ def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy:
         try:
             with app.app_context():
                 writer().recover()
-                if preload:
+                if preload and cfg.web.warm_writes:
                     writer().warm()
         except VitrinaError as e:
             log.warning("writes not checked against the change log yet: %s", e.message)

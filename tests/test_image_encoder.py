@@ -244,3 +244,41 @@ def test_a_batch_norm_that_does_not_follow_its_conv_is_left_alone() -> None:
     net.bn.running_mean.uniform_(-1, 1)
     net.bn.running_var.uniform_(0.2, 3.0)
     assert fold_batch_norms(net, (8, 8)) is net
+
+
+def test_a_tower_exported_once_answers_photos_in_a_process_without_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    rng = np.random.default_rng(1)
+    protos = rng.normal(size=(3, 384)).astype(np.float32)
+    labels = {"fields": ["articleType", "gender"], "classes": [["Watches", "Men"], ["Shoes", "Women"], ["Caps", "Men"]],
+              "prototypes": torch.from_numpy(protos), "scale": 30.0}
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt", labels=labels)
+    settings = {"checkpoint": str(ckpt), "arch": TEST_ARCH, "flip_average": True, "runtime": "onnx"}
+    cfg = make_config(tmp_path, image_encoder=settings, runtime={"bf16": False, "device": "auto"})
+    first = create_image_encoder(cfg)  # exports, checks against torch, writes the sidecar
+    assert first._onnx is not None and len(list((cfg.data_dir / "models").glob("image-*.npz"))) == 1
+    shot = tmp_path / "shot.png"
+    draw_product("Blue", "Shoes", (90, 120)).save(shot)
+    want = first.encode([Image.open(shot)])[0]
+    script = (
+        "import json, sys\n"
+        "from PIL import Image\n"
+        "from tests.helpers import make_config\n"
+        "from encoders import create_image_encoder\n"
+        f"cfg = make_config(__import__('pathlib').Path({str(tmp_path)!r}), image_encoder={settings!r}, "
+        "runtime={'bf16': False, 'device': 'auto'})\n"
+        "enc = create_image_encoder(cfg)\n"
+        f"vec = enc.encode([Image.open({str(shot)!r})])[0]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'vec': vec.tolist(), 'kind': type(enc).__name__,\n"
+        "                  'labels': enc.labels.predict(vec), 'size': list(enc.image_size)}))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("a CUDA machine runs the torch tower")
+    assert got["torch"] is False and got["kind"] == "OnnxImageEncoder" and got["size"] == [32, 32]
+    np.testing.assert_allclose(got["vec"], want, atol=1e-5)
+    assert {k: (v, pytest.approx(p, abs=1e-4)) for k, (v, p) in first.labels.predict(want).items()} == \
+        {k: tuple(v) for k, v in got["labels"].items()}

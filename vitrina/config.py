@@ -260,6 +260,7 @@ class WebConfig:
     api_keys: tuple[str, ...] = ()  # when set, writes need Authorization: Bearer KEY
     api_keys_env: str = "VITRINA_API_KEYS"  # comma-separated keys, added to api_keys
     open_writes: bool = False  # true: `vitrina serve` may listen beyond loopback with no API key (writes open to all)
+    warm_writes: bool = False  # load the write-side encoders (torch) at start; false: at a worker's first write
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,9 @@ class SearchService:
     def model_cfg(self) -> Config:
         """The config models are built with: [search].torch_threads intra-op threads when set, the text
         encoder at [search].query_precision and the image tower on [search].photo_runtime."""
-        sc = self.cfg.search
-        runtime = {"threads": sc.torch_threads} if sc.torch_threads > 0 else {}
-        return self.cfg.replace(runtime=runtime, text_encoder={"precision": sc.query_precision},
-                                image_encoder={"runtime": sc.photo_runtime})
+        from encoders import query_side
+
+        return query_side(self.cfg)
 
     def text_encoder(self) -> Any:
         from encoders import create_text_encoder  # encoders imports torch only when a model is built
