@@ -237,15 +237,22 @@ class SearchService:
         if reading is not None and reading.price is not None:
             filters = with_price(req.filters, reading.price)
         text = reading.text if reading is not None else req.q
-        dense = st.query(self.alias, DenseQuery(qvec, "fused"), filters, limit=pool)
-        keyword = st.query(self.alias, KeywordQuery(text), filters, limit=pool) \
-            if req.q and not req.has_photo else []
+        u = self.cfg.understand
+        # the fused list, the keyword list and the reading's text neighbours share the filters: one engine call
+        # (the neighbours are the top neighbour_k of a list as long as the others: the same search breadth)
+        parts: list[Any] = [DenseQuery(qvec, "fused")]
+        if req.q and not req.has_photo:
+            parts.append(KeywordQuery(text))
+        by_text = reading is not None and u.neighbours_using == "text" and not req.has_photo and u.neighbours > 0
+        if by_text and u.neighbour_k <= pool:
+            parts.append(DenseQuery(qvec, "text"))
+        lists = st.query_batch(self.alias, parts, filters, limit=pool)
+        dense, keyword = lists[0], (lists[1] if req.q and not req.has_photo else [])
         if reading is not None:
-            u = self.cfg.understand
             near = dense
-            if u.neighbours_using == "text" and not req.has_photo and u.neighbours > 0:
-                near = st.query(self.alias, DenseQuery(qvec, "text"), filters, limit=u.neighbour_k,
-                                with_payload=True)
+            if by_text:
+                near = lists[-1][:u.neighbour_k] if u.neighbour_k <= pool else \
+                    st.query(self.alias, DenseQuery(qvec, "text"), filters, limit=u.neighbour_k)
             reading = reading.with_neighbours(near, u.neighbours, u.neighbour_k)
             named = reading.named()
             weights, signals = hybrid_weights(self.cfg, reading, keyword, self.reader().values)
