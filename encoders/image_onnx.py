@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders.image import LabelHead, PhotoEncoder, image_tower_status
+from encoders.image import image_tower_status
+from encoders.photo import LabelHead, PhotoEncoder
 from encoders.runtime import onnx_session, package_versions
 from vitrina.config import Config
 from vitrina.errors import ModelUnavailable

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from encoders.image import to_tower_pixels
+from encoders.photo import to_tower_pixels
 from vitrina.errors import ConfigError
 
 log = logging.getLogger(__name__)

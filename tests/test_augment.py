@@ -183,7 +183,7 @@ def test_a_file_that_is_not_a_pack_is_refused(tmp_path: Path) -> None:
 
 
 def test_stretch_levels_restores_a_dark_flat_photo_and_leaves_a_studio_shot() -> None:
-    from encoders.image import stretch_levels
+    from encoders.photo import stretch_levels
 
     rng = np.random.default_rng(3)
     studio = np.full((32, 32, 3), 255, np.uint8)
@@ -198,7 +198,7 @@ def test_stretch_levels_restores_a_dark_flat_photo_and_leaves_a_studio_shot() ->
 
 
 def test_trim_borders_crops_to_the_content_with_a_margin() -> None:
-    from encoders.image import trim_borders
+    from encoders.photo import trim_borders
 
     img = Image.new("RGB", (100, 150), (236, 236, 236))  # a packshot's light grey
     img.paste((20, 40, 160), (30, 40, 70, 120))

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from encoders.image import (build_tower, card_path, create_image_encoder, image_tower_status, load_checkpoint,
-                            local_model_configs, model_config, to_tower_pixels)
+                            local_model_configs, model_config)
+from encoders.photo import to_tower_pixels
 from tests.helpers import draw_product, make_config
 from tests.tiny_models import TEST_ARCH, write_tiny_checkpoint
 from vitrina.errors import BadInput, ConfigError, ModelUnavailable
@@ -160,7 +161,7 @@ def test_status_reads_the_card_without_importing_torch(tiny_cfg) -> None:  # typ
 
 
 def test_label_head_predict_matches_a_numpy_oracle() -> None:
-    from encoders.image import LabelHead
+    from encoders.photo import LabelHead
 
     rng = np.random.default_rng(0)
     classes = [("Shoes", "Men"), ("Shoes", "Women"), ("Watches", "Women"), ("Bags", "Women")]

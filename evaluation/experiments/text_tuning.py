@@ -62,7 +62,8 @@ def query_metrics(cfg: Config, arm: str, out: Path, items: list[Any], text_model
 
     from encoders import create_text_encoder
     from encoders.fusion import fuse_batch
-    from encoders.image import ImageEncoder, LabelHead, image_size_of, load_checkpoint, tower_from_checkpoint
+    from encoders.image import ImageEncoder, image_size_of, load_checkpoint, tower_from_checkpoint
+    from encoders.photo import LabelHead
     from encoders.text_tuning import TunedTextLayers, load_text_layers, text_layers_path
     from encoders.train_data import image_cache
 
