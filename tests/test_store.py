@@ -24,7 +24,7 @@ from search.store.interface import DenseQuery, Filters, Hit, HybridQuery, ItemRe
 from search.store.qdrant import QdrantStore
 from tests.helpers import make_config
 from vitrina.config import StoreConfig
-from vitrina.errors import BadInput, NotFound, StoreError
+from vitrina.errors import BadInput, ConfigError, NotFound, StoreError
 
 DIM = 8
 DIMS = {"text": DIM, "image": DIM, "fused": DIM}
@@ -582,3 +582,33 @@ def test_edge_bulk_load_builds_segments_of_the_configured_size(fast_dir: Path, m
         hits = store.query("big", DenseQuery(data[i], "fused"), limit=10)
         assert hits[0].id == f"p{i}" and len(hits) == 10
     store.close()
+
+
+def test_edge_filtered_search_with_acorn_finds_the_exact_filtered_top(fast_dir: Path) -> None:
+    """[store].acorn_selectivity: filtered searches go through ACORN on a built graph (no payload links, so the
+    filter only prunes the one graph) and still return the exact top 10 of the filtered points."""
+    from search.store.edge import IndexSettings
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(3000, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    kinds = np.array(["a" if i % 3 else "b" for i in range(3000)])
+    settings = IndexSettings(full_scan_kb=1, payload_links=False)
+    assert EdgeStore(fast_dir / "x", acorn=0.6)._params().acorn.max_selectivity == 0.6
+    with pytest.raises(ConfigError, match="acorn"):
+        EdgeStore(fast_dir / "y", acorn=1.5)
+    store = EdgeStore(fast_dir / "s", index=settings, acorn=1.0)
+    store.create_collection("c", {"fused": 16}, filterable=("kind",), numeric=())
+    store.upsert("c", [ItemRecord(id=f"p{i}", vectors={"fused": data[i]}, keywords="w", payload={"kind": kinds[i]})
+                       for i in range(3000)])
+    store.finalize("c")
+    found = 0
+    for q in rng.normal(size=(40, 16)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        scores = np.where(kinds == "b", data @ q, -np.inf)
+        want = {f"p{i}" for i in np.argsort(-scores)[:10]}
+        got = {h.id for h in store.query("c", DenseQuery(q, "fused"), Filters(equals={"kind": ("b",)}), limit=10)}
+        assert all(h.startswith("p") and int(h[1:]) % 3 == 0 for h in got)  # the filter holds
+        found += len(want & got)
+    store.close()
+    assert found / 400 >= 0.95

@@ -94,6 +94,9 @@ class StoreConfig:
     timeout_s: float = 30.0  # qdrant: request timeout; edge: longest wait for a shard another process holds
     bm25_avg_len: float = 16.0  # typical keyword-document length in tokens (BM25 length normalisation)
     hnsw_ef: int = 128  # HNSW search breadth (0 = engine default); recall vs latency, see `vitrina bench store`
+    # ACORN (neighbours of neighbours) for filtered searches whose filters keep at most this share of the points
+    # (0 = never, 1 = every filtered search): more of the true top k at some latency, `vitrina bench filtered`
+    acorn_selectivity: float = 0.0
     payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.4 KB each; 0 = off)
     # edge, new collections: HNSW graph degree and build breadth, the size (KB of vectors) below which a filtered
     # search scans the matching points exactly, and links per payload value (search.store.edge.IndexSettings)

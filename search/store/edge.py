@@ -49,7 +49,7 @@ from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE
                                     best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
-from vitrina.errors import BadInput, NotFound, StoreError
+from vitrina.errors import BadInput, ConfigError, NotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,14 @@ class EdgeStore(QueriesInBatches):
     """Store on Qdrant Edge shards under `root` (see the module docstring for files, processes, threads)."""
 
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
-                 hnsw_ef: int | None = None, payload_cache: int = 0, index: IndexSettings = IndexSettings()
-                 ) -> None:
+                 hnsw_ef: int | None = None, payload_cache: int = 0, index: IndexSettings = IndexSettings(),
+                 acorn: float = 0.0) -> None:
         self.root = Path(root)
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef  # None = engine default
+        if not 0.0 <= acorn <= 1.0:
+            raise ConfigError(f"[store].acorn_selectivity must be within 0 and 1, got {acorn}")
+        self.acorn = acorn  # ACORN for filtered searches keeping at most this share of the points (0: off)
         self.index = index
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
@@ -357,7 +360,7 @@ class EdgeStore(QueriesInBatches):
 
     def _request(self, query: Query, flt: qe.Filter | None, limit: int, offset: int,
                  with_vectors: list[str] | bool, dims: dict[str, int]) -> qe.QueryRequest | None:
-        params = qe.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef else None
+        params = self._params()
         payload = False  # payloads come from the shard's cache (cached_hits)
         if isinstance(query, HybridQuery):
             if query.weights and len(query.weights) != len(query.parts):
@@ -376,6 +379,12 @@ class EdgeStore(QueriesInBatches):
             return None
         return qe.QueryRequest(limit=limit, offset=offset, query=scoring, filter=flt, params=params,
                                with_payload=payload, with_vector=with_vectors)
+
+    def _params(self) -> qe.SearchParams | None:
+        settings: dict[str, Any] = {"hnsw_ef": self.hnsw_ef} if self.hnsw_ef else {}
+        if self.acorn > 0:
+            settings["acorn"] = qe.AcornSearchParams(enable=True, max_selectivity=self.acorn)
+        return qe.SearchParams(**settings) if settings else None
 
     @staticmethod
     def _scoring(part: DenseQuery | KeywordQuery, dims: dict[str, int]) -> qe.Query | None:

@@ -59,12 +59,14 @@ class QdrantStore(QueriesInBatches):
     """Store on a QdrantClient; `from_config` picks server, local folder or memory."""
 
     def __init__(self, client: QdrantClient, local: bool, timeout_s: float = 30.0,
-                 bm25_avg_len: float = keywords.DEFAULT_AVG_LEN, hnsw_ef: int | None = None) -> None:
+                 bm25_avg_len: float = keywords.DEFAULT_AVG_LEN, hnsw_ef: int | None = None, acorn: float = 0.0
+                 ) -> None:
         self.client = client
         self.local = local
         self.timeout_s = timeout_s
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef
+        self.acorn = acorn  # [store].acorn_selectivity (a server applies it; local mode has no HNSW)
         self._serial = threading.RLock() if local else None
         self._dims_cache: dict[str, tuple[float, dict[str, int]]] = {}
 
@@ -72,12 +74,13 @@ class QdrantStore(QueriesInBatches):
     def from_config(cls, store_cfg: StoreConfig) -> QdrantStore:
         """`url` (+ API key from $api_key_env) for a server or cluster; else `path`, else in memory."""
         avg_len = store_cfg.bm25_avg_len
-        ef = store_cfg.hnsw_ef or None
+        ef, acorn = store_cfg.hnsw_ef or None, store_cfg.acorn_selectivity
         try:
             if store_cfg.url:
                 api_key = (os.environ.get(store_cfg.api_key_env) or None) if store_cfg.api_key_env else None
                 client = QdrantClient(url=store_cfg.url, api_key=api_key, timeout=max(1, int(store_cfg.timeout_s)))
-                return cls(client, local=False, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef)
+                return cls(client, local=False, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef,
+                           acorn=acorn)
             location = store_cfg.path or ":memory:"
             if location == ":memory:":
                 if not store_cfg.path:
@@ -87,7 +90,7 @@ class QdrantStore(QueriesInBatches):
                 client = QdrantClient(path=location)
         except (RuntimeError, ValueError, OSError) as e:  # e.g. the local folder is held by another process
             raise StoreError(f"cannot open the qdrant store: {e}") from e
-        return cls(client, local=True, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef)
+        return cls(client, local=True, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef, acorn=acorn)
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
@@ -279,7 +282,10 @@ class QdrantStore(QueriesInBatches):
 
     def _request(self, query: Query, flt: models.Filter | None, limit: int, offset: int, vectors: Any,
                  dims: dict[str, int], with_payload: bool = True) -> models.QueryRequest | None:
-        params = models.SearchParams(hnsw_ef=self.hnsw_ef) if self.hnsw_ef and not self.local else None
+        params = None
+        if not self.local and (self.hnsw_ef or self.acorn > 0):
+            acorn = models.AcornSearchParams(enable=True, max_selectivity=self.acorn) if self.acorn > 0 else None
+            params = models.SearchParams(hnsw_ef=self.hnsw_ef, acorn=acorn)
         common = dict(limit=limit, offset=offset, filter=flt, with_payload=True if with_payload else [ID_FIELD],
                       with_vector=vectors)
         if isinstance(query, HybridQuery):
