@@ -109,10 +109,11 @@ def pixels_to_input(pixels: Any, mean: Sequence[float] = MEAN, std: Sequence[flo
 
 
 def fold_batch_norms(visual: Any, size: tuple[int, int], min_cosine: float = 0.99999) -> Any:
-    """An inference copy of the tower with every eval-mode BatchNorm2d folded into the Conv2d registered just before it
-    in the same module (y = bn(conv(x)) as one conv), or `visual` itself when the copy's fp32 output on a probe batch
-    strays from the original's (the layout assumption would not hold); `visual` is left in eval mode. Under bf16 autocast a BatchNorm runs in fp32 with
-    a cast on each side; folded, the tower reads and writes each activation once less."""
+    """An inference copy of the tower with every eval-mode BatchNorm2d folded into the Conv2d registered just before
+    it in the same module (y = bn(conv(x)) as one conv), or `visual` itself when the copy's fp32 output on a probe
+    batch strays from the original's (the layout assumption would not hold); `visual` is left in eval mode. Under
+    bf16 autocast a BatchNorm runs in fp32 with a cast on each side; folded, the tower reads and writes each
+    activation once less."""
     import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -259,16 +260,14 @@ class ImageEncoder(PhotoEncoder):
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Like encode, for uint8 (n, h, w, 3) arrays already at the tower's size."""
-        torch = self._torch
         self.check_pixels(pixels)
-        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        torch = self._torch
         onnx = self._onnx  # ONNX Runtime runs calls from several threads at once: no lock
         with contextlib.nullcontext() if onnx is not None else self._lock, torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                chunk = pixels[start:start + self.batch_size]
-                out[start:start + len(chunk)] = onnx(chunk) if onnx is not None else \
-                    self._forward(torch.from_numpy(np.ascontiguousarray(chunk))).cpu().numpy()
-        return out
+            return self.in_batches(pixels, onnx if onnx is not None else self._torch_forward)
+
+    def _torch_forward(self, chunk: np.ndarray) -> np.ndarray:
+        return self._forward(self._torch.from_numpy(np.ascontiguousarray(chunk))).cpu().numpy()
 
     def _forward(self, pixels: Any, bf16: bool | None = None) -> Any:
         """uint8 (n, h, w, 3) tensor -> unit vectors; `bf16` overrides the encoder's autocast (False: fp32)."""

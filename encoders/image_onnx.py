@@ -34,6 +34,11 @@ def export_key(checkpoint: Path, arch: str, image_size: tuple[int, int]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def model_path(cache_dir: Path, checkpoint: Path, arch: str, image_size: tuple[int, int]) -> Path:
+    """Where the export of this checkpoint lives (its sidecar beside it, see sidecar_path)."""
+    return Path(cache_dir) / f"image-{export_key(checkpoint, arch, image_size)}.onnx"
+
+
 def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 (n, h, w, 3) -> float32 (n, 3, h, w) scaled to [0, 1] and normalised: encoders.image.pixels_to_input
     in numpy."""
@@ -103,7 +108,7 @@ def attach(encoder: Any, checkpoint: Path, arch: str, cache_dir: Path, threads: 
     if importlib.util.find_spec("onnxruntime") is None:
         raise ModelUnavailable("onnxruntime is not installed")
 
-    model_file = Path(cache_dir) / f"image-{export_key(checkpoint, arch, encoder.image_size)}.onnx"
+    model_file = model_path(cache_dir, checkpoint, arch, encoder.image_size)
     t0 = time.perf_counter()
     if not model_file.is_file():
         log.info("exporting the image tower to %s (once)", model_file)
@@ -168,11 +173,7 @@ class OnnxImageEncoder(PhotoEncoder):
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         self.check_pixels(pixels)
-        out = np.empty((len(pixels), self.dim), dtype=np.float32)
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start:start + self.batch_size]
-            out[start:start + len(chunk)] = self._onnx(chunk)
-        return out
+        return self.in_batches(pixels, self._onnx)
 
 
 def open_exported(cfg: Config) -> OnnxImageEncoder | None:
@@ -186,7 +187,7 @@ def open_exported(cfg: Config) -> OnnxImageEncoder | None:
     if checkpoint is None or not checkpoint.is_file() or not size or importlib.util.find_spec("onnxruntime") is None:
         return None
     image_size = (int(size[0]), int(size[1]))
-    model_file = Path(cfg.data_dir / "models") / f"image-{export_key(checkpoint, ic.arch, image_size)}.onnx"
+    model_file = model_path(cfg.data_dir / "models", checkpoint, ic.arch, image_size)
     if not model_file.is_file() or not sidecar_path(model_file).is_file():
         return None
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ runtime of the tower (torch in encoders.image, ONNX Runtime in encoders.image_on
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -102,6 +102,7 @@ class PhotoEncoder:
 
     image_size: tuple[int, int]
     dim: int
+    batch_size: int
     name: str
     labels: LabelHead | None
     flip_average: bool
@@ -125,6 +126,14 @@ class PhotoEncoder:
         indexer and uploaded photos both come through here, so both sides are prepared the same way."""
         px = to_tower_pixels(trim_borders(img) if self.trim else img, self.image_size)
         return stretch_levels(px) if self.autocontrast else px
+
+    def in_batches(self, pixels: np.ndarray, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """(n, dim) float32: `forward` over `pixels` batch_size at a time."""
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start:start + self.batch_size]
+            out[start:start + len(chunk)] = forward(chunk)
+        return out
 
     def check_pixels(self, pixels: np.ndarray) -> None:
         if pixels.ndim != 4 or tuple(pixels.shape[1:3]) != self.image_size or pixels.shape[3] != 3:

@@ -276,18 +276,12 @@ class Embedder:
                 image_vecs[with_pixels[mine:]] = helped.result()
         rest = self._encode_text(todo[split:], self._text_twin) if split < len(todo) else None
         t2 = time.perf_counter()
-        if pending is not None:
-            fresh = pending.result()
-        elif todo[:split]:
-            fresh = self._encode_text(todo[:split])
-        else:
-            fresh = np.empty((0, self.dims["text"]), dtype=np.float32)
+        fresh = pending.result() if pending is not None else self._encode_text(todo[:split])  # [] encodes to (0, d)
         if rest is not None:
             fresh = np.concatenate([fresh, rest])
         self.timer.add("wait_text", time.perf_counter() - t2)
         self._remember_texts(todo, fresh, vectors_of)
-        text_vecs = np.stack([vectors_of[t] for t in texts]) if texts else \
-            np.empty((0, self.dims["text"]), dtype=np.float32)
+        text_vecs = np.stack([vectors_of[t] for t in texts])
         t3 = time.perf_counter()
         present = np.zeros(len(products), dtype=bool)
         present[with_pixels] = True

@@ -240,14 +240,13 @@ class SearchService:
         u = self.cfg.understand
         # the fused list, the keyword list and the reading's text neighbours share the filters: one engine call
         # (the neighbours are the top neighbour_k of a list as long as the others: the same search breadth)
-        parts: list[Any] = [DenseQuery(qvec, "fused")]
-        if req.q and not req.has_photo:
-            parts.append(KeywordQuery(text))
+        with_keyword = bool(req.q) and not req.has_photo
+        parts: list[Any] = [DenseQuery(qvec, "fused")] + ([KeywordQuery(text)] if with_keyword else [])
         by_text = reading is not None and u.neighbours_using == "text" and not req.has_photo and u.neighbours > 0
         if by_text and u.neighbour_k <= pool:
             parts.append(DenseQuery(qvec, "text"))
         lists = st.query_batch(self.alias, parts, filters, limit=pool)
-        dense, keyword = lists[0], (lists[1] if req.q and not req.has_photo else [])
+        dense, keyword = lists[0], (lists[1] if with_keyword else [])
         if reading is not None:
             near = dense
             if by_text:
