@@ -9,7 +9,7 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HNSW links per payload value (default: [store].payload_links)")
     parser.add_argument("--max-segment-kb", type=int, default=None,
                         help="largest segment in KB of vectors (default: [store].max_segment_kb; 0 = engine default)")
+    parser.add_argument("--quantization", choices=("none", "int8"), default=None,
+                        help="an int8 copy of the vectors builds the graphs and finds candidates "
+                             "(default: [store].quantization)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_out", default="", help="also write the figures to this JSON file")
 
@@ -150,11 +153,9 @@ def bench_backend(name: str, store: Store, n: int, data: tuple[np.ndarray, ...],
     else:
         store.create_collection("bench", {"fused": vectors.shape[1]}, filterable=("category", "brand"), numeric=())
         t, c = time.perf_counter(), cpu_s()
-        build_due = getattr(store, "build_due", None)  # the embedded store: a segment built as it fills
         for start in range(0, n, args.batch):
             store.upsert("bench", records(vectors, category, brand, price, start, min(n, start + args.batch)))
-            if build_due is not None:
-                build_due("bench")
+            store.build_due("bench")  # the embedded store: a segment built as it fills
             if n >= 500_000 and (start // args.batch) % 100 == 99:
                 print(f"  {name}: {start + args.batch:,} upserted in {time.perf_counter() - t:.0f}s", flush=True)
         store.flush("bench")
@@ -162,8 +163,7 @@ def bench_backend(name: str, store: Store, n: int, data: tuple[np.ndarray, ...],
         t, c = time.perf_counter(), cpu_s()
         store.finalize("bench")
         result.finalize_s, result.finalize_cpu_s = time.perf_counter() - t, cpu_s() - c
-        count_segments = getattr(store, "segments", None)  # the embedded store's
-        segments = count_segments("bench") if count_segments is not None else None
+        segments = store.segments("bench")
         if segments is not None:
             result.notes.append(f"{n:,} points in {segments} segment(s)")
         print(f"  {name}: {n:,} points upserted in {result.upsert_s:.0f}s, index built in {result.finalize_s:.0f}s "
@@ -244,10 +244,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.keep and (not args.dir or len(counts) > 1):
         raise BadInput("--keep needs --dir and one --points value")
     sc = cfg.store
-    index = IndexSettings(m=args.hnsw_m or sc.hnsw_m, ef_construct=args.ef_construct or sc.hnsw_ef_construct,
-                          full_scan_kb=args.full_scan_kb or sc.full_scan_kb,
-                          payload_links=sc.payload_links if args.payload_links is None else args.payload_links == "on",
-                          max_segment_kb=sc.max_segment_kb if args.max_segment_kb is None else args.max_segment_kb)
+    index = IndexSettings.of(replace(
+        sc, hnsw_m=args.hnsw_m or sc.hnsw_m, hnsw_ef_construct=args.ef_construct or sc.hnsw_ef_construct,
+        full_scan_kb=args.full_scan_kb or sc.full_scan_kb,
+        payload_links=sc.payload_links if args.payload_links is None else args.payload_links == "on",
+        max_segment_kb=sc.max_segment_kb if args.max_segment_kb is None else args.max_segment_kb,
+        quantization=args.quantization or sc.quantization))
     qdrant_n = min(counts[0], args.qdrant_points)
     data = make_data(max(*counts, qdrant_n), args.dim, args.seed)
     results = []
@@ -257,15 +259,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         ef = cfg.store.hnsw_ef if args.hnsw_ef is None else args.hnsw_ef
         print(f"edge: HNSW m {index.m}, ef_construct {index.ef_construct}, full scan below {index.full_scan_kb} KB, "
               f"payload links {'on' if index.payload_links else 'off'}, segments up to "
-              f"{f'{index.max_segment_kb} KB' if index.max_segment_kb else 'the engine default'}; "
-              f"search ef {ef or 'engine default'}",
+              f"{f'{index.max_segment_kb} KB' if index.max_segment_kb else 'the engine default'}, vectors quantised: "
+              f"{index.quantization}; search ef {ef or 'engine default'}",
               flush=True)
         for n in counts:
             folder = base / f"bench-store-{n}x{args.dim}-s{args.seed}" if args.keep \
                 else Path(tempfile.mkdtemp(prefix="bench-store-", dir=base))
             print(f"edge: {n:,} points in {folder} ...", flush=True)
             try:
-                with EdgeStore(folder, hnsw_ef=ef or None, index=index) as store:
+                with EdgeStore(folder, hnsw_ef=ef or None, index=index,
+                               oversampling=cfg.store.quantization_oversampling) as store:
                     results.append(bench_backend("edge", store, n, data, args, budget_s=float("inf")))
             finally:
                 if not args.keep:

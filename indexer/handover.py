@@ -63,9 +63,7 @@ def hand_over(cfg: Config, store: Store, collection: str, since_ts: float, image
             start = changelog.seq_before(since_ts)
             bulk = apply_changes(store, collection, changelog.read(after=start), stamp, reembed)
             last = bulk.last_seq or start
-            finalize = getattr(store, "finalize", None)
-            if finalize is not None:
-                finalize(collection)
+            store.finalize(collection)
             with changelog.locked():
                 t0 = time.perf_counter()
                 tail = apply_changes(store, collection, changelog.read(after=last), stamp, reembed)

@@ -133,9 +133,7 @@ class _Writer(threading.Thread):
                 t0 = time.perf_counter()
                 if records:
                     self.store.upsert(self.state.collection, records)
-                    build_due = getattr(self.store, "build_due", None)  # the embedded store, [store].max_segment_kb
-                    if build_due is not None:
-                        build_due(self.state.collection)
+                    self.store.build_due(self.state.collection)  # the embedded store, [store].max_segment_kb
                 self.timer.add("write", time.perf_counter() - t0)
                 self.state.indexed += len(records)
                 self.state.add_skips(skips)

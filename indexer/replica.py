@@ -290,7 +290,10 @@ class ReplicaStore:
     def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> list[str]:
         return _refused()
 
-    create_collection = drop_collection = set_alias = drop_alias = finalize = _refused
+    def segments(self, collection: str) -> int | None:
+        return self._synced().segments(collection)
+
+    create_collection = drop_collection = set_alias = drop_alias = finalize = build_due = _refused
 
     def close(self) -> None:
         self.replica.close()

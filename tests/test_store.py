@@ -34,8 +34,8 @@ ARTICLES = ("shoes", "shirt", "watch", "handbag", "jeans")
 N = 40
 
 
-def _unit(rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=DIM).astype(np.float32)
+def _unit(rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
+    v = rng.normal(size=dim).astype(np.float32)
     return v / np.linalg.norm(v)
 
 
@@ -596,7 +596,7 @@ def test_edge_filtered_search_with_acorn_finds_the_exact_filtered_top(fast_dir: 
     settings = IndexSettings(full_scan_kb=1, payload_links=False)
     assert EdgeStore(fast_dir / "x", acorn=0.6)._params().acorn.max_selectivity == 0.6
     with pytest.raises(ConfigError, match="acorn"):
-        EdgeStore(fast_dir / "y", acorn=1.5)
+        StoreConfig(acorn_selectivity=1.5)
     store = EdgeStore(fast_dir / "s", index=settings, acorn=1.0)
     store.create_collection("c", {"fused": 16}, filterable=("kind",), numeric=())
     store.upsert("c", [ItemRecord(id=f"p{i}", vectors={"fused": data[i]}, keywords="w", payload={"kind": kinds[i]})
@@ -612,3 +612,50 @@ def test_edge_filtered_search_with_acorn_finds_the_exact_filtered_top(fast_dir: 
         found += len(want & got)
     store.close()
     assert found / 400 >= 0.95
+
+
+def test_edge_int8_quantised_collection_ranks_as_exact_search_does(fast_dir: Path) -> None:
+    """[store].quantization = "int8": the built segment (indexed from 1 KB on) keeps quantised vectors beside the
+    float32 ones, and searches re-score their candidates in float32: the exact top 10 with exact scores, stored
+    vectors unchanged."""
+    from search.store.edge import IndexSettings
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(3000, 16)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    store = EdgeStore(fast_dir / "s", index=IndexSettings(full_scan_kb=1, max_segment_kb=1000,
+                                                                payload_links=False, quantization="int8"))
+    store.create_collection("c", {"fused": 16}, filterable=("kind",), numeric=())
+    store.upsert("c", [ItemRecord(id=f"p{i}", vectors={"fused": data[i]}, keywords="w", payload={"kind": "a"})
+                       for i in range(3000)])
+    store.finalize("c")
+    assert list((fast_dir / "s").rglob("vector_storage-fused/quantized.data")), "no quantised vectors were built"
+    for _ in range(20):
+        q = _unit(rng, 16)
+        got = store.query("c", DenseQuery(q, "fused"), limit=10)
+        exact = data @ q
+        want = np.argsort(-exact)[:10]
+        assert ids(got) == [f"p{i}" for i in want]
+        np.testing.assert_allclose([h.score for h in got], exact[want], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(store.retrieve("c", ["p7"], with_vectors=True)[0].vectors["fused"], data[7])
+    store.close()
+
+
+def test_qdrant_server_collections_get_the_quantisation_and_searches_rescore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server path asks for the same int8 copy and float32 re-scoring ([store].quantization)."""
+    cfg = StoreConfig(backend="qdrant", path=":memory:", quantization="int8", quantization_oversampling=3.0)
+    s = QdrantStore.from_config(cfg)
+    made: dict[str, object] = {}
+    real = s.client.create_collection
+    monkeypatch.setattr(s.client, "create_collection", lambda *a, **kw: (made.update(kw), real(*a, **kw))[1])
+    load(s)
+    assert made["quantization_config"].scalar.type == "int8"  # type: ignore[attr-defined]
+    s.local = False  # what a server request would carry
+    request = s._request(DenseQuery(_unit(np.random.default_rng(1)), "text"), None, 5, 0, False, DIMS)
+    assert request is not None and request.params.quantization.rescore  # type: ignore[union-attr]
+    assert request.params.quantization.oversampling == 3.0  # type: ignore[union-attr]
+    s.local = True
+    s.close()
+    for bad in ({"quantization": "int4"}, {"quantization_oversampling": 0.5}):
+        with pytest.raises(ConfigError, match="quantization"):
+            StoreConfig(**bad)

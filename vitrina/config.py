@@ -83,6 +83,9 @@ class FusionConfig:
     text_weight: float = 0.5
 
 
+QUANTIZATIONS = ("none", "int8")
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     backend: str = "edge"  # edge | qdrant
@@ -105,6 +108,20 @@ class StoreConfig:
     full_scan_kb: int = 10_000
     payload_links: bool = True
     max_segment_kb: int = 0  # edge: largest segment (KB of vectors) the optimiser builds; 0 = 256 MB per core
+    # new collections: "int8" keeps a scalar-quantised copy of each dense vector in memory, which builds the HNSW
+    # graphs and finds candidates; searches re-score limit x quantization_oversampling of them with the float32
+    # vectors ("none": float32 only)
+    quantization: str = "none"
+    quantization_oversampling: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.acorn_selectivity <= 1.0:
+            raise ConfigError(f"[store].acorn_selectivity must be within 0 and 1, got {self.acorn_selectivity}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"[store].quantization must be one of {list(QUANTIZATIONS)}, got {self.quantization!r}")
+        if not self.quantization_oversampling >= 1.0:
+            raise ConfigError(f"[store].quantization_oversampling must be at least 1, "
+                              f"got {self.quantization_oversampling}")
 
 
 @dataclass(frozen=True)

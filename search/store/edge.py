@@ -38,7 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import qdrant_edge as qe
@@ -49,7 +49,10 @@ from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE
                                     best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
-from vitrina.errors import BadInput, ConfigError, NotFound, StoreError
+from vitrina.errors import BadInput, NotFound, StoreError
+
+if TYPE_CHECKING:
+    from vitrina.config import StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,22 @@ class IndexSettings:
     full_scan_kb: int = 10_000
     payload_links: bool = True
     max_segment_kb: int = 0  # 0: the engine's default (256 MB of vectors per core)
+    quantization: str = "none"  # "int8": a scalar-quantised copy of the dense vectors ([store].quantization)
+
+    @classmethod
+    def of(cls, sc: StoreConfig) -> IndexSettings:
+        """The settings [store] names."""
+        return cls(m=sc.hnsw_m, ef_construct=sc.hnsw_ef_construct, full_scan_kb=sc.full_scan_kb,
+                   payload_links=sc.payload_links, max_segment_kb=sc.max_segment_kb, quantization=sc.quantization)
 
     def hnsw(self) -> qe.HnswIndexConfig:
         return qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_kb)
+
+    def quantized(self) -> qe.ScalarQuantizationConfig | None:
+        """int8: each dimension mapped linearly over the central 99% of its values, the codes kept in memory."""
+        if self.quantization == "none":
+            return None
+        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
 
     def optimizers(self) -> qe.EdgeOptimizersConfig | None:
         """Segments of at most max_segment_kb: an HNSW graph costs more per point the larger it grows, so a large
@@ -166,13 +182,12 @@ class EdgeStore(QueriesInBatches):
 
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
                  hnsw_ef: int | None = None, payload_cache: int = 0, index: IndexSettings = IndexSettings(),
-                 acorn: float = 0.0) -> None:
+                 acorn: float = 0.0, oversampling: float = 2.0) -> None:
         self.root = Path(root)
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef  # None = engine default
-        if not 0.0 <= acorn <= 1.0:
-            raise ConfigError(f"[store].acorn_selectivity must be within 0 and 1, got {acorn}")
         self.acorn = acorn  # ACORN for filtered searches keeping at most this share of the points (0: off)
+        self.oversampling = oversampling  # quantised collections: candidates re-scored in float32, x the limit
         self.index = index
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
@@ -198,7 +213,8 @@ class EdgeStore(QueriesInBatches):
         config = qe.EdgeConfig(
             vectors={k: qe.EdgeVectorParams(int(d), qe.Distance.Cosine) for k, d in dims.items()},
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=self.index.hnsw(), optimizers=self.index.optimizers())
+            hnsw_config=self.index.hnsw(), optimizers=self.index.optimizers(),
+            quantization_config=self.index.quantized())
         try:
             shard = qe.EdgeShard.create(str(folder / "shard"), config)
             for field in sorted(set(filterable) | {ID_FIELD}):
@@ -384,7 +400,9 @@ class EdgeStore(QueriesInBatches):
         settings: dict[str, Any] = {"hnsw_ef": self.hnsw_ef} if self.hnsw_ef else {}
         if self.acorn > 0:
             settings["acorn"] = qe.AcornSearchParams(enable=True, max_selectivity=self.acorn)
-        return qe.SearchParams(**settings) if settings else None
+        # a collection without quantised vectors ignores this
+        settings["quantization"] = qe.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
+        return qe.SearchParams(**settings)
 
     @staticmethod
     def _scoring(part: DenseQuery | KeywordQuery, dims: dict[str, int]) -> qe.Query | None:

@@ -17,11 +17,9 @@ def open_store(cfg: Config, root: Path | None = None) -> Store:
         from search.store.edge import EdgeStore, IndexSettings
 
         sc = cfg.store
-        index = IndexSettings(m=sc.hnsw_m, ef_construct=sc.hnsw_ef_construct, full_scan_kb=sc.full_scan_kb,
-                              payload_links=sc.payload_links, max_segment_kb=sc.max_segment_kb)
         return EdgeStore(root or cfg.data_dir / "store", timeout_s=sc.timeout_s, bm25_avg_len=sc.bm25_avg_len,
-                         hnsw_ef=sc.hnsw_ef or None, payload_cache=sc.payload_cache, index=index,
-                         acorn=sc.acorn_selectivity)
+                         hnsw_ef=sc.hnsw_ef or None, payload_cache=sc.payload_cache, index=IndexSettings.of(sc),
+                         acorn=sc.acorn_selectivity, oversampling=sc.quantization_oversampling)
     if backend == "qdrant":
         from search.store.qdrant import QdrantStore
 

@@ -189,6 +189,14 @@ class Store(Protocol):
         indexes and wait until they are done. The indexer calls it after the last upsert, before
         `set_alias` points searches at the collection. Searching works before it too, just slower."""
         ...
+    def build_due(self, collection: str) -> bool:
+        """During a bulk load, after an upsert: build what has been loaded since the last build as a segment of
+        its own when the backend sizes segments itself (the embedded store with [store].max_segment_kb); True
+        when it built. A server's optimizer does this on its own (False)."""
+        ...
+    def segments(self, collection: str) -> int | None:
+        """How many segments (each its own HNSW graph once built) hold the collection; None when unknown."""
+        ...
     def list_aliases(self) -> dict[str, str]:
         """Every alias and the collection it points at."""
         ...

@@ -59,38 +59,42 @@ class QdrantStore(QueriesInBatches):
     """Store on a QdrantClient; `from_config` picks server, local folder or memory."""
 
     def __init__(self, client: QdrantClient, local: bool, timeout_s: float = 30.0,
-                 bm25_avg_len: float = keywords.DEFAULT_AVG_LEN, hnsw_ef: int | None = None, acorn: float = 0.0
-                 ) -> None:
+                 bm25_avg_len: float = keywords.DEFAULT_AVG_LEN, hnsw_ef: int | None = None, acorn: float = 0.0,
+                 hnsw: tuple[int, int] = (16, 100), quantization: str = "none", oversampling: float = 2.0) -> None:
         self.client = client
         self.local = local
         self.timeout_s = timeout_s
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef
         self.acorn = acorn  # [store].acorn_selectivity (a server applies it; local mode has no HNSW)
+        self.hnsw = hnsw  # new collections: [store].hnsw_m, hnsw_ef_construct
+        self.quantization = quantization  # new collections: [store].quantization
+        self.oversampling = oversampling
         self._serial = threading.RLock() if local else None
         self._dims_cache: dict[str, tuple[float, dict[str, int]]] = {}
 
     @classmethod
     def from_config(cls, store_cfg: StoreConfig) -> QdrantStore:
         """`url` (+ API key from $api_key_env) for a server or cluster; else `path`, else in memory."""
-        avg_len = store_cfg.bm25_avg_len
-        ef, acorn = store_cfg.hnsw_ef or None, store_cfg.acorn_selectivity
+        sc = store_cfg
+        settings = {"timeout_s": sc.timeout_s, "bm25_avg_len": sc.bm25_avg_len, "hnsw_ef": sc.hnsw_ef or None,
+                    "acorn": sc.acorn_selectivity, "hnsw": (sc.hnsw_m, sc.hnsw_ef_construct),
+                    "quantization": sc.quantization, "oversampling": sc.quantization_oversampling}
         try:
-            if store_cfg.url:
-                api_key = (os.environ.get(store_cfg.api_key_env) or None) if store_cfg.api_key_env else None
-                client = QdrantClient(url=store_cfg.url, api_key=api_key, timeout=max(1, int(store_cfg.timeout_s)))
-                return cls(client, local=False, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef,
-                           acorn=acorn)
-            location = store_cfg.path or ":memory:"
+            if sc.url:
+                api_key = (os.environ.get(sc.api_key_env) or None) if sc.api_key_env else None
+                client = QdrantClient(url=sc.url, api_key=api_key, timeout=max(1, int(sc.timeout_s)))
+                return cls(client, local=False, **settings)
+            location = sc.path or ":memory:"
             if location == ":memory:":
-                if not store_cfg.path:
+                if not sc.path:
                     log.warning("qdrant backend without url or path: an in-memory store, lost on exit")
                 client = QdrantClient(location=":memory:")
             else:
                 client = QdrantClient(path=location)
         except (RuntimeError, ValueError, OSError) as e:  # e.g. the local folder is held by another process
             raise StoreError(f"cannot open the qdrant store: {e}") from e
-        return cls(client, local=True, timeout_s=store_cfg.timeout_s, bm25_avg_len=avg_len, hnsw_ef=ef, acorn=acorn)
+        return cls(client, local=True, **settings)
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
@@ -136,8 +140,12 @@ class QdrantStore(QueriesInBatches):
                 name,
                 vectors_config={k: models.VectorParams(size=int(d), distance=models.Distance.COSINE)
                                 for k, d in dims.items()},
+                quantization_config=None if self.quantization == "none" else models.ScalarQuantization(
+                    scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99,
+                                                           always_ram=True)),
                 sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-                hnsw_config=models.HnswConfigDiff(m=16, ef_construct=100, full_scan_threshold=10_000))
+                hnsw_config=models.HnswConfigDiff(m=self.hnsw[0], ef_construct=self.hnsw[1],
+                                                  full_scan_threshold=10_000))
             schema = [(f, models.PayloadSchemaType.KEYWORD) for f in sorted(set(filterable) | {ID_FIELD})]
             schema += [(f, models.PayloadSchemaType.FLOAT) for f in sorted(set(numeric) | {PRICE_FIELD})]
             with warnings.catch_warnings():
@@ -245,6 +253,13 @@ class QdrantStore(QueriesInBatches):
         with self._call(f"flush {collection}"):
             self.client.get_collection(collection)  # still raises NotFound for an unknown name
 
+    def build_due(self, collection: str) -> bool:
+        return False  # the server's optimizer sizes and builds its segments
+
+    def segments(self, collection: str) -> int | None:
+        with self._call(f"info {collection}"):
+            return self.client.get_collection(collection).segments_count
+
     def finalize(self, collection: str) -> None:
         """Wait (up to timeout_s) until the server's optimizers have indexed the collection (status green)."""
         with self._call(f"finalize {collection}"):
@@ -283,9 +298,10 @@ class QdrantStore(QueriesInBatches):
     def _request(self, query: Query, flt: models.Filter | None, limit: int, offset: int, vectors: Any,
                  dims: dict[str, int], with_payload: bool = True) -> models.QueryRequest | None:
         params = None
-        if not self.local and (self.hnsw_ef or self.acorn > 0):
+        if not self.local:  # local mode searches exactly
             acorn = models.AcornSearchParams(enable=True, max_selectivity=self.acorn) if self.acorn > 0 else None
-            params = models.SearchParams(hnsw_ef=self.hnsw_ef, acorn=acorn)
+            rescore = models.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
+            params = models.SearchParams(hnsw_ef=self.hnsw_ef, acorn=acorn, quantization=rescore)
         common = dict(limit=limit, offset=offset, filter=flt, with_payload=True if with_payload else [ID_FIELD],
                       with_vector=vectors)
         if isinstance(query, HybridQuery):
