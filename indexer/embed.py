@@ -165,9 +165,10 @@ class Embedder:
             return None
         t0 = time.perf_counter()
         try:
-            img = load_image(product.image, self.base, self.cfg.indexer)
             if self.image_encoder is None:
+                load_image(product.image, self.base, self.cfg.indexer)  # still checked: a bad image is skipped
                 return None
+            img = load_image(product.image, self.base, self.cfg.indexer, fit=self.image_encoder.decode_size)
             return self.image_encoder.pixels(img)
         except VitrinaError as e:
             return Skipped(product.id, f"bad image: {e.message}", product.row)

@@ -336,8 +336,10 @@ def test_photo_query_without_tower_is_503(service: Any) -> None:
     assert search(service, q="red", k=3)["results"]  # text search still works
 
 
-def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path) -> None:
+def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import io
+
+    import vitrina.images as images
 
     from search.query.engine import SearchService
     from tests.helpers import draw_product
@@ -361,6 +363,22 @@ def test_photo_query_with_tiny_tower(indexed: Any, tmp_path: Path) -> None:
     w0 = service.search(parse_search(params(q="red shoes", k=5, mode="vector", image_weight=0), service.cfg,
                                      image=buf.getvalue()))
     assert ids(w0) == ids(text_only)
+    # an upload is decoded only as large as the tower needs: a 1600 px JPEG at 1/8 scale (200 px >= 2 x 32)
+    fits: list[tuple[int, tuple[int, int]]] = []
+    real = images.decode_image
+
+    def spy(data: bytes, max_pixels: int, fit: int = 0) -> Any:
+        img = real(data, max_pixels, fit)
+        fits.append((fit, img.size))
+        return img
+
+    monkeypatch.setattr(images, "decode_image", spy)
+    big = io.BytesIO()
+    draw_product("Red", "Shoes").resize((1600, 1600)).save(big, "JPEG")
+    found = service.search(parse_search(params(mode="image", k=5), service.cfg, image=big.getvalue()))
+    assert len(found["results"]) == 5
+    side = max(service.image_encoder().image_size)
+    assert fits == [(2 * side, (200, 200))]
 
 
 def test_photo_attributes_read_by_the_label_head_move_matching_items_up(indexed: Any, tmp_path: Path) -> None:

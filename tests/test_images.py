@@ -47,6 +47,31 @@ def test_decode_valid_jpeg_is_rgb_and_loaded() -> None:
     assert np.asarray(img).shape == (90, 120, 3)
 
 
+def test_a_large_jpeg_decodes_at_the_smallest_scale_that_still_fits() -> None:
+    """fit: 1600x1200 with fit 128 decodes at 1/8 (200x150, both sides still >= 128) and looks like the whole
+    decode shrunk; fit 300 needs 1/4; a PNG, a small JPEG and an EXIF-rotated one decode as they are / upright."""
+    y, x = np.mgrid[0:1200, 0:1600]
+    smooth = np.stack([x / 1600 * 255, y / 1200 * 255, (x + y) / 2800 * 255], -1).astype(np.uint8)
+    buf = BytesIO()
+    Image.fromarray(smooth).save(buf, "JPEG", quality=92)
+    big = buf.getvalue()
+    small = decode_image(big, 4_000_000, fit=128)
+    assert small.size == (200, 150) and small.mode == "RGB"
+    assert decode_image(big, 4_000_000, fit=300).size == (400, 300)
+    whole = decode_image(big, 4_000_000).resize((64, 48), Image.Resampling.BICUBIC)
+    diff = np.abs(np.asarray(small.resize((64, 48), Image.Resampling.BICUBIC), float) - np.asarray(whole, float))
+    assert diff.mean() < 2.0
+    assert decode_image(jpeg_bytes((120, 90)), 1_000_000, fit=128).size == (120, 90)
+    png = BytesIO()
+    Image.fromarray(smooth).save(png, "PNG")
+    assert decode_image(png.getvalue(), 4_000_000, fit=128).size == (1600, 1200)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = BytesIO()
+    Image.fromarray(smooth).save(turned, "JPEG", exif=exif)
+    assert decode_image(turned.getvalue(), 4_000_000, fit=128).size == (150, 200)
+
+
 def test_decode_grey_and_palette_become_rgb() -> None:
     for mode in ("L", "P", "CMYK"):
         buf = BytesIO()

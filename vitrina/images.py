@@ -27,11 +27,13 @@ class FetchError(BadInput):
     status = 422
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, fit: int = 0) -> Image.Image:
     """Decode bytes into a fully loaded RGB image; ImageError for non-images, truncated files and bombs.
 
     The declared size is checked against max_pixels before any pixel is decoded. EXIF orientation
-    is applied; transparent pixels become white.
+    is applied; transparent pixels become white. fit > 0: the caller shrinks the image to fit x fit or less, so
+    a JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale whose sides still reach fit (a 12 MP phone photo
+    decodes at 1/8 size, several times faster); other formats decode whole.
     """
     if not data:
         raise ImageError("the image is empty (0 bytes)")
@@ -41,6 +43,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         if max_pixels > 0 and width * height > max_pixels:
             raise ImageError(f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
                              f"{max_pixels:,} (possible decompression bomb)")
+        if fit > 0:
+            img.draft("RGB", (fit, fit))
         img.load()  # decode every pixel now, so a truncated file fails here and not later
         img = ImageOps.exif_transpose(img) or img
         return _to_rgb(img)
@@ -193,8 +197,10 @@ def is_url(source: str) -> bool:
     return "://" in source.strip()[:16]
 
 
-def load_image(source: str, base_dir: Path, indexer_cfg: IndexerConfig, allow_local: bool = True) -> Image.Image:
-    """A catalogue image: a path (relative to base_dir) or an http(s) URL, fetched and decoded safely.
+def load_image(source: str, base_dir: Path, indexer_cfg: IndexerConfig, allow_local: bool = True,
+               fit: int = 0) -> Image.Image:
+    """A catalogue image: a path (relative to base_dir) or an http(s) URL, fetched and decoded safely (`fit` as
+    in decode_image).
 
     Pass allow_local=False for sources that come from web requests, so they can never read server files.
     """
@@ -205,7 +211,7 @@ def load_image(source: str, base_dir: Path, indexer_cfg: IndexerConfig, allow_lo
     if is_url(source):
         data = fetch_url(source, indexer_cfg.url_timeout_s, cap, indexer_cfg.allow_private_urls,
                          indexer_cfg.max_redirects)
-        return decode_image(data, indexer_cfg.max_image_pixels)
+        return decode_image(data, indexer_cfg.max_image_pixels, fit)
     if not allow_local:
         raise BadInput("only http(s) image URLs are accepted here")
     path = Path(source).expanduser()
@@ -221,4 +227,4 @@ def load_image(source: str, base_dir: Path, indexer_cfg: IndexerConfig, allow_lo
         raise ImageError(f"image path is a folder: {path}") from e
     except OSError as e:
         raise ImageError(f"cannot read image file {path}", detail=str(e)) from e
-    return decode_image(data, indexer_cfg.max_image_pixels)
+    return decode_image(data, indexer_cfg.max_image_pixels, fit)

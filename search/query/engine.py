@@ -25,7 +25,7 @@ from search.shopper.segments import borrow
 from search.store.factory import open_store
 from search.store.interface import DenseQuery, Filters, Hit, KeywordQuery, Store
 from vitrina.config import Config
-from vitrina.errors import BadInput, NotFound, VitrinaError
+from vitrina.errors import BadInput, ModelUnavailable, NotFound, VitrinaError
 
 if TYPE_CHECKING:
     from search.shopper.personal import UserState
@@ -145,8 +145,12 @@ class SearchService:
             data = fetch_url(req.image_url, ic.url_timeout_s, self.cfg.search.max_upload_bytes,
                              ic.allow_private_urls)
         assert data is not None
-        image = decode_image(data, self.cfg.search.max_image_pixels)
-        encoder = self.image_encoder()
+        try:
+            encoder = self.image_encoder()
+        except ModelUnavailable:
+            decode_image(data, self.cfg.search.max_image_pixels)  # a bad photo is still the client's error (4xx)
+            raise
+        image = decode_image(data, self.cfg.search.max_image_pixels, fit=encoder.decode_size)
         return np.asarray(encoder.encode([image])[0], dtype=np.float32)
 
     def query_vector(self, text_vec: np.ndarray | None, photo_vec: np.ndarray | None,
