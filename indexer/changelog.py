@@ -178,8 +178,9 @@ class ChangeLog:
         return last
 
     def max_seq(self) -> int:
+        """The last sequence number ever given, also when `prune` has dropped that entry (0: none yet)."""
         with self._sql() as db:
-            return int(db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+            return _top(db)
 
     def seq_before(self, ts: float) -> int:
         """The last sequence number of the entries logged before time `ts` (0 when none)."""
@@ -187,7 +188,7 @@ class ChangeLog:
             row = db.execute("SELECT min(seq) FROM changes WHERE ts >= ?", (ts,)).fetchone()
             if row[0] is not None:
                 return int(row[0]) - 1
-            return int(db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+            return _top(db)
 
     def read(self, after: int = 0, until: int | None = None, batch: int = 500) -> Iterator[Change]:
         """Entries with after < seq <= until (default: to the end), in order, read `batch` at a time."""
@@ -259,3 +260,10 @@ class ChangeLog:
             for name in [c for (c,) in db.execute("SELECT collection FROM applied") if c not in keep]:
                 db.execute("DELETE FROM applied WHERE collection = ?", (name,))
             return int(cur.rowcount)
+
+
+def _top(db: sqlite3.Connection) -> int:
+    """The highest sequence number given: AUTOINCREMENT keeps it in sqlite_sequence (never below any row's seq)
+    after its row is pruned; no row there until the first append."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    return int(row[0]) if row is not None else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -74,9 +75,14 @@ class Embedders:
 def replay_log(store: Store, collection: str, changelog: ChangeLog, after: int, until: int,
                embedders: Embedders) -> ReplayStats:
     """Apply the logged entries after < seq <= until to `collection` with this process's models (logged vectors
-    are kept when the same models made them, else the items are embedded again)."""
+    are kept when the same models made them, else the items are embedded again). No entry in the range (e.g.
+    pruned after a reindex): nothing applied and no model loaded."""
+    changes = changelog.read(after=after, until=until)
+    first = next(changes, None)
+    if first is None:
+        return ReplayStats()
     embedder = embedders(collection)
-    return apply_changes(store, collection, changelog.read(after=after, until=until), embedder.stamp,
+    return apply_changes(store, collection, itertools.chain([first], changes), embedder.stamp,
                          reembedder(embedders.cfg, embedder))
 
 

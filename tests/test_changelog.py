@@ -60,6 +60,33 @@ def test_append_read_roundtrip_and_checkpoints(tmp_path: Path) -> None:
         assert log.prune(t_mid, 3, keep=set()) == 1
         assert [c.seq for c in log.read()] == [2, 3] and log.applied("c1") is None
         assert log.append([Change("delete", "x")]) == 4  # sequence numbers are never reused
+        # a reindex prunes everything before its catalogue: the log's position stays where it was, so the new
+        # collection's checkpoint (seq_before) and a replica's target (max_seq) agree that nothing is missing
+        assert log.prune(time.time() + 9, 4, keep=set()) == 3
+        assert list(log.read()) == [] and log.max_seq() == 4 and log.seq_before(time.time() + 9) == 4
+
+
+def test_a_replay_with_nothing_to_apply_loads_no_model(tmp_path: Path) -> None:
+    """Replicas replay [their copy's checkpoint, the log's end]; an empty range (all of it pruned) must not load
+    the write-side encoders (torch, ~0.8 GB a serving process)."""
+    from indexer.replay import replay_log
+
+    class NoModels:
+        cfg = make_config(tmp_path)
+
+        def __call__(self, collection: str) -> Any:
+            raise AssertionError("an embedder was loaded for an empty replay")
+
+    store = open_store(make_config(tmp_path))
+    try:
+        store.create_collection("c", DIMS, (), ())
+        with ChangeLog(tmp_path / "log.sqlite") as log:
+            log.append([Change("delete", "a"), Change("delete", "b")])
+            log.prune(time.time() + 9, 2, keep=set())
+            stats = replay_log(store, "c", log, 0, log.max_seq(), NoModels())  # type: ignore[arg-type]
+            assert stats.applied == 0 and log.max_seq() == 2
+    finally:
+        store.close()
 
 
 def test_write_lock_is_held_across_processes(tmp_path: Path) -> None:
