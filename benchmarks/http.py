@@ -142,7 +142,8 @@ def verdict(row: dict[str, Any]) -> str:
     elif kind == "text":
         ok = row["p95_ms"] <= TEXT_P95_MS and row["rps"] >= TEXT_MIN_RPS and not row["errors"] and (
             ratio is None or ratio >= MIN_FLOOR_RATIO)
-        what = f"p95<={TEXT_P95_MS:.0f}ms, >={TEXT_MIN_RPS:.0f}/s, x floor>={MIN_FLOOR_RATIO}"
+        what = f"p95<={TEXT_P95_MS:.0f}ms, >={TEXT_MIN_RPS:.0f}/s, " + (
+            f"x floor>={MIN_FLOOR_RATIO}" if ratio is not None else "x floor not judged: no floor phase")
     elif kind == "text+user":
         ok, what = row["p95_ms"] <= USER_P95_MS and not row["errors"], f"p95<={USER_P95_MS:.0f}ms"
     elif kind == "image":

@@ -80,6 +80,8 @@ def test_phase_specs_and_verdicts() -> None:
     row = {"phase": "text", "clients": 4, "rps": 250.0, "p95_ms": 20.0, "errors": 0, "x_floor": 0.12}
     assert bench_http.verdict(row).startswith("PASS")
     assert bench_http.verdict({**row, "x_floor": 0.09}).startswith("MISS")
+    unjudged = bench_http.verdict({**row, "x_floor": None})  # no floor phase: the ratio is not claimed
+    assert unjudged.startswith("PASS") and "x floor not judged" in unjudged and ">=0.11" not in unjudged
     assert bench_http.verdict({**row, "phase": "text@16", "clients": 16, "p95_ms": 90.0}).startswith("PASS")
     assert bench_http.verdict({**row, "phase": "image", "p95_ms": 45.0}).startswith("MISS")
     assert bench_http.verdict({**row, "phase": "floor"}) == "reference"
