@@ -1,4 +1,5 @@
-"""Text-encoder throughput benchmark: texts/s on real catalogue texts for fp32 vs bf16, batch sizes, max_length."""
+"""Text-encoder throughput benchmark: texts/s on real catalogue texts for fp32 vs bf16 (torch) and int8 (ONNX Runtime,
+one text at a time, as queries run), batch sizes, max_length."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=3000, help="catalogue texts to encode (default 3000)")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated: fp32, bf16, int8 (ONNX Runtime; batch size does not apply) "
+                             "(default fp32,bf16)")
     parser.add_argument("--batch-sizes", type=_ints, default=[32, 128], help="comma-separated (default 32,128)")
     parser.add_argument("--max-lengths", type=_ints, default=[32, 64], help="comma-separated (default 32,64)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -76,8 +79,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from encoders.text import TextEncoder
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
-        raise BadInput(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
+    if not precisions or any(p not in ("fp32", "bf16", "int8") for p in precisions):
+        raise BadInput(f"--precisions takes fp32, bf16 and/or int8, got {args.precisions!r}")
     runtime = dataclasses.replace(cfg.runtime, threads=args.threads)
     device = resolve_device(runtime)
     texts = catalogue_texts(cfg, args.n, args.catalogue)
@@ -91,8 +94,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     for max_length in args.max_lengths:
         for precision in precisions:
             tc = dataclasses.replace(cfg.text_encoder, max_length=max_length, precision=precision)
-            encoder = TextEncoder(tc, runtime)
-            if precision == precisions[0]:
+            if precision == "int8":
+                from encoders.text_onnx import create
+
+                encoder = create(tc, runtime, cfg.data_dir / "models")
+            else:
+                encoder = TextEncoder(tc, runtime)
+            if precision == precisions[0] and precision != "int8":
                 lengths = [len(x) for x in encoder._tokenizer(texts, truncation=False)["input_ids"]]
                 cut = sum(length > max_length for length in lengths)
                 print(f"tokens per text: mean {statistics.mean(lengths):.1f}, max {max(lengths)}; "
@@ -100,7 +108,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             if precision == "bf16" and not encoder.bf16:
                 print("bf16 requested but not supported on this device: skipped")
                 continue
-            for batch_size in args.batch_sizes:
+            for batch_size in args.batch_sizes if precision != "int8" else [1]:  # int8: one text a call
                 seconds, cpu, vectors = _measure(encoder, texts, batch_size, args.repeats)
                 row: dict[str, Any] = {"precision": precision, "max_length": max_length, "batch_size": batch_size,
                                        "texts_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 3),

@@ -283,3 +283,31 @@ def test_a_tower_exported_once_answers_photos_in_a_process_without_torch(tmp_pat
     np.testing.assert_allclose(got["vec"], want, atol=1e-5)
     assert {k: (v, pytest.approx(p, abs=1e-4)) for k, (v, p) in first.labels.predict(want).items()} == \
         {k: tuple(v) for k, v in got["labels"].items()}
+
+
+def test_bench_image_compares_the_runtimes_on_catalogue_photos(tmp_path: Path) -> None:
+    """`vitrina bench image`: each runtime encodes the same catalogue photos; the ONNX vectors are the torch fp32
+    ones (cosine reported), the figures land in the JSON; without a trained tower it is a clear BadInput."""
+    import argparse
+
+    from benchmarks import image as bench_image
+    from tests.helpers import product_rows, write_catalogue
+
+    pytest.importorskip("onnxruntime")
+    catalogue = write_catalogue(tmp_path / "shop", product_rows(12))
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt")
+    cfg = make_config(tmp_path, catalogue, image_encoder={"checkpoint": str(ckpt), "arch": TEST_ARCH},
+                      runtime={"bf16": False})
+    parser = argparse.ArgumentParser()
+    bench_image.add_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["--n", "9", "--batch-size", "4", "--repeats", "1", "--json-out", str(out)])
+    assert bench_image.run(cfg, args) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 9 and [r["runtime"] for r in report["rows"]] == ["torch", "onnx"]
+    assert all(r["photos_per_s"] > 0 and r["decode_cpu_ms"] > 0 for r in report["rows"])
+    assert report["rows"][1]["cos_vs_torch_min"] > 0.9999
+    with pytest.raises(BadInput, match="runtimes"):
+        bench_image.run(cfg, parser.parse_args(["--runtimes", "tensorrt"]))
+    with pytest.raises(BadInput, match="no trained image tower"):
+        bench_image.run(cfg.replace(image_encoder={"checkpoint": str(tmp_path / "none.pt")}), args)

@@ -180,11 +180,12 @@ def test_bench_text_smoke(cfg: Config, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     bench_text.add_arguments(parser)
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["--n", "20", "--precisions", "fp32", "--batch-sizes", "8", "--max-lengths", "32",
-                              "--repeats", "1", "--json-out", str(out)])
+    args = parser.parse_args(["--n", "20", "--precisions", "fp32,int8", "--batch-sizes", "8", "--max-lengths", "32",
+                              "--repeats", "1", "--queries", "0", "--json-out", str(out)])
     assert bench_text.run(cfg, args) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 1 and rows[0]["texts_per_s"] > 0 and rows[0]["batch_size"] == 8
+    assert [(r["precision"], r["batch_size"]) for r in rows] == [("fp32", 8), ("int8", 1)]  # int8: one text a call
+    assert all(r["texts_per_s"] > 0 for r in rows) and rows[1]["cos_vs_fp32_min"] > 0.99
     assert len(bench_text.catalogue_texts(cfg, 5)) == 5
 
 
