@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
 from benchmarks.http_inputs import catalogue_ids, distinct_queries, multipart, read_photos, read_queries
-from benchmarks.http_load import (Client, Phase, Request, error_text, percentile, pid_listening, process_rss_each,
-                                  run_phase, run_wrk, wrk_binary)
+from benchmarks.http_load import (Client, Phase, Request, error_text, percentile, pid_listening, process_pss_mb,
+                                  process_rss_each, run_phase, run_wrk, wrk_binary)
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
@@ -323,6 +323,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         rows = measure_all(bench, phases, texts, warm_texts, share, photos, items)
         rss_each = process_rss_each(pid) if pid else {}
         rss = sum(rss_each.values()) if rss_each else None
+        pss = process_pss_mb(pid) if pid else None
     finally:
         if server is not None:
             stop_server(server)
@@ -334,6 +335,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if rss is not None:
         each = ", ".join(f"{p} {mb:.0f}" for p, mb in rss_each.items())
         print(f"server RSS at the end: {rss:.0f} MiB (per process, the parent first: {each})")
+    if pss is not None:
+        print(f"server PSS at the end: {pss:.0f} MiB (pages shared between its processes counted once: what it "
+              "takes from the machine)")
     for r in rows:
         if r["repeats"]:
             print(f"warning: {r['phase']}: {r['repeats']} requests repeated a query (the server's query cache "
@@ -342,6 +346,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             print(f"  {r['phase']}: {n} x {kind}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"url": url, "load": os.getloadavg(), "server_rss_mb": rss,
+                                                   "server_pss_mb": pss,
                                                    "rows": rows}, indent=2) + "\n", encoding="utf-8")
     if any(r["errors"] or not r["ok"] for r in rows):
         return 1

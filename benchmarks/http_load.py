@@ -168,6 +168,22 @@ def process_rss_each(pid: int) -> dict[int, float]:
     return out
 
 
+def process_pss_mb(pid: int) -> float | None:
+    """Proportional memory (Pss, MiB) of a process and its descendants: each page shared by n processes (the
+    workers' libraries, a shard's mapped files, pages forked from the parent) counted 1/n in each, so the sum is
+    what the server takes from the machine, where summed VmRSS counts shared pages once per process. None where
+    /proc/<pid>/smaps_rollup cannot be read."""
+    total, seen = 0.0, False
+    for p in process_tree(pid):
+        try:
+            match = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M)
+        except OSError:
+            continue
+        if match:
+            total, seen = total + int(match.group(1)) / 1024.0, True
+    return total if seen else None
+
+
 def process_rss_mb(pid: int) -> float | None:
     """Resident memory of a process and its children in MiB (VmRSS), None if unreadable."""
     each = process_rss_each(pid)

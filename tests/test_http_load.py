@@ -4,13 +4,15 @@ Lua script reads, the distinct queries, phase specs and verdicts."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import http as bench_http
 from benchmarks.http_inputs import distinct_queries
-from benchmarks.http_load import Phase, parse_wrk, process_cpu_s, process_rss_mb, wrk_errors, write_requests
+from benchmarks.http_load import (Phase, parse_wrk, process_cpu_s, process_pss_mb, process_rss_each, process_rss_mb,
+                                  wrk_errors, write_requests)
 from vitrina.errors import BadInput
 
 # `wrk -t2 -c4 -d2s -s <WRK_LUA> http://127.0.0.1:8795 -- requests.tsv 2` against `vitrina serve`, one of the
@@ -91,6 +93,31 @@ def test_own_process_cpu_and_memory_are_readable() -> None:
     cpu = process_cpu_s(os.getpid())
     rss = process_rss_mb(os.getpid())
     assert cpu is not None and cpu > 0 and rss is not None and rss > 10
+
+
+def test_pss_counts_pages_a_forked_worker_shares_once() -> None:
+    """Summed VmRSS counts the pages a worker shares with its parent twice; PSS (what bench http also prints)
+    counts them once: 64 MiB touched before a fork show up ~twice in RSS and ~once in PSS."""
+    if not Path(f"/proc/{os.getpid()}/smaps_rollup").is_file():
+        pytest.skip("no /proc/<pid>/smaps_rollup here")
+    block = bytearray(os.urandom(1 << 20)) * 64  # 64 MiB of private, touched pages
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child only holds the inherited pages until the parent has measured
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    try:
+        time.sleep(0.2)
+        rss = sum(mb for p, mb in process_rss_each(os.getpid()).items() if p in (os.getpid(), child))
+        pss = process_pss_mb(os.getpid())
+        assert pss is not None and rss - pss > 48, (rss, pss)
+    finally:
+        os.write(write, b"x")
+        os.close(write)
+        os.waitpid(child, 0)
+    assert len(block) == 64 << 20
 
 
 def test_vitrina_bench_lists_the_benchmarks_not_their_helpers() -> None:
