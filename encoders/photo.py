@@ -109,6 +109,11 @@ class PhotoEncoder:
     autocontrast: bool
     trim: bool
 
+    def twin(self) -> PhotoEncoder:
+        """A handle for a second thread that encodes batches beside this one's: the encoder itself where the
+        runtime runs calls at once (ONNX Runtime); encoders.image.ImageEncoder gives a copy with its own lock."""
+        return self
+
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(len(images), dim) float32, rows L2-normalised, in input order."""
         if isinstance(images, Image.Image):

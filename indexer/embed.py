@@ -135,7 +135,7 @@ class Embedder:
         # ... and, when the catalogue's texts are the lighter work, a second handle on the image tower lets the
         # text thread take a share of each batch's photos.
         self._image_twin = image_encoder.twin() if self._text_twin is not None and image_encoder is not None \
-            and hasattr(image_encoder, "twin") else None
+            else None
         self.stamp = model_stamp(cfg, image_encoder.name if image_encoder is not None else "")
         self.timer = timer or StageTimer()
         self.base = image_base(cfg)

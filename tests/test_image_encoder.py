@@ -190,6 +190,13 @@ def test_onnx_runtime_gives_the_fp32_torch_vectors(tmp_path: Path, flip: bool) -
     onnx_cfg = make_config(tmp_path, image_encoder={**settings, "runtime": "onnx"}, runtime={"bf16": False})
     onnx_enc = create_image_encoder(onnx_cfg)
     assert torch_enc._onnx is None and onnx_enc._onnx is not None
+    # the indexer's second thread: a torch handle takes its own lock (the ONNX session is shared), and the
+    # torch-free encoder, whose runtime runs calls at once, is its own twin
+    assert torch_enc.twin()._lock is not torch_enc._lock and onnx_enc.twin()._onnx is onnx_enc._onnx
+    from encoders.image_onnx import open_exported
+
+    torch_free = open_exported(onnx_cfg)
+    assert torch_free is not None and torch_free.twin() is torch_free
     assert len(sorted((onnx_cfg.data_dir / "models").glob("image-*.onnx"))) == 1
     shots = photos() + [ImageOps.mirror(p) for p in photos()]
     want, got = torch_enc.encode(shots), onnx_enc.encode(shots)
