@@ -45,7 +45,7 @@ import qdrant_edge as qe
 
 from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
-from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
@@ -86,10 +86,10 @@ class IndexSettings:
         return qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_kb)
 
     def quantized(self) -> qe.ScalarQuantizationConfig | None:
-        """int8: each dimension mapped linearly over the central 99% of its values, the codes kept in memory."""
+        """int8 (search.store.interface.INT8_QUANTILE), the codes kept in memory; None for "none"."""
         if self.quantization == "none":
             return None
-        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=INT8_QUANTILE, always_ram=True)
 
     def optimizers(self) -> qe.EdgeOptimizersConfig | None:
         """Segments of at most max_segment_kb: an HNSW graph costs more per point the larger it grows, so a large

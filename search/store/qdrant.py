@@ -21,7 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from search.store import keywords
-from search.store.interface import (DENSE_VECTORS, ID_FIELD, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, payload_changes,
                                     plain_payload, point_id, vector_names)
@@ -141,7 +141,7 @@ class QdrantStore(QueriesInBatches):
                 vectors_config={k: models.VectorParams(size=int(d), distance=models.Distance.COSINE)
                                 for k, d in dims.items()},
                 quantization_config=None if self.quantization == "none" else models.ScalarQuantization(
-                    scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99,
+                    scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=INT8_QUANTILE,
                                                            always_ram=True)),
                 sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 hnsw_config=models.HnswConfigDiff(m=self.hnsw[0], ef_construct=self.hnsw[1],
