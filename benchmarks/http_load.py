@@ -155,12 +155,12 @@ def process_cpu_s(pid: int) -> float | None:
     return total if seen else None
 
 
-def process_rss_each(pid: int) -> dict[int, float]:
-    """Resident memory (VmRSS, MiB) of a process and of each of its descendants that could be read."""
+def _memory_each(pid: int, file: str, field: str) -> dict[int, float]:
+    """`field` (kB in /proc/<p>/<file>) in MiB of a process and of each of its descendants that could be read."""
     out = {}
     for p in process_tree(pid):
         try:
-            match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
+            match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{p}/{file}").read_text(), re.M)
         except OSError:
             continue
         if match:
@@ -168,20 +168,18 @@ def process_rss_each(pid: int) -> dict[int, float]:
     return out
 
 
+def process_rss_each(pid: int) -> dict[int, float]:
+    """Resident memory (VmRSS, MiB) of a process and of each of its descendants that could be read."""
+    return _memory_each(pid, "status", "VmRSS")
+
+
 def process_pss_mb(pid: int) -> float | None:
     """Proportional memory (Pss, MiB) of a process and its descendants: each page shared by n processes (the
     workers' libraries, a shard's mapped files, pages forked from the parent) counted 1/n in each, so the sum is
     what the server takes from the machine, where summed VmRSS counts shared pages once per process. None where
     /proc/<pid>/smaps_rollup cannot be read."""
-    total, seen = 0.0, False
-    for p in process_tree(pid):
-        try:
-            match = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M)
-        except OSError:
-            continue
-        if match:
-            total, seen = total + int(match.group(1)) / 1024.0, True
-    return total if seen else None
+    each = _memory_each(pid, "smaps_rollup", "Pss")
+    return sum(each.values()) if each else None
 
 
 def process_rss_mb(pid: int) -> float | None:
