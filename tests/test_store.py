@@ -471,6 +471,41 @@ def test_edge_lock_held_by_another_process(fast_dir: Path) -> None:
     mine.close()
 
 
+def test_a_copy_without_write_ahead_log_keeps_what_only_the_log_held(fast_dir: Path) -> None:
+    """copy_collection(wal=False), a serving worker's replica: the writes of a writer that died before any flush
+    are in the copy, which then has no log (none on disk to map or write) and still keeps what it is given."""
+    from search.store.edge_shards import copy_collection
+
+    setup = EdgeStore(fast_dir / "main")
+    load(setup)
+    setup.close()
+    code = textwrap.dedent(f"""
+        import os
+        import numpy as np
+        from pathlib import Path
+        from search.store.edge import EdgeStore
+        from search.store.interface import ItemRecord
+        s = EdgeStore(Path({str(fast_dir / "main")!r}))
+        s.delete("c1", ["sku-001"])
+        v = np.ones({DIM}, dtype=np.float32) / np.sqrt({DIM})
+        s.upsert("c1", [ItemRecord(id="late", vectors={{"text": v, "image": v, "fused": v}}, keywords="late arrival",
+                                   payload={{"gender": "Women"}})])
+        os._exit(0)  # no flush, no close
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    copy_collection(fast_dir / "main", "c1", fast_dir / "copy", wal=False)
+    shard = fast_dir / "copy" / "collections" / "c1" / "shard"
+    assert '"wal_enabled": false' in (shard / "edge_config.json").read_text()
+    copy = EdgeStore(fast_dir / "copy")
+    assert copy.count("c1") == N and [h.id for h in copy.retrieve("c1", ["late", "sku-001"])] == ["late"]
+    assert not (shard / "wal").exists()
+    copy.upsert("c1", [BY_ID["sku-001"]])
+    copy.close()
+    again = EdgeStore(fast_dir / "copy")
+    assert again.count("c1") == N + 1 and not (shard / "wal").exists()
+    again.close()
+
+
 def test_edge_persists_across_reopen(tmp_path: Path) -> None:
     s = EdgeStore(tmp_path)
     load(s)

@@ -67,10 +67,11 @@ def copy_sparse(src: str, dst: str, chunk: int = 1 << 20) -> None:
         fout.truncate(size)
 
 
-def copy_collection(root: Path, name: str, dest_root: Path, timeout_s: float = 30.0) -> dict[str, Any]:
+def copy_collection(root: Path, name: str, dest_root: Path, timeout_s: float = 30.0, wal: bool = True
+                    ) -> dict[str, Any]:
     """Copy collection `name` of the store at `root` (its shard and meta.json) into the store at `dest_root`,
     holding its lock meanwhile, so that no process has it open (and writes into it) while its files are read.
-    Returns the collection's meta."""
+    wal=False: the copy keeps no write-ahead log (see without_wal). Returns the collection's meta."""
     pool = ShardPool(root, timeout_s)
     if not pool.exists(name):
         raise NotFound(f"collection {name!r} does not exist")
@@ -82,9 +83,33 @@ def copy_collection(root: Path, name: str, dest_root: Path, timeout_s: float = 3
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(source / "shard", dest / "shard", copy_function=copy_sparse)
         shutil.copyfile(source / "meta.json", dest / "meta.json")
-        return json.loads((dest / "meta.json").read_text())
     finally:
         os.close(fd)
+    if not wal:
+        without_wal(dest / "shard")
+    return json.loads((dest / "meta.json").read_text())
+
+
+def without_wal(shard_dir: Path) -> None:
+    """Switch a shard's write-ahead log off, for a copy that never has to survive a crash (a serving process's
+    replica, made again from the main store and the change log whenever the process starts). The shard is opened
+    with its log once and flushed, so whatever the copied log holds is in the segments before the log goes (the
+    engine deletes the log of a shard it opens without one); then the copy neither maps a log (41 MiB a worker
+    on the fashion index) nor writes each replayed change twice."""
+    try:
+        shard = qe.EdgeShard.load(str(shard_dir))
+        try:
+            shard.flush()
+        finally:
+            shard.close()
+        config_file = shard_dir / "edge_config.json"
+        config = json.loads(config_file.read_text())
+        config["wal_enabled"] = False
+        staged = config_file.with_suffix(".json.tmp")
+        staged.write_text(json.dumps(config))
+        os.replace(staged, config_file)
+    except Exception as e:
+        raise StoreError(f"cannot switch the write-ahead log off in {shard_dir}: {e}") from e
 
 
 class ShardHandle:
