@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HNSW links per payload value (default: [store].payload_links)")
     parser.add_argument("--max-segment-kb", type=int, default=None,
                         help="largest segment in KB of vectors (default: [store].max_segment_kb; 0 = engine default)")
+    parser.add_argument("--max-segment-points", type=int, default=None,
+                        help="largest segment in points (default: [store].max_segment_points; 0 = no cap)")
     parser.add_argument("--quantization", choices=("none", "int8"), default=None,
                         help="an int8 copy of the vectors builds the graphs and finds candidates "
                              "(default: [store].quantization)")
@@ -249,6 +251,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         full_scan_kb=args.full_scan_kb or sc.full_scan_kb,
         payload_links=sc.payload_links if args.payload_links is None else args.payload_links == "on",
         max_segment_kb=sc.max_segment_kb if args.max_segment_kb is None else args.max_segment_kb,
+        max_segment_points=sc.max_segment_points if args.max_segment_points is None else args.max_segment_points,
         quantization=args.quantization or sc.quantization))
     qdrant_n = min(counts[0], args.qdrant_points)
     data = make_data(max(*counts, qdrant_n), args.dim, args.seed)
@@ -257,9 +260,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         base = Path(args.dir) if args.dir else cfg.data_dir
         base.mkdir(parents=True, exist_ok=True)
         ef = cfg.store.hnsw_ef if args.hnsw_ef is None else args.hnsw_ef
+        cap = index.segment_kb({"fused": args.dim})  # the bench's one vector
         print(f"edge: HNSW m {index.m}, ef_construct {index.ef_construct}, full scan below {index.full_scan_kb} KB, "
               f"payload links {'on' if index.payload_links else 'off'}, segments up to "
-              f"{f'{index.max_segment_kb} KB' if index.max_segment_kb else 'the engine default'}, vectors quantised: "
+              f"{f'{cap} KB' if cap else 'the engine default'}, vectors quantised: "
               f"{index.quantization}; search ef {ef or 'engine default'}",
               flush=True)
         for n in counts:

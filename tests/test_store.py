@@ -593,16 +593,19 @@ def test_bench_store_runs_both_backends(fast_dir: Path, capsys: pytest.CaptureFi
     assert main(["bench", "no-such-bench"]) == 2
 
 
-@pytest.mark.parametrize("max_kb", [0, 8])
-def test_edge_bulk_load_builds_segments_of_the_configured_size(fast_dir: Path, max_kb: int) -> None:
-    """[store].max_segment_kb: a bulk load builds each segment as it fills (build_due), so the collection ends as
-    several graphs of about that size instead of one; every point stays found, nearest first."""
+@pytest.mark.parametrize("max_kb, max_points", [(0, 0), (8, 0), (0, 128), (8, 100_000), (500, 128)])
+def test_edge_bulk_load_builds_segments_of_the_configured_size(fast_dir: Path, max_kb: int, max_points: int) -> None:
+    """[store].max_segment_kb / max_segment_points: a bulk load builds each segment as it fills (build_due), so the
+    collection ends as several graphs of about that size instead of one (128 points of 16 floats = 8 KB; the
+    smaller cap applies); every point stays found, nearest first."""
     from search.store.edge import IndexSettings
 
     rng = np.random.default_rng(3)
     data = rng.normal(size=(2000, 16)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    store = EdgeStore(fast_dir, index=IndexSettings(max_segment_kb=max_kb, full_scan_kb=4))
+    settings = IndexSettings(max_segment_kb=max_kb, max_segment_points=max_points, full_scan_kb=4)
+    assert settings.segment_kb({"fused": 16}) == (8 if max_kb or max_points else 0)
+    store = EdgeStore(fast_dir, index=settings)
     store.create_collection("big", {"fused": 16}, filterable=(), numeric=())
     built = 0
     for start in range(0, 2000, 250):  # 250 points x 16 floats = 15.6 KB a batch
@@ -610,8 +613,9 @@ def test_edge_bulk_load_builds_segments_of_the_configured_size(fast_dir: Path, m
                              for i in range(start, start + 250)])
         built += store.build_due("big")
     store.finalize("big")
-    assert built == (8 if max_kb else 0)
-    assert (store.segments("big") >= 8) if max_kb else store.segments("big") == 1
+    capped = bool(max_kb or max_points)
+    assert built == (8 if capped else 0)
+    assert (store.segments("big") >= 8) if capped else store.segments("big") == 1
     assert store.count("big") == 2000
     for i in (0, 777, 1999):
         hits = store.query("big", DenseQuery(data[i], "fused"), limit=10)
@@ -694,3 +698,5 @@ def test_qdrant_server_collections_get_the_quantisation_and_searches_rescore(mon
     for bad in ({"quantization": "int4"}, {"quantization_oversampling": 0.5}):
         with pytest.raises(ConfigError, match="quantization"):
             StoreConfig(**bad)
+    with pytest.raises(ConfigError, match="max_segment"):
+        StoreConfig(max_segment_points=-1)

@@ -108,6 +108,7 @@ class StoreConfig:
     full_scan_kb: int = 10_000
     payload_links: bool = True
     max_segment_kb: int = 0  # edge: largest segment (KB of vectors) the optimiser builds; 0 = 256 MB per core
+    max_segment_points: int = 0  # edge: the same cap in points (items); the smaller of the two applies; 0 = none
     # new collections: "int8" keeps a scalar-quantised copy of each dense vector in memory, which builds the HNSW
     # graphs and finds candidates; searches re-score limit x quantization_oversampling of them with the float32
     # vectors ("none": float32 only)
@@ -119,6 +120,8 @@ class StoreConfig:
             raise ConfigError(f"[store].acorn_selectivity must be within 0 and 1, got {self.acorn_selectivity}")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"[store].quantization must be one of {list(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.max_segment_kb < 0 or self.max_segment_points < 0:
+            raise ConfigError("[store].max_segment_kb and max_segment_points must be 0 (no cap) or positive")
         if not self.quantization_oversampling >= 1.0:
             raise ConfigError(f"[store].quantization_oversampling must be at least 1, "
                               f"got {self.quantization_oversampling}")

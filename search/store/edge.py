@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class IndexSettings:
     """How a new collection's indexes are built ([store] hnsw_m, hnsw_ef_construct, full_scan_kb, payload_links,
-    max_segment_kb).
+    max_segment_kb, max_segment_points).
 
     `payload_links`: the engine also builds HNSW links within each value of every indexed payload field (and
     range blocks of numeric ones) holding more than full_scan_kb of vectors, for filtered search at low
@@ -74,13 +75,15 @@ class IndexSettings:
     full_scan_kb: int = 10_000
     payload_links: bool = True
     max_segment_kb: int = 0  # 0: the engine's default (256 MB of vectors per core)
+    max_segment_points: int = 0  # the same cap counted in points (0: none); the smaller of the two applies
     quantization: str = "none"  # "int8": a scalar-quantised copy of the dense vectors ([store].quantization)
 
     @classmethod
     def of(cls, sc: StoreConfig) -> IndexSettings:
         """The settings [store] names."""
         return cls(m=sc.hnsw_m, ef_construct=sc.hnsw_ef_construct, full_scan_kb=sc.full_scan_kb,
-                   payload_links=sc.payload_links, max_segment_kb=sc.max_segment_kb, quantization=sc.quantization)
+                   payload_links=sc.payload_links, max_segment_kb=sc.max_segment_kb,
+                   max_segment_points=sc.max_segment_points, quantization=sc.quantization)
 
     def hnsw(self) -> qe.HnswIndexConfig:
         return qe.HnswIndexConfig(m=self.m, ef_construct=self.ef_construct, full_scan_threshold=self.full_scan_kb)
@@ -91,15 +94,23 @@ class IndexSettings:
             return None
         return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=INT8_QUANTILE, always_ram=True)
 
-    def optimizers(self) -> qe.EdgeOptimizersConfig | None:
-        """Segments of at most max_segment_kb: an HNSW graph costs more per point the larger it grows, so a large
+    def segment_kb(self, dims: Mapping[str, int]) -> int:
+        """The largest segment, in KB of vectors, for a collection of these dense vectors: the smaller of
+        max_segment_kb and max_segment_points points' worth; 0 when neither is set."""
+        caps = [self.max_segment_kb] if self.max_segment_kb > 0 else []
+        if self.max_segment_points > 0:
+            caps.append(math.ceil(self.max_segment_points * sum(dims.values()) * 4 / 1024))
+        return min(caps, default=0)
+
+    def optimizers(self, dims: Mapping[str, int]) -> qe.EdgeOptimizersConfig | None:
+        """Segments of at most segment_kb(dims): an HNSW graph costs more per point the larger it grows, so a large
         collection builds faster as several smaller graphs (each searched in turn). The engine never splits a
         segment, so a bulk load builds each one as it fills (EdgeStore.build_due); built segments are indexed
         from full_scan_kb on, and the optimiser merges them only while the merge stays under the limit."""
-        if self.max_segment_kb <= 0:
+        limit = self.segment_kb(dims)
+        if limit <= 0:
             return None
-        return qe.EdgeOptimizersConfig(max_segment_size=self.max_segment_kb,
-                                       indexing_threshold=min(self.max_segment_kb, max(1, self.full_scan_kb)))
+        return qe.EdgeOptimizersConfig(max_segment_size=limit, indexing_threshold=min(limit, max(1, self.full_scan_kb)))
 
     def field_index(self, field: str, numeric: bool) -> Any:
         links = {} if self.payload_links and field != ID_FIELD else {"enable_hnsw": False}
@@ -213,7 +224,7 @@ class EdgeStore(QueriesInBatches):
         config = qe.EdgeConfig(
             vectors={k: qe.EdgeVectorParams(int(d), qe.Distance.Cosine) for k, d in dims.items()},
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=self.index.hnsw(), optimizers=self.index.optimizers(),
+            hnsw_config=self.index.hnsw(), optimizers=self.index.optimizers(dims),
             quantization_config=self.index.quantized())
         try:
             shard = qe.EdgeShard.create(str(folder / "shard"), config)
@@ -309,11 +320,12 @@ class EdgeStore(QueriesInBatches):
                 h.unsealed_kb += len(points) * sum(h.meta["dims"].values()) * 4 / 1024
 
     def build_due(self, collection: str) -> bool:
-        """During a bulk load with [store].max_segment_kb set: once that much has been upserted since the last
-        build, build it now as a segment of its own (its HNSW graph; new points go to a fresh segment), so a large
-        collection ends as several graphs of about that size rather than one huge one. True when it built."""
-        limit = self.index.max_segment_kb
+        """During a bulk load with a segment cap ([store].max_segment_kb or max_segment_points): once that much has
+        been upserted since the last build, build it now as a segment of its own (its HNSW graph; new points go to
+        a fresh segment), so a large collection ends as several graphs of about that size rather than one huge
+        one. True when it built."""
         with self._pool.use(collection) as h:
+            limit = self.index.segment_kb(h.meta["dims"])
             if limit <= 0 or h.unsealed_kb < limit:
                 return False
             h.shard.flush()
