@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import shutil
 import threading
@@ -46,7 +45,7 @@ import qdrant_edge as qe
 
 from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
-from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, segment_cap_kb, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, new_hit, payload_changes,
                                     plain_payload, point_id, vector_names)
@@ -95,12 +94,8 @@ class IndexSettings:
         return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=INT8_QUANTILE, always_ram=True)
 
     def segment_kb(self, dims: Mapping[str, int]) -> int:
-        """The largest segment, in KB of vectors, for a collection of these dense vectors: the smaller of
-        max_segment_kb and max_segment_points points' worth; 0 when neither is set."""
-        caps = [self.max_segment_kb] if self.max_segment_kb > 0 else []
-        if self.max_segment_points > 0:
-            caps.append(math.ceil(self.max_segment_points * sum(dims.values()) * 4 / 1024))
-        return min(caps, default=0)
+        """The largest segment, in KB of vectors, for a collection of these dense vectors (segment_cap_kb)."""
+        return segment_cap_kb(self.max_segment_kb, self.max_segment_points, dims)
 
     def optimizers(self, dims: Mapping[str, int]) -> qe.EdgeOptimizersConfig | None:
         """Segments of at most segment_kb(dims): an HNSW graph costs more per point the larger it grows, so a large

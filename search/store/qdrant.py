@@ -21,7 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from search.store import keywords
-from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR, CollectionInfo, DenseQuery,
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, segment_cap_kb, SPARSE_VECTOR, CollectionInfo, DenseQuery,
                                     best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
                                     check_query_vector, WithVectors, payload_changes,
                                     plain_payload, point_id, vector_names)
@@ -60,7 +60,8 @@ class QdrantStore(QueriesInBatches):
 
     def __init__(self, client: QdrantClient, local: bool, timeout_s: float = 30.0,
                  bm25_avg_len: float = keywords.DEFAULT_AVG_LEN, hnsw_ef: int | None = None, acorn: float = 0.0,
-                 hnsw: tuple[int, int] = (16, 100), quantization: str = "none", oversampling: float = 2.0) -> None:
+                 hnsw: tuple[int, int] = (16, 100), quantization: str = "none", oversampling: float = 2.0,
+                 segment_caps: tuple[int, int] = (0, 0)) -> None:
         self.client = client
         self.local = local
         self.timeout_s = timeout_s
@@ -70,6 +71,7 @@ class QdrantStore(QueriesInBatches):
         self.hnsw = hnsw  # new collections: [store].hnsw_m, hnsw_ef_construct
         self.quantization = quantization  # new collections: [store].quantization
         self.oversampling = oversampling
+        self.segment_caps = segment_caps  # new collections: [store].max_segment_kb, max_segment_points
         self._serial = threading.RLock() if local else None
         self._dims_cache: dict[str, tuple[float, dict[str, int]]] = {}
 
@@ -79,7 +81,8 @@ class QdrantStore(QueriesInBatches):
         sc = store_cfg
         settings = {"timeout_s": sc.timeout_s, "bm25_avg_len": sc.bm25_avg_len, "hnsw_ef": sc.hnsw_ef or None,
                     "acorn": sc.acorn_selectivity, "hnsw": (sc.hnsw_m, sc.hnsw_ef_construct),
-                    "quantization": sc.quantization, "oversampling": sc.quantization_oversampling}
+                    "quantization": sc.quantization, "oversampling": sc.quantization_oversampling,
+                    "segment_caps": (sc.max_segment_kb, sc.max_segment_points)}
         try:
             if sc.url:
                 api_key = (os.environ.get(sc.api_key_env) or None) if sc.api_key_env else None
@@ -136,6 +139,7 @@ class QdrantStore(QueriesInBatches):
         with self._call(f"create {name}"):
             if name in {c.name for c in self.client.get_collections().collections} or name in self.list_aliases():
                 raise StoreError(f"collection or alias {name!r} already exists")
+            cap = segment_cap_kb(*self.segment_caps, dims)  # the server's optimiser keeps segments under it
             self.client.create_collection(
                 name,
                 vectors_config={k: models.VectorParams(size=int(d), distance=models.Distance.COSINE)
@@ -144,6 +148,7 @@ class QdrantStore(QueriesInBatches):
                     scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=INT8_QUANTILE,
                                                            always_ram=True)),
                 sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                optimizers_config=models.OptimizersConfigDiff(max_segment_size=cap) if cap else None,
                 hnsw_config=models.HnswConfigDiff(m=self.hnsw[0], ef_construct=self.hnsw[1],
                                                   full_scan_threshold=10_000))
             schema = [(f, models.PayloadSchemaType.KEYWORD) for f in sorted(set(filterable) | {ID_FIELD})]
