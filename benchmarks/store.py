@@ -212,8 +212,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         if r.backend == "edge" and "filtered" in r.phases:
             p95, cpu95 = r.phases["filtered"]["p95_ms"], r.phases["filtered"]["cpu_p95_ms"]
-            print(f"edge filtered p95 at {r.points:,} points = {p95:.2f} ms wall, {cpu95:.2f} ms CPU (target <= 5 ms): "
-                  f"{'met' if p95 <= 5 else 'NOT met'} on wall time")
+            verdict = (f"(target <= 5 ms at up to 100k points): {'met' if p95 <= 5 else 'NOT met'} on wall time"
+                       if r.points <= 100_000 else "(the 5 ms target is set at 100k points; none at this size)")
+            print(f"edge filtered p95 at {r.points:,} points = {p95:.2f} ms wall, {cpu95:.2f} ms CPU {verdict}")
     print("build s: the index build after the upserts (finalize); CPU s: upsert + build, all threads")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process: {peak:,.0f} MiB")
