@@ -4,12 +4,13 @@ searches its own copy, which follows the durable change log and is made again wh
 An embedded shard is open in one process at a time, so N serving processes cannot share the collection behind the
 alias. Each worker copies it instead (search/store/edge_shards.copy_collection, under the collection's lock, so no
 process writes into it meanwhile) into <data dir>/store/replicas/<pid>/, from the collection's checkpoint in the
-change log on, and replays every entry after that. A copy keeps no write-ahead log of its own (edge_shards.without_wal):
-it is made anew whenever its process starts, so the log would only cost memory and writes. Writes go on through the log under its lock (indexer/writer.py):
-the writing worker applies its entries to its own copy before it answers and announces their sequence number
-(ChangeLog.announce, shared memory); before every store call each worker compares that counter with its copy's
-(well under a microsecond) and applies what it lacks first, so a write one worker acknowledged is read by the next
-request on any other. The log itself is also read every POLL_S, for writers that announce nothing.
+change log on, and replays every entry after that. A copy keeps no write-ahead log of its own
+(edge_shards.without_wal): it is made anew whenever its process starts, so the log would only cost memory and writes.
+Writes go on through the log under its lock (indexer/writer.py): the writing worker applies its entries to its own
+copy before it answers and announces their sequence number (ChangeLog.announce, shared memory); before every store
+call each worker compares that counter with its copy's (well under a microsecond) and applies what it lacks first, so
+a write one worker acknowledged is read by the next request on any other. The log itself is also read every POLL_S,
+for writers that announce nothing.
 
 Nobody opens the collection behind the alias while the workers serve: `vitrina serve` brings it up to date from
 the log (the writers' usual recovery) before it starts them and after they stop. When `vitrina reindex` moves the

@@ -45,10 +45,11 @@ import qdrant_edge as qe
 
 from search.store import keywords
 from search.store.edge_shards import ShardHandle, ShardPool, check_name
-from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, segment_cap_kb, SPARSE_VECTOR, CollectionInfo, DenseQuery,
-                                    best_first, facet_values, Filters, Hit, QueriesInBatches, HybridQuery, ItemRecord, KeywordQuery, Query, check_item,
-                                    check_query_vector, WithVectors, new_hit, payload_changes,
-                                    plain_payload, point_id, vector_names)
+from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR,
+                                    CollectionInfo, DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery,
+                                    QueriesInBatches, Query, WithVectors, best_first, check_item, check_query_vector,
+                                    facet_values, new_hit, payload_changes, plain_payload, point_id, segment_cap_kb,
+                                    vector_names)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 if TYPE_CHECKING:
