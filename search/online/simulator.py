@@ -103,7 +103,7 @@ def simulate(shop: Shop, rankers: Mapping[str, Ranker], assign: Callable[[str], 
     teams: list[list[str] | None] = [None] * searches
     rids = [f"sim{seed}-{s}" for s in range(searches)]
     if interleave is None:
-        for name in set(names):
+        for name in sorted(set(names)):  # a fixed order: the rankers draw from one generator
             rows = np.array([i for i, n in enumerate(names) if n == name])
             scores = rankers[name](shop, users[rows], cand[rows], rng)
             shown[rows] = np.take_along_axis(cand[rows], np.argsort(-scores, axis=1, kind="stable")[:, :k], 1)

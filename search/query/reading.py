@@ -119,7 +119,7 @@ class Reading:
             enc = self.similar.get(f, {})
             mixed = {v: (1.0 - share) * enc.get(v, 0.0) + share * counts.get(v, 0) / len(top)
                      for v in set(enc) | set(counts)}
-            similar[f] = dict(sorted(mixed.items(), key=lambda kv: -kv[1]))
+            similar[f] = dict(sorted(mixed.items(), key=lambda kv: (-kv[1], kv[0])))  # ties by name: no set order
         return dataclasses.replace(self, similar=similar)
 
     def explain(self, shown: float = 0.05, most: int = 5) -> dict[str, Any]:
