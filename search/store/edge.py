@@ -49,7 +49,7 @@ from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRIC
                                     CollectionInfo, DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery,
                                     QueriesInBatches, Query, WithVectors, best_first, check_item, check_query_vector,
                                     facet_values, new_hit, payload_changes, plain_payload, point_id, segment_cap_kb,
-                                    vector_names)
+                                    vector_names, vectors_kb)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class EdgeStore(QueriesInBatches):
             if points:
                 h.shard.update(qe.UpdateOperation.upsert_points(points))
                 h.payloads.drop(point_key(i) for i in latest)  # after the write: see PayloadCache
-                h.unsealed_kb += len(points) * sum(h.meta["dims"].values()) * 4 / 1024
+                h.unsealed_kb += vectors_kb(len(points), h.meta["dims"])
 
     def build_due(self, collection: str) -> bool:
         """During a bulk load with a segment cap ([store].max_segment_kb or max_segment_points): once that much has

@@ -21,6 +21,13 @@ ID_FIELD = "item_id"  # payload key holding the external id, exactly as in the c
 # [store].quantization = "int8" on every backend: each dimension mapped linearly over the central 99% of its values,
 # the codes kept in memory (searches find candidates with them and re-score in float32)
 INT8_QUANTILE = 0.99
+PRICE_FIELD = "price"  # always stored and indexed as a number (a float range index), like `numeric` fields
+_ID_NAMESPACE = uuid.UUID("5b0c8a1e-0d6f-4d8e-9c43-7a1f1e2f9b11")
+
+
+def vectors_kb(points: int, dims: Mapping[str, int]) -> float:
+    """KB of float32 vectors that `points` points of a collection with these dense vectors hold."""
+    return points * sum(dims.values()) * 4 / 1024
 
 
 def segment_cap_kb(max_kb: int, max_points: int, dims: Mapping[str, int]) -> int:
@@ -28,10 +35,8 @@ def segment_cap_kb(max_kb: int, max_points: int, dims: Mapping[str, int]) -> int
     [store].max_segment_kb and max_segment_points points' worth; 0 when neither is set (the engine decides)."""
     caps = [max_kb] if max_kb > 0 else []
     if max_points > 0:
-        caps.append(math.ceil(max_points * sum(dims.values()) * 4 / 1024))
+        caps.append(math.ceil(vectors_kb(max_points, dims)))
     return min(caps, default=0)
-PRICE_FIELD = "price"  # always stored and indexed as a number (a float range index), like `numeric` fields
-_ID_NAMESPACE = uuid.UUID("5b0c8a1e-0d6f-4d8e-9c43-7a1f1e2f9b11")
 
 
 @functools.lru_cache(maxsize=1 << 16)  # uuid5 (~5 us) was a third of the time a recommendation spent in reads
