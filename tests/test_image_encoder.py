@@ -312,7 +312,7 @@ def test_bench_image_compares_the_runtimes_on_catalogue_photos(tmp_path: Path) -
     assert bench_image.run(cfg, args) == 0
     report = json.loads(out.read_text())
     assert report["n"] == 9 and [r["runtime"] for r in report["rows"]] == ["torch", "onnx"]
-    assert all(r["photos_per_s"] > 0 and r["decode_cpu_ms"] > 0 for r in report["rows"])
+    assert all(r["photos_per_s"] > 0 for r in report["rows"]) and report["decode_cpu_ms"] > 0
     assert report["rows"][1]["cos_vs_torch_min"] > 0.9999
     with pytest.raises(BadInput, match="runtimes"):
         bench_image.run(cfg, parser.parse_args(["--runtimes", "tensorrt"]))
