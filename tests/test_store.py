@@ -684,7 +684,7 @@ def test_qdrant_server_collections_get_the_quantisation_and_searches_rescore(mon
     """The server path asks for the same int8 copy and float32 re-scoring ([store].quantization), and the same
     segment cap ([store].max_segment_points)."""
     cfg = StoreConfig(backend="qdrant", path=":memory:", quantization="int8", quantization_oversampling=3.0,
-                      max_segment_points=1000)
+                      max_segment_points=1000, full_scan_kb=2000)
     s = QdrantStore.from_config(cfg)
     made: dict[str, object] = {}
     real = s.client.create_collection
@@ -692,6 +692,7 @@ def test_qdrant_server_collections_get_the_quantisation_and_searches_rescore(mon
     load(s)
     assert made["quantization_config"].scalar.type == "int8"  # type: ignore[attr-defined]
     assert made["optimizers_config"].max_segment_size == 94  # type: ignore[attr-defined]  # 1000 x 24 floats
+    assert made["hnsw_config"].full_scan_threshold == 2000  # type: ignore[attr-defined]  # [store].full_scan_kb
     s.local = False  # what a server request would carry
     request = s._request(DenseQuery(_unit(np.random.default_rng(1)), "text"), None, 5, 0, False, DIMS)
     assert request is not None and request.params.quantization.rescore  # type: ignore[union-attr]

@@ -61,7 +61,7 @@ class QdrantStore(QueriesInBatches):
 
     def __init__(self, client: QdrantClient, local: bool, timeout_s: float = 30.0,
                  bm25_avg_len: float = keywords.DEFAULT_AVG_LEN, hnsw_ef: int | None = None, acorn: float = 0.0,
-                 hnsw: tuple[int, int] = (16, 100), quantization: str = "none", oversampling: float = 2.0,
+                 hnsw: tuple[int, int, int] = (16, 100, 10_000), quantization: str = "none", oversampling: float = 2.0,
                  segment_caps: tuple[int, int] = (0, 0)) -> None:
         self.client = client
         self.local = local
@@ -69,7 +69,7 @@ class QdrantStore(QueriesInBatches):
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef
         self.acorn = acorn  # [store].acorn_selectivity (a server applies it; local mode has no HNSW)
-        self.hnsw = hnsw  # new collections: [store].hnsw_m, hnsw_ef_construct
+        self.hnsw = hnsw  # new collections: [store].hnsw_m, hnsw_ef_construct, full_scan_kb
         self.quantization = quantization  # new collections: [store].quantization
         self.oversampling = oversampling
         self.segment_caps = segment_caps  # new collections: [store].max_segment_kb, max_segment_points
@@ -81,7 +81,7 @@ class QdrantStore(QueriesInBatches):
         """`url` (+ API key from $api_key_env) for a server or cluster; else `path`, else in memory."""
         sc = store_cfg
         settings = {"timeout_s": sc.timeout_s, "bm25_avg_len": sc.bm25_avg_len, "hnsw_ef": sc.hnsw_ef or None,
-                    "acorn": sc.acorn_selectivity, "hnsw": (sc.hnsw_m, sc.hnsw_ef_construct),
+                    "acorn": sc.acorn_selectivity, "hnsw": (sc.hnsw_m, sc.hnsw_ef_construct, sc.full_scan_kb),
                     "quantization": sc.quantization, "oversampling": sc.quantization_oversampling,
                     "segment_caps": (sc.max_segment_kb, sc.max_segment_points)}
         try:
@@ -151,7 +151,7 @@ class QdrantStore(QueriesInBatches):
                 sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 optimizers_config=models.OptimizersConfigDiff(max_segment_size=cap) if cap else None,
                 hnsw_config=models.HnswConfigDiff(m=self.hnsw[0], ef_construct=self.hnsw[1],
-                                                  full_scan_threshold=10_000))
+                                                  full_scan_threshold=self.hnsw[2]))
             schema = [(f, models.PayloadSchemaType.KEYWORD) for f in sorted(set(filterable) | {ID_FIELD})]
             schema += [(f, models.PayloadSchemaType.FLOAT) for f in sorted(set(numeric) | {PRICE_FIELD})]
             with warnings.catch_warnings():
