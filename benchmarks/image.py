@@ -1,5 +1,5 @@
 """Image-tower throughput as the indexer runs it: photos per CPU-second on catalogue photos for each runtime of the
-tower (torch, bf16 where the CPU has it, and ONNX Runtime fp32), with the mirror view of [indexer].mirror_view, and
+tower (torch, bf16 where the CPU has it; ONNX Runtime fp32; ONNX Runtime in 8 bits, [indexer].image_int8), with the mirror view of [indexer].mirror_view, and
 what decoding a photo costs beside it. The indexer's tower runs in one thread of its own (indexer.embed.tower_runtime
 on 2 cores), so that is the default here."""
 
@@ -15,12 +15,12 @@ from typing import Any
 from vitrina.config import Config
 from vitrina.errors import BadInput
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=1024, help="catalogue photos to encode (default 1024)")
-    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated: torch, onnx (default both)")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated: torch, onnx, int8 (default all)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the tower (default 1, as the indexer)")
     parser.add_argument("--batch-size", type=int, default=0, help="photos a batch (default [image_encoder].batch_size)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per runtime; the best counts")
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _runtimes(text: str) -> list[str]:
     names = [r.strip() for r in text.split(",") if r.strip()]
     if not names or any(r not in RUNTIMES for r in names):
-        raise BadInput(f"--runtimes takes {' and/or '.join(RUNTIMES)}, got {text!r}")
+        raise BadInput(f"--runtimes takes {', '.join(RUNTIMES)}, got {text!r}")
     return names
 
 
@@ -40,7 +40,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     import numpy as np
 
     from encoders import create_image_encoder, image_tower_status
-    from indexer.embed import index_side
+    from indexer.embed import eight_bit_tower, index_side
     from indexer.reader import Product, image_base, read_catalogue
     from vitrina.images import load_image
 
@@ -62,7 +62,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     reference, pixels, decode_ms = None, None, 0.0
     for runtime in runtimes:
-        encoder = create_image_encoder(side.replace(image_encoder={"runtime": runtime}))
+        if runtime == "int8":  # the torch tower quantised as the indexer does (calibrated once, then cached)
+            encoder = eight_bit_tower(side.replace(indexer={"image_int8": True}), create_image_encoder(side))
+            if getattr(encoder, "_onnx", None) is None:
+                raise BadInput("the 8-bit image tower could not be made here (see the warning above)")
+        else:
+            encoder = create_image_encoder(side.replace(image_encoder={"runtime": runtime}))
         if pixels is None:  # every runtime reads the same pixels (PhotoEncoder.pixels): decoded once
             c0 = time.process_time()
             pixels = np.stack([encoder.pixels(load_image(s, base, cfg.indexer, fit=encoder.decode_size))
@@ -74,7 +79,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             vectors = encoder.encode_pixels(pixels)
             best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
-        row: dict[str, Any] = {"runtime": runtime, "bf16": encoder.bf16 and runtime == "torch",
+        row: dict[str, Any] = {"runtime": runtime, "bf16": encoder.bf16 and getattr(encoder, "_onnx", None) is None,
                                "photos_per_s": round(len(sources) / best[0], 1),
                                "photos_per_cpu_s": round(len(sources) / max(best[1], 1e-9), 1),
                                "load_avg": round(os.getloadavg()[0], 2)}

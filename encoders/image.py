@@ -258,6 +258,13 @@ class ImageEncoder(PhotoEncoder):
         other._lock = threading.Lock()
         return other
 
+    def with_forward(self, forward: Any) -> ImageEncoder:
+        """Another handle on this tower whose batches run through `forward` (uint8 pixels -> unit vectors, safe
+        to call from several threads: an ONNX Runtime session such as encoders.image_int8's)."""
+        other = self.twin()
+        other._onnx = forward
+        return other
+
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Like encode, for uint8 (n, h, w, 3) arrays already at the tower's size."""
         self.check_pixels(pixels)

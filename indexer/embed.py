@@ -65,10 +65,51 @@ def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
         enc = create_image_encoder(tower_runtime(index_side(cfg)))
     except ModelUnavailable as e:
         return None, e.message + (f" ({e.detail})" if e.detail else "")
+    if cfg.indexer.image_int8:
+        enc = eight_bit_tower(cfg, enc)
     if enc.dim != cfg.text_encoder.dim:
         raise ConfigError(f"the image tower gives {enc.dim}-d vectors but the text encoder {cfg.text_encoder.dim}-d",
                           detail="the towers must share one space to be fused; retrain with `vitrina finetune`")
     return enc, ""
+
+
+def eight_bit_tower(cfg: Config, enc: Any) -> Any:
+    """`enc` running in 8 bits (encoders.image_int8) where it is the torch tower on the CPU, calibrated on the
+    catalogue's photos the first time; `enc` itself elsewhere (a GPU runs bf16 faster) or, with a warning, when
+    the 8-bit tower cannot be made."""
+    from encoders.image import ImageEncoder
+
+    if not isinstance(enc, ImageEncoder) or str(enc.device) != "cpu" or not cfg.image_encoder.checkpoint:
+        return enc
+    from encoders import image_int8
+
+    n = max(1, cfg.indexer.calibration_photos)
+    try:
+        forward = image_int8.attach(enc, Path(cfg.image_encoder.checkpoint), cfg.image_encoder.arch,
+                                    cfg.data_dir / "models", tower_runtime(cfg).runtime.threads or 1,
+                                    calibration=f"{Path(cfg.catalogue.path).resolve()}|{n}",
+                                    photos=lambda: calibration_photos(cfg, enc, n))
+    except (ImportError, ModelUnavailable) as e:
+        log.warning("the 8-bit image tower is unavailable (%s): indexing with %s", e, enc.name)
+        return enc
+    return enc.with_forward(forward)
+
+
+def calibration_photos(cfg: Config, enc: Any, n: int) -> np.ndarray:
+    """(<= n, h, w, 3) uint8: photos of `n` catalogue products spread evenly over its training rows (every row
+    when it has no split column), as the tower reads them; unreadable ones are left out."""
+    from indexer.reader import read_catalogue
+
+    rows = [p for p in read_catalogue(cfg) if isinstance(p, Product) and p.image and p.split in ("train", "")]
+    picked = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, num=min(n, len(rows))).round())] \
+        if rows else []
+    base, out = image_base(cfg), []
+    for p in picked:
+        try:
+            out.append(enc.pixels(load_image(p.image, base, cfg.indexer, fit=enc.decode_size)))
+        except Exception as e:  # noqa: BLE001 - a bad photo is left out of the calibration, as the indexer skips it
+            log.debug("calibration photo %s left out: %s", p.image, e)
+    return np.stack(out) if out else np.empty((0, *enc.image_size, 3), dtype=np.uint8)
 
 
 def tower_identity(image_tower: str) -> str:
@@ -84,8 +125,11 @@ def model_stamp(cfg: Config, image_tower: str) -> str:
     the text model and its tuned layers, the fusion weights and the image tower as the index runs it (16 hex
     digits)."""
     mapping = dataclasses.replace(cfg.catalogue, path="", format="")
-    settings = repr((mapping, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion, index_side(cfg).image_encoder,
-                     tower_identity(image_tower)))
+    parts: tuple[Any, ...] = (mapping, cfg.text_encoder, tuned_layers_stamp(cfg), cfg.fusion,
+                              index_side(cfg).image_encoder, tower_identity(image_tower))
+    if cfg.indexer.image_int8:  # the 8-bit tower's vectors (the stamps of indexes without it stay as they were)
+        parts += ("image_int8",)
+    settings = repr(parts)
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 

@@ -302,8 +302,8 @@ def test_bench_image_compares_the_runtimes_on_catalogue_photos(tmp_path: Path) -
 
     pytest.importorskip("onnxruntime")
     catalogue = write_catalogue(tmp_path / "shop", product_rows(12))
-    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt")
-    cfg = make_config(tmp_path, catalogue, image_encoder={"checkpoint": str(ckpt), "arch": TEST_ARCH},
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt", arch="vitrina-rn-tiny")
+    cfg = make_config(tmp_path, catalogue, image_encoder={"checkpoint": str(ckpt), "arch": "vitrina-rn-tiny"},
                       runtime={"bf16": False})
     parser = argparse.ArgumentParser()
     bench_image.add_arguments(parser)
@@ -311,9 +311,10 @@ def test_bench_image_compares_the_runtimes_on_catalogue_photos(tmp_path: Path) -
     args = parser.parse_args(["--n", "9", "--batch-size", "4", "--repeats", "1", "--json-out", str(out)])
     assert bench_image.run(cfg, args) == 0
     report = json.loads(out.read_text())
-    assert report["n"] == 9 and [r["runtime"] for r in report["rows"]] == ["torch", "onnx"]
+    assert report["n"] == 9 and [r["runtime"] for r in report["rows"]] == ["torch", "onnx", "int8"]
     assert all(r["photos_per_s"] > 0 for r in report["rows"]) and report["decode_cpu_ms"] > 0
     assert report["rows"][1]["cos_vs_torch_min"] > 0.9999
+    assert 0.98 < report["rows"][2]["cos_vs_torch_min"] < 0.99999  # 8 bits: close, and not the float vectors
     with pytest.raises(BadInput, match="runtimes"):
         bench_image.run(cfg, parser.parse_args(["--runtimes", "tensorrt"]))
     with pytest.raises(BadInput, match="no trained image tower"):

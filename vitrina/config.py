@@ -140,6 +140,10 @@ class IndexerConfig:
     # with [image_encoder].flip_average: index each photo with its mirror image too (false: one view, about a
     # fifth less indexing CPU; uploaded photos keep both views)
     mirror_view: bool = True
+    # the image tower in 8 bits on ONNX Runtime where it runs on the CPU (encoders.image_int8; calibrated once on
+    # calibration_photos of the catalogue's training photos)
+    image_int8: bool = False
+    calibration_photos: int = 128
     checkpoint_every: int = 4  # batches between flush + resume checkpoint (a kill -9 redoes at most this many)
 
 

@@ -1,0 +1,97 @@
+"""The indexer's image tower in 8 bits ([indexer].image_int8): calibrated once on the catalogue's training photos,
+cached, its vectors close to the torch tower's but its own, a new model stamp, and the torch tower kept when the
+quantised one falls short."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import reindex
+from search.store.factory import open_store
+from tests.tiny_models import write_tiny_checkpoint
+from vitrina.config import Config
+
+pytest.importorskip("onnxruntime")
+
+ARCH = "vitrina-rn-tiny"  # a ModifiedResNet like the shipped tower: its stem stays in float
+
+
+def int8_config(cfg: Config) -> Config:
+    write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint), arch=ARCH)
+    return cfg.replace(image_encoder={"arch": ARCH, "flip_average": True},
+                       indexer={"batch_size": 16, "image_int8": True, "calibration_photos": 12})
+
+
+def int8_models(cfg: Config) -> list[Path]:
+    return sorted((cfg.data_dir / "models").glob("image-int8-*.onnx"))
+
+
+def test_calibration_takes_evenly_spread_training_photos(cfg: Config) -> None:
+    from encoders import create_image_encoder
+    from indexer.embed import calibration_photos, index_side, tower_runtime
+    from indexer.reader import Product, read_catalogue
+
+    c = int8_config(cfg)
+    enc = create_image_encoder(tower_runtime(index_side(c)))
+    train = [p for p in read_catalogue(c) if isinstance(p, Product) and p.split == "train"]
+    assert 0 < len(train) < 48  # the fixture also holds dev and test rows, which calibration must not read
+    every = calibration_photos(c, enc, 1000)
+    assert every.shape == (len(train), *enc.image_size, 3) and every.dtype == np.uint8
+    some = calibration_photos(c, enc, 5)
+    assert len(some) == 5
+    np.testing.assert_array_equal(some[0], every[0])  # the first and the last training photo, and between
+    np.testing.assert_array_equal(some[-1], every[-1])
+    np.testing.assert_array_equal(some, calibration_photos(c, enc, 5))
+
+
+def test_the_index_embeds_photos_with_the_cached_8_bit_tower(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from encoders import create_image_encoder
+    from indexer import embed
+    from vitrina.images import load_image
+
+    c = int8_config(cfg)
+    assert embed.model_stamp(c, "t") != embed.model_stamp(c.replace(indexer={"image_int8": False}), "t")
+    enc, why = embed.load_image_encoder(c)
+    assert enc is not None and enc._onnx is not None, why
+    assert len(int8_models(c)) == 1
+    torch_enc = create_image_encoder(embed.tower_runtime(embed.index_side(c)))
+    assert torch_enc._onnx is None and enc.twin()._onnx is enc._onnx  # the shared torch tower is left as it was
+
+    assert reindex(c, progress=False).indexed == 48
+    store = open_store(c)
+    try:
+        got = store.retrieve(c.store.alias, ["1000", "1001", "1002"], with_vectors=True)
+    finally:
+        store.close()
+    photos = [load_image(f"images/{h.id}.jpg", Path(c.catalogue.path).parent, c.indexer) for h in got]
+    fp32 = create_image_encoder(embed.tower_runtime(embed.index_side(c)).replace(runtime={"bf16": False}))
+    want = fp32.encode(photos)
+    stored = np.stack([h.vectors["image"] for h in got])
+    cosine = np.sum(stored * want, axis=1)
+    assert float(cosine.min()) > 0.98  # the 8-bit tower's vectors ...
+    assert float(np.abs(stored - want).max()) > 1e-4  # ... and not the float tower's
+
+    def no_calibration(*_: object) -> np.ndarray:
+        raise AssertionError("a cached 8-bit tower must not be calibrated again")
+
+    monkeypatch.setattr(embed, "calibration_photos", no_calibration)
+    again, _ = embed.load_image_encoder(c)
+    np.testing.assert_allclose(again.encode(photos), enc.encode(photos), atol=1e-6)
+
+
+def test_a_quantised_tower_that_falls_short_is_not_kept(cfg: Config, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from encoders import image_int8
+    from indexer.embed import load_image_encoder
+
+    c = int8_config(cfg)
+    monkeypatch.setattr(image_int8, "MIN_COSINE", 1.01)
+    with caplog.at_level(logging.WARNING, logger="indexer.embed"):
+        enc, _ = load_image_encoder(c)
+    assert enc is not None and enc._onnx is None  # the torch tower indexes instead
+    assert "8-bit image tower is unavailable" in caplog.text and "differs from torch" in caplog.text
+    assert int8_models(c) == [] and list((c.data_dir / "models").glob("tmp*")) == []
