@@ -104,6 +104,8 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
         "fusion": {"image_weight": 0.5, "text_weight": 0.5},
         # one serving process of several threads unless a test asks for more processes (config.toml ships 2 x 1)
         "web": {"workers": 1, "threads": 8},
+        # the tiny test towers index in float; tests/test_image_int8.py turns the 8-bit tower on
+        "indexer": {"image_int8": False},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
