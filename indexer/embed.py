@@ -95,20 +95,29 @@ def eight_bit_tower(cfg: Config, enc: Any) -> Any:
     return enc.with_forward(forward)
 
 
+HELD_BACK = ("dev", "test")  # catalogue splits nothing is fitted on, the 8-bit tower's calibration included
+
+
 def calibration_photos(cfg: Config, enc: Any, n: int) -> np.ndarray:
-    """(<= n, h, w, 3) uint8: photos of `n` catalogue products spread evenly over its training rows (every row
-    when it has no split column), as the tower reads them; unreadable ones are left out."""
+    """(<= n, h, w, 3) uint8: photos of `n` catalogue products spread evenly over its rows that are not held back
+    (HELD_BACK splits), as the tower reads them, fetched and decoded [indexer].decode_workers at a time (a
+    catalogue of photo URLs); unreadable ones are left out."""
     from indexer.reader import read_catalogue
 
-    rows = [p for p in read_catalogue(cfg) if isinstance(p, Product) and p.image and p.split in ("train", "")]
+    rows = [p for p in read_catalogue(cfg) if isinstance(p, Product) and p.image and p.split not in HELD_BACK]
     picked = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, num=min(n, len(rows))).round())] \
         if rows else []
-    base, out = image_base(cfg), []
-    for p in picked:
+    base = image_base(cfg)
+
+    def read(p: Product) -> np.ndarray | None:
         try:
-            out.append(enc.pixels(load_image(p.image, base, cfg.indexer, fit=enc.decode_size)))
+            return enc.pixels(load_image(p.image, base, cfg.indexer, fit=enc.decode_size))
         except Exception as e:  # noqa: BLE001 - a bad photo is left out of the calibration, as the indexer skips it
             log.debug("calibration photo %s left out: %s", p.image, e)
+            return None
+
+    with ThreadPoolExecutor(max(1, cfg.indexer.decode_workers), thread_name_prefix="calibrate") as pool:
+        out = [px for px in pool.map(read, picked) if px is not None]
     return np.stack(out) if out else np.empty((0, *enc.image_size, 3), dtype=np.uint8)
 
 

@@ -30,10 +30,11 @@ def int8_models(cfg: Config) -> list[Path]:
     return sorted((cfg.data_dir / "models").glob("image-int8-*.onnx"))
 
 
-def test_calibration_takes_evenly_spread_training_photos(cfg: Config) -> None:
+def test_calibration_takes_evenly_spread_photos_of_rows_not_held_back(cfg: Config) -> None:
     from encoders import create_image_encoder
     from indexer.embed import calibration_photos, index_side, tower_runtime
     from indexer.reader import Product, read_catalogue
+    from vitrina.images import load_image
 
     c = int8_config(cfg)
     enc = create_image_encoder(tower_runtime(index_side(c)))
@@ -41,6 +42,9 @@ def test_calibration_takes_evenly_spread_training_photos(cfg: Config) -> None:
     assert 0 < len(train) < 48  # the fixture also holds dev and test rows, which calibration must not read
     every = calibration_photos(c, enc, 1000)
     assert every.shape == (len(train), *enc.image_size, 3) and every.dtype == np.uint8
+    base = Path(c.catalogue.path).parent
+    want = [enc.pixels(load_image(p.image, base, c.indexer, fit=enc.decode_size)) for p in train]
+    np.testing.assert_array_equal(every, np.stack(want))  # those photos, in catalogue order
     some = calibration_photos(c, enc, 5)
     assert len(some) == 5
     np.testing.assert_array_equal(some[0], every[0])  # the first and the last training photo, and between

@@ -141,7 +141,7 @@ class IndexerConfig:
     # fifth less indexing CPU; uploaded photos keep both views)
     mirror_view: bool = True
     # the image tower in 8 bits on ONNX Runtime where it runs on the CPU (encoders.image_int8; calibrated once on
-    # calibration_photos of the catalogue's training photos)
+    # calibration_photos of the catalogue's photos, none from its dev or test rows)
     image_int8: bool = False
     calibration_photos: int = 128
     checkpoint_every: int = 4  # batches between flush + resume checkpoint (a kill -9 redoes at most this many)
