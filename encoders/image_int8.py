@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from encoders.image_onnx import OnnxForward, export, export_key, normalise
+from encoders.image_onnx import (OnnxForward, OnnxImageEncoder, export, export_key, normalise, open_model,
+                                 sidecar_path, tower_of, write_sidecar)
 from encoders.runtime import onnx_session
+from vitrina.config import Config
 from vitrina.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,9 +101,12 @@ def attach(encoder: Any, checkpoint: Path, arch: str, cache_dir: Path, threads: 
                 raise ModelUnavailable(f"the 8-bit image tower differs from torch (cosine {cosine:.4f} < "
                                        f"{MIN_COSINE})")
             os.replace(made_file, model_file)
+        write_sidecar(model_file, encoder)
         log.info("image tower quantised in %.1fs, cosine to torch fp32 >= %.4f on its calibration photos",
                  time.perf_counter() - t0, cosine)
         return forward
+    if not sidecar_path(model_file).is_file():  # a process that died between the two files
+        write_sidecar(model_file, encoder)
     log.info("image tower in 8 bits from %s", model_file.name)
     return OnnxForward(_open(model_file, threads), encoder.mean, encoder.std, encoder.flip_average)
 
@@ -111,3 +116,14 @@ def _open(model_file: Path, threads: int) -> Any:
         return onnx_session(model_file, threads)
     except Exception as e:  # noqa: BLE001 (onnxruntime raises its own exception types)
         raise ModelUnavailable(f"cannot load the 8-bit image tower {model_file}", detail=str(e)) from e
+
+
+def open_cached(cfg: Config, calibration: str) -> OnnxImageEncoder | None:
+    """cfg's tower in 8 bits as an earlier process made it for this checkpoint and `calibration`, opened without
+    torch (a reindex or a live writer then starts ~2.5 s sooner); None when it was not made yet."""
+    located = tower_of(cfg)
+    if located is None:
+        return None
+    checkpoint, image_size = located
+    model_file = model_path(cfg.data_dir / "models", checkpoint, cfg.image_encoder.arch, image_size, calibration)
+    return open_model(cfg, model_file, image_size, "8-bit")

@@ -179,6 +179,17 @@ class OnnxImageEncoder(PhotoEncoder):
 def open_exported(cfg: Config) -> OnnxImageEncoder | None:
     """cfg's tower from its ONNX export and sidecar, when an earlier process wrote them for this very checkpoint
     (the export key covers its path, size and time); None otherwise (the caller loads it with torch, which exports)."""
+    located = tower_of(cfg)
+    if located is None:
+        return None
+    checkpoint, image_size = located
+    return open_model(cfg, model_path(cfg.data_dir / "models", checkpoint, cfg.image_encoder.arch, image_size),
+                      image_size, "fp32")
+
+
+def tower_of(cfg: Config) -> tuple[Path, tuple[int, int]] | None:
+    """(checkpoint, image size) of cfg's trained tower as its card tells them, without torch; None when there is
+    none or ONNX Runtime is not installed."""
     import importlib.util
 
     ic = cfg.image_encoder
@@ -186,8 +197,13 @@ def open_exported(cfg: Config) -> OnnxImageEncoder | None:
     size = image_tower_status(cfg).get("image_size")
     if checkpoint is None or not checkpoint.is_file() or not size or importlib.util.find_spec("onnxruntime") is None:
         return None
-    image_size = (int(size[0]), int(size[1]))
-    model_file = model_path(cfg.data_dir / "models", checkpoint, ic.arch, image_size)
+    return checkpoint, (int(size[0]), int(size[1]))
+
+
+def open_model(cfg: Config, model_file: Path, image_size: tuple[int, int], kind: str) -> OnnxImageEncoder | None:
+    """The tower in `model_file` (one of its exports: `kind` fp32, or encoders.image_int8's 8 bits) with its
+    sidecar, run by ONNX Runtime alone at cfg's settings; None when either file is missing or unreadable."""
+    ic = cfg.image_encoder
     if not model_file.is_file() or not sidecar_path(model_file).is_file():
         return None
     t0 = time.perf_counter()
@@ -203,8 +219,8 @@ def open_exported(cfg: Config) -> OnnxImageEncoder | None:
     except Exception as e:  # noqa: BLE001 (a damaged file: the torch path exports it again)
         log.warning("cannot open the exported image tower %s (%s): loading it with torch", model_file, e)
         return None
-    encoder = OnnxImageEncoder(OnnxForward(session, mean, std, ic.flip_average), image_size, dim, str(checkpoint),
-                               labels, ic.batch_size, ic.autocontrast, ic.trim_borders)
-    log.info("image tower %s as fp32 ONNX (%s) loaded without torch in %.1fs", checkpoint, model_file.name,
+    encoder = OnnxImageEncoder(OnnxForward(session, mean, std, ic.flip_average), image_size, dim,
+                               str(Path(ic.checkpoint)), labels, ic.batch_size, ic.autocontrast, ic.trim_borders)
+    log.info("image tower %s as %s ONNX (%s) loaded without torch in %.1fs", ic.checkpoint, kind, model_file.name,
              time.perf_counter() - t0)
     return encoder

@@ -61,16 +61,38 @@ def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
     status = image_tower_status(cfg)
     if not status.get("available"):
         return None, str(status.get("reason") or "no trained image tower")
-    try:
-        enc = create_image_encoder(tower_runtime(index_side(cfg)))
-    except ModelUnavailable as e:
-        return None, e.message + (f" ({e.detail})" if e.detail else "")
-    if cfg.indexer.image_int8:
-        enc = eight_bit_tower(cfg, enc)
+    run = tower_runtime(index_side(cfg))
+    enc = cached_eight_bit_tower(cfg, run) if cfg.indexer.image_int8 else None
+    if enc is None:
+        try:
+            enc = create_image_encoder(run)
+        except ModelUnavailable as e:
+            return None, e.message + (f" ({e.detail})" if e.detail else "")
+        if cfg.indexer.image_int8:
+            enc = eight_bit_tower(cfg, enc)
     if enc.dim != cfg.text_encoder.dim:
         raise ConfigError(f"the image tower gives {enc.dim}-d vectors but the text encoder {cfg.text_encoder.dim}-d",
                           detail="the towers must share one space to be fused; retrain with `vitrina finetune`")
     return enc, ""
+
+
+def calibration_key(cfg: Config) -> str:
+    """What names the 8-bit tower's calibration photos: the catalogue file and how many were taken."""
+    return f"{Path(cfg.catalogue.path).resolve()}|{max(1, cfg.indexer.calibration_photos)}"
+
+
+def cached_eight_bit_tower(cfg: Config, run: Config) -> Any | None:
+    """The 8-bit tower an earlier run made for this checkpoint and catalogue, opened without torch at `run`'s
+    settings (tower_runtime(index_side(cfg))); None when there is none yet or the models run on a GPU."""
+    from encoders.runtime import surely_cpu
+
+    if not cfg.image_encoder.checkpoint or not surely_cpu(run.runtime):
+        return None
+    try:
+        from encoders.image_int8 import open_cached
+    except ImportError:  # no ONNX Runtime
+        return None
+    return open_cached(run, calibration_key(cfg))
 
 
 def eight_bit_tower(cfg: Config, enc: Any) -> Any:
@@ -87,8 +109,7 @@ def eight_bit_tower(cfg: Config, enc: Any) -> Any:
     try:
         forward = image_int8.attach(enc, Path(cfg.image_encoder.checkpoint), cfg.image_encoder.arch,
                                     cfg.data_dir / "models", tower_runtime(cfg).runtime.threads or 1,
-                                    calibration=f"{Path(cfg.catalogue.path).resolve()}|{n}",
-                                    photos=lambda: calibration_photos(cfg, enc, n))
+                                    calibration=calibration_key(cfg), photos=lambda: calibration_photos(cfg, enc, n))
     except (ImportError, ModelUnavailable) as e:
         log.warning("the 8-bit image tower is unavailable (%s): indexing with %s", e, enc.name)
         return enc

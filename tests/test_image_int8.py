@@ -84,7 +84,13 @@ def test_the_index_embeds_photos_with_the_cached_8_bit_tower(cfg: Config, monkey
 
     monkeypatch.setattr(embed, "calibration_photos", no_calibration)
     again, _ = embed.load_image_encoder(c)
+    from encoders.image_onnx import OnnxImageEncoder
+
+    assert isinstance(again, OnnxImageEncoder)  # opened from the file and its sidecar, with no torch tower built
+    assert again.name == enc.name and again.labels is None and again.flip_average
     np.testing.assert_allclose(again.encode(photos), enc.encode(photos), atol=1e-6)
+    with embed.Embedder(c, again) as opened, embed.Embedder(c, enc) as built:
+        assert opened.stamp == built.stamp  # the same records either way
 
 
 @pytest.mark.parametrize("failure", ["short", "quantiser"])
