@@ -50,6 +50,14 @@ def test_calibration_takes_evenly_spread_photos_of_rows_not_held_back(cfg: Confi
     np.testing.assert_array_equal(some[0], every[0])  # the first and the last training photo, and between
     np.testing.assert_array_equal(some[-1], every[-1])
     np.testing.assert_array_equal(some, calibration_photos(c, enc, 5))
+    # without a split column, the rows `vitrina finetune` would hold back by id are left out too
+    from encoders.train_data import hash_split
+
+    no_split = c.replace(catalogue={"split": ""})
+    kept = [p for p in read_catalogue(no_split) if isinstance(p, Product) and hash_split(p.id) == "train"]
+    assert 0 < len(kept) < 48
+    want = [enc.pixels(load_image(p.image, base, c.indexer, fit=enc.decode_size)) for p in kept]
+    np.testing.assert_array_equal(calibration_photos(no_split, enc, 1000), np.stack(want))
 
 
 def test_the_index_embeds_photos_with_the_cached_8_bit_tower(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
