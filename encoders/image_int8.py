@@ -2,7 +2,8 @@
 statically quantised by ONNX Runtime (weights per channel, activations calibrated on catalogue photos at their
 99.999th percentile, the three stem convolutions kept in float), run by ONNX Runtime's integer kernels. On this
 2-core box's AVX-512 VNNI it encodes about 1.3x the photos per CPU-second of the bf16 torch tower (README "Figures");
-its vectors are within cosine 0.995 of fp32 torch, where bf16 torch's are within 0.999."""
+over 1,024 catalogue photos its vectors came within cosine 0.9946 of fp32 torch, where bf16 torch's are within
+0.999."""
 
 from __future__ import annotations
 
@@ -119,8 +120,8 @@ def _open(model_file: Path, threads: int) -> Any:
 
 
 def open_cached(cfg: Config, calibration: str) -> OnnxImageEncoder | None:
-    """cfg's tower in 8 bits as an earlier process made it for this checkpoint and `calibration`, opened without
-    torch (a reindex or a live writer then starts ~2.5 s sooner); None when it was not made yet."""
+    """cfg's tower in 8 bits as an earlier process made it for this checkpoint and `calibration`, opened from its
+    file and sidecar without building the torch tower (0.09 s instead of 2.7 s); None when it was not made yet."""
     located = tower_of(cfg)
     if located is None:
         return None
