@@ -63,8 +63,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     reference, pixels, decode_ms = None, None, 0.0
     for runtime in runtimes:
         if runtime == "int8":  # the torch tower quantised as the indexer does (calibrated once, then cached)
-            encoder = eight_bit_tower(side.replace(indexer={"image_int8": True}), create_image_encoder(side))
-            if getattr(encoder, "_onnx", None) is None:
+            tower = create_image_encoder(side)
+            encoder = eight_bit_tower(side.replace(indexer={"image_int8": True}), tower)
+            if encoder is tower:  # it fell back to the torch tower
                 raise BadInput("the 8-bit image tower could not be made here (see the warning above)")
         else:
             encoder = create_image_encoder(side.replace(image_encoder={"runtime": runtime}))
@@ -79,7 +80,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             vectors = encoder.encode_pixels(pixels)
             best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
-        row: dict[str, Any] = {"runtime": runtime, "bf16": encoder.bf16 and getattr(encoder, "_onnx", None) is None,
+        row: dict[str, Any] = {"runtime": runtime, "bf16": encoder.bf16 and runtime == "torch",
                                "photos_per_s": round(len(sources) / best[0], 1),
                                "photos_per_cpu_s": round(len(sources) / max(best[1], 1e-9), 1),
                                "load_avg": round(os.getloadavg()[0], 2)}

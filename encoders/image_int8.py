@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from encoders import image_onnx
 from encoders.image_onnx import (OnnxForward, OnnxImageEncoder, export, export_key, normalise, open_model,
                                  sidecar_path, tower_of, write_sidecar)
 from encoders.runtime import onnx_session
@@ -82,7 +83,7 @@ def attach(encoder: Any, checkpoint: Path, arch: str, cache_dir: Path, threads: 
         pixels = photos()
         if len(pixels) == 0:
             raise ModelUnavailable("no catalogue photos to calibrate the 8-bit image tower on")
-        fp32 = Path(cache_dir) / f"image-{export_key(checkpoint, arch, size)}.onnx"
+        fp32 = image_onnx.model_path(cache_dir, checkpoint, arch, size)
         if not fp32.is_file():
             export(encoder._visual, size, fp32)
         x = normalise(pixels, encoder.mean, encoder.std)
