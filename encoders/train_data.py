@@ -44,6 +44,12 @@ def hash_split(item_id: str) -> str:
     return "test" if bucket == 0 else DEV if bucket == 1 else TRAIN
 
 
+def split_of(row_split: str, item_id: str) -> str:
+    """A catalogue row's split: its own split column where it has one, else `hash_split` of its id. Training and
+    the 8-bit tower's calibration both keep to it, so neither fits on rows the evaluation holds back."""
+    return row_split or hash_split(item_id)
+
+
 def items_key(items: Sequence[TrainItem], extra: str = "") -> str:
     """Short stable hash of what an image cache holds (ids, paths, file sizes and times) plus `extra`."""
     h = hashlib.sha256(extra.encode("utf-8"))

@@ -124,11 +124,11 @@ def calibration_photos(cfg: Config, enc: Any, n: int) -> np.ndarray:
     (HELD_BACK splits; a catalogue without a split column splits by id as `vitrina finetune` does), as the tower
     reads them, fetched and decoded [indexer].decode_workers at a time (a catalogue of photo URLs); unreadable ones
     are left out."""
-    from encoders.train_data import hash_split
+    from encoders.train_data import split_of
     from indexer.reader import read_catalogue
 
     rows = [p for p in read_catalogue(cfg)
-            if isinstance(p, Product) and p.image and (p.split or hash_split(p.id)) not in HELD_BACK]
+            if isinstance(p, Product) and p.image and split_of(p.split, p.id) not in HELD_BACK]
     picked = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, num=min(n, len(rows))).round())] \
         if rows else []
     base = image_base(cfg)

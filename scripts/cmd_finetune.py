@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
 
 def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
     """TrainItems for the train and dev rows (test rows are dropped before their image is looked at)."""
-    from encoders.train_data import TrainItem, hash_split
+    from encoders.train_data import TrainItem, split_of
     from indexer.reader import Product, image_source, read_catalogue
 
     labels = cfg.finetune.label_fields
@@ -73,10 +73,8 @@ def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
             counts["reader_skipped"] += 1
             continue
         counts["products"] += 1
-        split = row.split
-        if not split:
-            split = hash_split(row.id)
-            counts["hash_split"] += 1
+        split = split_of(row.split, row.id)
+        counts["hash_split"] += not row.split
         if split not in {"train", "dev"}:
             counts["test_excluded"] += 1
             continue
