@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -53,6 +54,14 @@ def index_side(cfg: Config) -> Config:
     [indexer].mirror_view keeps it (queries always take both views when flip_average is on)."""
     if cfg.image_encoder.flip_average and not cfg.indexer.mirror_view:
         return cfg.replace(image_encoder={"flip_average": False})
+    return cfg
+
+
+def live_side(cfg: Config) -> Config:
+    """cfg as items written through the API are embedded: the text encoder at [live].text_precision where set
+    (its vectors then carry their own model stamp, so a reindex embeds the items it replays again)."""
+    if cfg.live.text_precision:
+        return cfg.replace(text_encoder={"precision": cfg.live.text_precision})
     return cfg
 
 
@@ -197,7 +206,8 @@ class Embedder:
         self.cfg = cfg
         run = tower_runtime(cfg)
         self.text_encoder = create_text_encoder(run)
-        configure_threads(run.runtime)  # cached encoders may have been built with other settings
+        if "torch" in sys.modules:  # (int8 text and an 8-bit tower run without it: then there is nothing to set)
+            configure_threads(run.runtime)  # cached encoders may have been built with other settings
         parallel = cfg.indexer.parallel_encode and cfg.runtime.threads > 1
         # In bulk, a second copy of the text model lets the main thread take a share of each batch's texts:
         # half when there is no image tower, else what balances its image work against the text thread

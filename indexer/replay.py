@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from indexer.changelog import Change, ChangeLog
-from indexer.embed import Embedder, load_image_encoder
+from indexer.embed import Embedder, live_side, load_image_encoder
 from indexer.items import ItemError, ItemInput, parse_item
 from indexer.reader import Skipped
 from search.store.interface import ItemRecord, Store
@@ -43,7 +43,8 @@ def embed_items(embedder: Embedder, items: Sequence[ItemInput]) -> tuple[list[It
 
 class Embedders:
     """The encoders for items of a collection (with the image tower when it holds image vectors), each built once:
-    shared by a process's item writer and its copy of the live collection (indexer/replica.py)."""
+    shared by a process's item writer and its copy of the live collection (indexer/replica.py). Texts go through
+    [live].text_precision's encoder (`live_side`)."""
 
     def __init__(self, cfg: Config, store: Store) -> None:
         self.cfg, self.store = cfg, store
@@ -64,7 +65,7 @@ class Embedders:
                 encoder, why = load_image_encoder(self.cfg) if with_image else (None, "")
                 if with_image and encoder is None:
                     log.warning("items written without image vectors: %s", why)
-                self._built[with_image] = Embedder(self.cfg, encoder)
+                self._built[with_image] = Embedder(live_side(self.cfg), encoder)
             return self._built[with_image]
 
     def close(self) -> None:

@@ -106,6 +106,8 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
         "web": {"workers": 1, "threads": 8},
         # the tiny test towers index in float; tests/test_image_int8.py turns the 8-bit tower on
         "indexer": {"image_int8": False},
+        # writes embed texts as the index does (tests/test_serve_memory.py runs them on the searches' int8 model)
+        "live": {"text_precision": ""},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}

@@ -52,6 +52,7 @@ def test_vitrina_config_env_chooses_file(tmp_path: Path) -> None:
     ("[catalogue]\nfilterable = 3\n", "expected a list"),
     ("[store\n", "not valid TOML"),
     ("store = 3\n", "must be a table"),
+    ("[live]\ntext_precision = 'int4'\n", "text_precision must be one of"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, match: str) -> None:
     file = tmp_path / "bad.toml"

@@ -338,3 +338,24 @@ def test_mirror_view_off_indexes_one_view_of_each_photo(cfg: Config) -> None:
     mirrored = create_image_encoder(both).encode([photo])[0]
     np.testing.assert_allclose(got, single, atol=2e-2)
     assert float(np.abs(got - mirrored).max()) > 5 * float(np.abs(got - single).max())
+
+
+def test_live_text_precision_embeds_writes_with_that_encoder_under_their_own_stamp(cfg: Config) -> None:
+    from encoders import create_text_encoder
+    from indexer.embed import live_side, model_stamp, tower_runtime
+    from indexer.replay import Embedders
+
+    assert live_side(cfg) is cfg  # "": writes embed as the index does
+    fp32 = cfg.replace(live={"text_precision": "fp32"})
+    reindex(fp32, progress=False)
+    store = open_store(fp32)
+    embedders = Embedders(fp32, store)
+    try:
+        embedder = embedders(store.get_alias(fp32.store.alias))
+        assert embedder.text_encoder is create_text_encoder(tower_runtime(live_side(fp32)))
+        assert embedder.text_encoder is not create_text_encoder(tower_runtime(fp32))  # the index's
+        # a reindex (index-side stamp) embeds the writes it replays again rather than keep their vectors
+        assert embedder.stamp == model_stamp(live_side(fp32), "") != model_stamp(fp32, "")
+    finally:
+        embedders.close()
+        store.close()

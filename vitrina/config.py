@@ -84,6 +84,7 @@ class FusionConfig:
 
 
 QUANTIZATIONS = ("none", "int8")
+TEXT_PRECISIONS = ("", "auto", "bf16", "fp32", "int8")  # "": as [text_encoder].precision
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,15 @@ class LiveConfig:
     max_items: int = 1000  # items (or ids) in one write request
     flush_s: float = 1.0  # edge: shard flush + log checkpoint at most this often (the change log is fsync'd per write)
     lock_timeout_s: float = 60.0  # longest wait for the write lock (a reindex holds it while it hands over)
+    # the text encoder of items written through the API: "" as the index ([text_encoder].precision, torch), or
+    # another precision: "int8" runs the searches' ONNX model, so a worker writes without torch when the image
+    # tower is 8-bit too ([indexer].image_int8)
+    text_precision: str = ""
+
+    def __post_init__(self) -> None:
+        if self.text_precision not in TEXT_PRECISIONS:
+            raise ConfigError(f"[live].text_precision must be one of {list(TEXT_PRECISIONS)}, "
+                              f"got {self.text_precision!r}")
 
 
 @dataclass(frozen=True)
