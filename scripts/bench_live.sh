@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Live-catalogue figures on the built index (README "Changing the catalogue while it serves"):
-#   1. write throughput through POST /api/items, batches of 100 real products with their photos (one client);
+#   1. write throughput through POST /api/items, batches of 100 real products with their photos (one client), after
+#      a first batch of 10 (which loads a worker's write-side encoders), and the server's memory before and after;
 #   2. text search with wrk (another process), distinct queries (no query-cache hits): 4 and 16 clients;
 #   3. text search at 4 clients while a writer adds 20 items/s (batches of 10 every 0.5 s);
 #   4. with COPIES=2: two services, each on its own copy of the whole data dir, both loaded by wrk at once (no
@@ -94,9 +95,22 @@ if [ "$COPIES" -gt 1 ]; then
   exit 0
 fi
 
-"$PY" -m scripts.cli --config "$CONFIG" bench write --url "$URL" --batches 1 --batch-size 10 --cleanup >/dev/null
+memory() {  # memory PHASE: RSS and PSS (MiB) of the server and of each of its processes
+  "$PY" - "$1" "$SERVER" <<'EOF'
+import json, sys
+from benchmarks.http_load import process_pss_mb, process_rss_each
+each = process_rss_each(int(sys.argv[2]))
+print(json.dumps({"phase": sys.argv[1], "rss_mb": round(sum(each.values())),
+                  "pss_mb": round(process_pss_mb(int(sys.argv[2])) or 0), "rss_mb_each": [round(v) for v in each.values()]}))
+EOF
+}
+memory "memory before writes"
+# the first write a worker takes loads its write-side encoders ([web].warm_writes, [live].text_precision)
+"$PY" -m scripts.cli --config "$CONFIG" bench write --url "$URL" --batches 1 --batch-size 10 --cleanup \
+  | sed 's/^{/{"phase": "first write", /'
 "$PY" -m scripts.cli --config "$CONFIG" bench write --url "$URL" --batches 10 --batch-size 100 --cleanup \
-  --server-pid "$SERVER" | sed 's/^/{"phase": "write", /; s/^{"phase": "write", {/{"phase": "write", /'
+  --server-pid "$SERVER" | sed 's/^{/{"phase": "write", /'
+memory "memory after writes"
 wrk_phase "search" 4 0 "$URL"
 wrk_phase "search" 16 1 "$URL"
 "$PY" -m scripts.cli --config "$CONFIG" bench write --url "$URL" --rate 20 --batch-size 10 \
