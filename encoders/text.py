@@ -12,12 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vitrina.config import RuntimeConfig, TextEncoderConfig
+from vitrina.config import TEXT_PRECISIONS, RuntimeConfig, TextEncoderConfig
 from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "auto")  # "int8" is encoders.text_onnx (create_text_encoder picks it)
+# torch's precisions; "int8" is encoders.text_onnx (create_text_encoder picks it)
+PRECISIONS = tuple(p for p in TEXT_PRECISIONS if p != "int8")
 
 
 def text_list(texts: Sequence[str]) -> list[str]:

@@ -84,7 +84,7 @@ class FusionConfig:
 
 
 QUANTIZATIONS = ("none", "int8")
-TEXT_PRECISIONS = ("", "auto", "bf16", "fp32", "int8")  # "": as [text_encoder].precision
+TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: ONNX Runtime (encoders.text_onnx); the rest torch
 
 
 @dataclass(frozen=True)
@@ -302,8 +302,8 @@ class LiveConfig:
     text_precision: str = ""
 
     def __post_init__(self) -> None:
-        if self.text_precision not in TEXT_PRECISIONS:
-            raise ConfigError(f"[live].text_precision must be one of {list(TEXT_PRECISIONS)}, "
+        if self.text_precision and self.text_precision not in TEXT_PRECISIONS:
+            raise ConfigError(f"[live].text_precision must be one of {['', *TEXT_PRECISIONS]}, "
                               f"got {self.text_precision!r}")
 
 
