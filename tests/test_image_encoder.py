@@ -16,7 +16,7 @@ from encoders.image import (build_tower, card_path, create_image_encoder, image_
                             local_model_configs, model_config)
 from encoders.photo import to_tower_pixels
 from tests.helpers import draw_product, make_config
-from tests.tiny_models import TEST_ARCH, write_tiny_checkpoint
+from tests.tiny_models import RESNET_ARCH, TEST_ARCH, write_tiny_checkpoint
 from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_folded_batch_norms_give_the_towers_own_vectors() -> None:
     from encoders.image import fold_batch_norms, pixels_to_input
 
     torch.manual_seed(5)
-    visual = build_tower("vitrina-rn-tiny")
+    visual = build_tower(RESNET_ARCH)
     for m in visual.modules():  # trained-looking statistics, so a fold that ignored them would show
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -302,8 +302,8 @@ def test_bench_image_compares_the_runtimes_on_catalogue_photos(tmp_path: Path) -
 
     pytest.importorskip("onnxruntime")
     catalogue = write_catalogue(tmp_path / "shop", product_rows(12))
-    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt", arch="vitrina-rn-tiny")
-    cfg = make_config(tmp_path, catalogue, image_encoder={"checkpoint": str(ckpt), "arch": "vitrina-rn-tiny"},
+    ckpt = write_tiny_checkpoint(tmp_path / "models" / "image_tower.pt", arch=RESNET_ARCH)
+    cfg = make_config(tmp_path, catalogue, image_encoder={"checkpoint": str(ckpt), "arch": RESNET_ARCH},
                       runtime={"bf16": False})
     parser = argparse.ArgumentParser()
     bench_image.add_arguments(parser)

@@ -12,17 +12,15 @@ import pytest
 
 from indexer.pipeline import reindex
 from search.store.factory import open_store
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny_models import RESNET_ARCH, write_tiny_checkpoint
 from vitrina.config import Config
 
 pytest.importorskip("onnxruntime")
 
-ARCH = "vitrina-rn-tiny"  # a ModifiedResNet like the shipped tower: its stem stays in float
-
 
 def int8_config(cfg: Config) -> Config:
-    write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint), arch=ARCH)
-    return cfg.replace(image_encoder={"arch": ARCH, "flip_average": True},
+    write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint), arch=RESNET_ARCH)
+    return cfg.replace(image_encoder={"arch": RESNET_ARCH, "flip_average": True},
                        indexer={"batch_size": 16, "image_int8": True, "calibration_photos": 12})
 
 

@@ -17,8 +17,7 @@ import pytest
 
 from tests.helpers import ServeProcess, draw_product, http_json, make_config, product_rows, write_catalogue
 from tests.test_indexer import write_config
-from tests.test_image_int8 import ARCH as INT8_ARCH
-from tests.tiny_models import TEST_ARCH, write_tiny_checkpoint
+from tests.tiny_models import RESNET_ARCH, TEST_ARCH, write_tiny_checkpoint
 from vitrina.config import Config
 
 pytestmark = pytest.mark.slow  # exports the real MiniLM to int8 once (~15 s)
@@ -83,7 +82,7 @@ def test_a_worker_searches_text_and_photos_without_torch_and_loads_it_at_its_fir
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
 def test_writes_through_the_int8_text_model_and_the_8_bit_tower_load_no_torch(tmp_path: Path) -> None:
-    config, cfg = reindexed(tmp_path, image_encoder={"arch": INT8_ARCH, "runtime": "torch"},
+    config, cfg = reindexed(tmp_path, image_encoder={"arch": RESNET_ARCH, "runtime": "torch"},
                             indexer={"image_int8": True, "calibration_photos": 12}, live={"text_precision": "int8"})
     assert len(list((cfg.data_dir / "models").glob("image-int8-*.onnx"))) == 1  # the reindex calibrated it
     server = ServeProcess(config)

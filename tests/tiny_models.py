@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TEST_ARCH = "vitrina-test-tiny"  # 32x32 ViT, 384-d output (the text space's dim), ~0.1M params
+RESNET_ARCH = "vitrina-rn-tiny"  # a ModifiedResNet like the shipped tower (the 8-bit tower keeps its stem in float)
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0, arch: str = TEST_ARCH, labels: dict | None = None) -> Path:
