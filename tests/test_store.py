@@ -3,6 +3,7 @@ between them, and the edge backend's process, alias-file, persistence and thread
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -521,6 +522,50 @@ def test_edge_persists_across_reopen(tmp_path: Path) -> None:
     assert again.query("live", DenseQuery(q, "text"), limit=1)[0].id == "sku-009"
     assert again.query("live", KeywordQuery("suede loafers"), limit=1)[0].id == "sku-007"
     again.close()
+
+
+def test_edge_search_pool_has_the_configured_threads_and_searches_alike(fast_dir: Path) -> None:
+    """[store].search_threads sizes the engine's search pool of each shard a process opens (the threads it names
+    edge-search-N, counted in a child process of its own), and only the pool: searches rank the same with 1 thread
+    as with the engine's default; 0 gives the default back (its key leaves the shard's engine config)."""
+    setup = EdgeStore(fast_dir)
+    load(setup)
+    setup.close()
+    config_file = fast_dir / "collections" / "c1" / "shard" / "edge_config.json"
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        import numpy as np
+        from pathlib import Path
+        from search.store.factory import open_store
+        from search.store.interface import DenseQuery, KeywordQuery
+        from tests.helpers import make_config
+        threads = int(sys.argv[1])
+        cfg = make_config(Path({str(fast_dir)!r}), store={{"search_threads": threads}})
+        s = open_store(cfg, root=Path({str(fast_dir)!r}))
+        v = np.load({str(fast_dir / "q.npy")!r})
+        got = [[h.id for h in s.query("c1", DenseQuery(q, "fused"), limit=5)] for q in v]
+        got.append([h.id for h in s.query("c1", KeywordQuery("suede loafers"), limit=5)])
+        names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+        print(json.dumps({{"pool": sum(n.startswith("edge-search") for n in names), "ids": got}}))
+    """)
+    np.save(fast_dir / "q.npy", np.stack([it.vectors["fused"] for it in ITEMS[:8]]))
+
+    def run(threads: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    one, three = run(1), run(3)
+    assert one["pool"] == 1 and three["pool"] == 3
+    assert json.loads(config_file.read_text())["max_search_threads"] == 3
+    default = run(0)
+    assert "max_search_threads" not in json.loads(config_file.read_text())
+    assert default["pool"] >= 1  # the engine's own count (8 on the 2-core development box)
+    assert one["ids"] == three["ids"] == default["ids"] and [r[0] for r in one["ids"][:8]] == \
+        [it.id for it in ITEMS[:8]]
+    with pytest.raises(ConfigError, match="search_threads"):
+        StoreConfig(search_threads=-1)
 
 
 def test_edge_concurrent_queries_from_8_threads(fast_dir: Path) -> None:

@@ -102,6 +102,7 @@ class StoreConfig:
     # (0 = never, 1 = every filtered search): more of the true top k at some latency, `vitrina bench filtered`
     acorn_selectivity: float = 0.0
     payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.4 KB each; 0 = off)
+    search_threads: int = 0  # edge: threads of each open shard's search pool (0 = the engine's, one per CPU)
     # edge, new collections: HNSW graph degree and build breadth, the size (KB of vectors) below which a filtered
     # search scans the matching points exactly, and links per payload value (search.store.edge.IndexSettings)
     hnsw_m: int = 16
@@ -121,6 +122,9 @@ class StoreConfig:
             raise ConfigError(f"[store].acorn_selectivity must be within 0 and 1, got {self.acorn_selectivity}")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"[store].quantization must be one of {list(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.search_threads < 0:
+            raise ConfigError(f"[store].search_threads must be 0 (the engine's default) or positive, "
+                              f"got {self.search_threads}")
         if self.max_segment_kb < 0 or self.max_segment_points < 0:
             raise ConfigError("[store].max_segment_kb and max_segment_points must be 0 (no cap) or positive")
         if not self.quantization_oversampling >= 1.0:

@@ -189,7 +189,7 @@ class EdgeStore(QueriesInBatches):
 
     def __init__(self, root: Path, timeout_s: float = 30.0, bm25_avg_len: float = keywords.DEFAULT_AVG_LEN,
                  hnsw_ef: int | None = None, payload_cache: int = 0, index: IndexSettings = IndexSettings(),
-                 acorn: float = 0.0, oversampling: float = 2.0) -> None:
+                 acorn: float = 0.0, oversampling: float = 2.0, search_threads: int = 0) -> None:
         self.root = Path(root)
         self.bm25_avg_len = bm25_avg_len
         self.hnsw_ef = hnsw_ef  # None = engine default
@@ -198,7 +198,7 @@ class EdgeStore(QueriesInBatches):
         self.index = index
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
-        self._pool = ShardPool(self.root, timeout_s, payload_cache)
+        self._pool = ShardPool(self.root, timeout_s, payload_cache, search_threads)
 
     # ---- collections and aliases ------------------------------------------------------------------
     def create_collection(self, name: str, dims: dict[str, int], filterable: Sequence[str],

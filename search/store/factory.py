@@ -19,7 +19,8 @@ def open_store(cfg: Config, root: Path | None = None) -> Store:
         sc = cfg.store
         return EdgeStore(root or cfg.data_dir / "store", timeout_s=sc.timeout_s, bm25_avg_len=sc.bm25_avg_len,
                          hnsw_ef=sc.hnsw_ef or None, payload_cache=sc.payload_cache, index=IndexSettings.of(sc),
-                         acorn=sc.acorn_selectivity, oversampling=sc.quantization_oversampling)
+                         acorn=sc.acorn_selectivity, oversampling=sc.quantization_oversampling,
+                         search_threads=sc.search_threads)
     if backend == "qdrant":
         from search.store.qdrant import QdrantStore
 
