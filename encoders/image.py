@@ -319,8 +319,6 @@ def _build_encoder(cfg: Config) -> ImageEncoder:
     enc = ImageEncoder(visual, size, device, bf16=cfg.runtime.bf16, batch_size=ic.batch_size, name=name,
                        mean=mean, std=std, labels=labels, flip_average=ic.flip_average, autocontrast=ic.autocontrast,
                        trim=ic.trim_borders)
-    if ic.runtime not in ("torch", "onnx"):
-        raise ConfigError(f"[image_encoder].runtime must be torch or onnx, got {ic.runtime!r}")
     if ic.runtime == "onnx" and str(device) == "cpu" and ckpt is not None and ckpt.is_file():
         try:
             from encoders.image_onnx import attach

@@ -53,6 +53,10 @@ def test_vitrina_config_env_chooses_file(tmp_path: Path) -> None:
     ("[store\n", "not valid TOML"),
     ("store = 3\n", "must be a table"),
     ("[live]\ntext_precision = 'int4'\n", "text_precision must be one of"),
+    ("[text_encoder]\nprecision = 'fp16'\n", r"\[text_encoder\].precision must be one of"),
+    ("[search]\nquery_precision = 'int4'\n", r"\[search\].query_precision must be one of"),
+    ("[search]\nphoto_runtime = 'tensorrt'\n", r"\[search\].photo_runtime must be one of"),
+    ("[image_encoder]\nruntime = 'jax'\n", r"\[image_encoder\].runtime must be one of"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, match: str) -> None:
     file = tmp_path / "bad.toml"

