@@ -533,7 +533,7 @@ def test_edge_search_pool_has_the_configured_threads_and_searches_alike(fast_dir
     setup.close()
     config_file = fast_dir / "collections" / "c1" / "shard" / "edge_config.json"
     code = textwrap.dedent(f"""
-        import json, os, sys
+        import json, os, sys, time
         import numpy as np
         from pathlib import Path
         from search.store.factory import open_store
@@ -545,8 +545,14 @@ def test_edge_search_pool_has_the_configured_threads_and_searches_alike(fast_dir
         v = np.load({str(fast_dir / "q.npy")!r})
         got = [[h.id for h in s.query("c1", DenseQuery(q, "fused"), limit=5)] for q in v]
         got.append([h.id for h in s.query("c1", KeywordQuery("suede loafers"), limit=5)])
-        names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-        print(json.dumps({{"pool": sum(n.startswith("edge-search") for n in names), "ids": got}}))
+        def pool():
+            names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+            return sum(n.startswith("edge-search") for n in names)
+        deadline = time.monotonic() + 20  # the engine starts its pool's threads in the background
+        while pool() < max(threads, 1) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)  # none past the configured count either
+        print(json.dumps({{"pool": pool(), "ids": got}}))
     """)
     np.save(fast_dir / "q.npy", np.stack([it.vectors["fused"] for it in ITEMS[:8]]))
 
