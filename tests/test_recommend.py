@@ -110,12 +110,38 @@ def test_unknown_shopper_gets_popular_items_narrowed_by_filters(client: FlaskCli
     assert got[0]["explain"]["popular"] == pytest.approx(1.0)
     assert set(got[0]) >= {"id", "score", "title", "image_url", "attributes", "explain"}
     women = recs(client, "nobody", **{"filter.gender": "Women", "k": 5})
-    assert women and all(rows[r["id"]]["gender"] == "Women" for r in women)
-    assert [r["id"] for r in women] == [i for i in ids[:3] if rows[i]["gender"] == "Women"]
+    assert len(women) == 5 and all(rows[r["id"]]["gender"] == "Women" for r in women)
+    popular = [i for i in ids[:3] if rows[i]["gender"] == "Women"]
+    assert [r["id"] for r in women][:len(popular)] == popular  # then typical items fill the feed up
+    assert all(r["explain"]["sources"] == ["typical"] for r in women[len(popular):])
 
 
-def test_cold_start_with_no_events_at_all_is_empty_not_an_error(client: FlaskClient) -> None:
-    assert recs(client, "nobody") == []
+def test_cold_start_with_no_events_at_all_shows_each_categorys_typical_items(
+        client: FlaskClient, indexed: Any, app_cfg: Config, rows: dict) -> None:
+    from web import create_app
+
+    store = indexed[1]
+    kinds = sorted({r["articleType"] for r in rows.values()})
+    got = recs(client, "nobody", k=2 * len(kinds))
+    assert len(got) == 2 * len(kinds) and len({r["id"] for r in got}) == len(got)
+    assert all(r["explain"]["sources"] == ["typical"] and r["explain"]["final"] == 0.0 for r in got)
+    # a round takes one item of each category: the one nearest the centroid of its items' text vectors
+    vectors = {h.id: h.vectors["text"] for h in store.scroll(store.get_alias(app_cfg.store.alias), with_vectors=True)}
+    nearest = {}
+    for kind in kinds:
+        members = [i for i in rows if rows[i]["articleType"] == kind]
+        centre = np.mean([vectors[i] for i in members], axis=0)
+        centre /= np.linalg.norm(centre)
+        nearest[kind] = max(members, key=lambda i: float(vectors[i] @ centre))
+    first, second = got[:len(kinds)], got[len(kinds):]
+    assert {r["id"] for r in first} == set(nearest.values())
+    assert sorted(rows[r["id"]]["articleType"] for r in second) == kinds
+    women = recs(client, "nobody", k=6, **{"filter.gender": "Women"})
+    assert len(women) == 6 and all(rows[r["id"]]["gender"] == "Women" for r in women)
+    shoes = recs(client, "nobody", k=3, **{"filter.articleType": "Shoes"})
+    assert len(shoes) == 3 and all(rows[r["id"]]["articleType"] == "Shoes" for r in shoes)
+    off = create_app(app_cfg.replace(recommend={"fill": False}), store=store, TESTING=True).test_client()
+    assert recs(off, "nobody") == []  # nothing from the shoppers' events, and no filling
 
 
 def test_one_event_gives_more_like_it(client: FlaskClient, rows: dict) -> None:
@@ -199,7 +225,8 @@ def test_deleted_shopper_disappears_from_recommendation_signals(client: FlaskCli
     assert client.delete("/api/users/only/profile").get_json()["deleted"] is True
     after = also(client, a, k=3)
     assert all(r["explain"]["sources"] == ["similar"] for r in after)
-    assert recs(client, "someone-else") == []  # popularity forgot them too
+    assert all(r["explain"]["sources"] == ["typical"] for r in recs(client, "someone-else"))  # popularity forgot
+    # them too: only the catalogue's typical items are left
 
 
 def test_bad_requests_are_4xx(client: FlaskClient, rows: dict) -> None:

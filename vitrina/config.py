@@ -255,6 +255,9 @@ class RecommendConfig:
     similar_using: str = "fused"  # named vector the latest items' neighbours are found in (fused, text, image)
     half_life_days: float = 120.0  # freshness of the shopper's items here (0 = [personal].half_life_days)
     similar_affinity: float = 0.0  # `similar` scores x (1 + this x [personal].affinity to the shopper's buys)
+    # a feed the events fill with fewer than k items (a new shop, narrow filters) is filled up with the catalogue's
+    # typical items: those nearest each category's centroid, the largest categories in turn (explain "typical")
+    fill: bool = True
 
 
 @dataclass(frozen=True)

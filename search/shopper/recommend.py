@@ -15,7 +15,7 @@ from search.shopper.lookup import affinity_to
 from search.shopper.personal import EVENTS, Event, affinity_weights, decay, event_weight, unit
 from search.store.interface import DENSE_VECTORS, DenseQuery, Filters, Hit
 from vitrina.config import PersonalConfig
-from vitrina.errors import ConfigError
+from vitrina.errors import ConfigError, VitrinaError
 
 if TYPE_CHECKING:
     from search.query.engine import SearchService
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 SOURCES = ("similar", "co_bought", "buy_again", "popular")
 _POPULAR_PAGES = 20  # pages of the popularity list read to satisfy narrow filters
+_FILL_VALUES = 20  # the largest categories whose typical items fill a short feed
 
 
 def matches(payload: Mapping[str, Any], filters: Filters | None) -> bool:
@@ -74,6 +75,7 @@ class Recommender:
     def __init__(self, service: SearchService) -> None:
         self.service = service
         self.cfg = service.cfg
+        self._typical_of: tuple[str, list[str]] | None = None  # the unfiltered typical items of a collection
         if self.cfg.recommend.similar_using not in DENSE_VECTORS:
             raise ConfigError(f"[recommend].similar_using must be one of {DENSE_VECTORS}, "
                               f"got {self.cfg.recommend.similar_using!r}")
@@ -204,6 +206,37 @@ class Recommender:
             flush()
         return out, top, known
 
+    def _typical(self, filters: Filters | None, limit: int) -> list[str]:
+        """About `limit` of the catalogue's typical items, for a feed the shoppers' events cannot fill (a shop with
+        no events yet, narrow filters): per category value, largest first, the items nearest its items' text
+        centroid (the query reader's value index), taken a category at a time in turn. [] without a value index."""
+        try:
+            values = self.service.reader().values
+        except VitrinaError:
+            return []
+        field = self.cfg.catalogue.category
+        fv = values.fields.get(field) if field else None
+        if fv is None or not len(fv.values):
+            return []
+        cached = self._typical_of
+        if not filters and cached is not None and cached[0] == values.collection:
+            return cached[1]
+        allowed = set(filters.equals.get(field, ())) if filters else set()
+        order = [i for i in np.argsort(-fv.counts, kind="stable") if not allowed or fv.values[i] in allowed]
+        order = order[:_FILL_VALUES]
+        each = math.ceil(limit / max(1, len(order)))
+        base = filters or Filters()
+        lists = []
+        for i in order:
+            only = dataclasses.replace(base, equals={**base.equals, field: (fv.values[i],)})
+            hits = self.service.store.query(self.service.alias, DenseQuery(fv.centroids[i], "text"), only,
+                                            limit=each)
+            lists.append([h.id for h in hits])
+        out = [ids[n] for n in range(each) for ids in lists if n < len(ids)]
+        if not filters:
+            self._typical_of = (values.collection, out)
+        return out
+
     def _shown(self, ranked: Sequence[str], filters: Filters | None, k: int, known: Mapping[str, Hit]
                ) -> list[Hit]:
         """The first k of `ranked` that exist in the index and pass the filters; payloads are read a page
@@ -288,6 +321,11 @@ class Recommender:
         if ranker is not None:
             ranked, scored = ranker.rerank_items(self.service, user_id, ranked, parts, final, now)
         shown = self._shown(ranked, filters, k, known)
+        fill: list[Hit] = []
+        if len(shown) < k and sources is None and rc.fill:  # too few from the shoppers' events: typical items
+            taken = {h.id for h in shown} | seen | banned
+            fill = self._shown([i for i in self._typical(filters, max(rc.pool, k)) if i not in taken], filters,
+                               k - len(shown), {})
         learned, rows = ranker.explain_items(scored, [h.id for h in shown]) if scored and ranker else ({}, None)
         results = []
         for hit in shown:
@@ -297,6 +335,9 @@ class Recommender:
             explain["final"] = final[hit.id]
             if hit.id in learned:
                 explain["ranker"] = learned[hit.id]
+            results.append(self.service.result(hit, explain))
+        for hit in fill:
+            explain = {"sources": ["typical"], **{s: 0.0 for s in SOURCES}, "final": 0.0}
             results.append(self.service.result(hit, explain))
         out = {"results": results, "total": len(results), "took_ms": round((time.perf_counter() - t0) * 1e3, 2)}
         if rows is not None:
