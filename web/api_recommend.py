@@ -84,7 +84,9 @@ def _flag(name: str) -> bool | None:
       responses={200: _RESULTS, 400: None}, tag="recommend")
 def recommendations(user_id: str) -> ResponseReturnValue:
     """Vector neighbours of the shopper's taste, co-bought with their recent items, buy-again and popular,
-    blended; each result's explain lists the sources that nominated it. Unknown shoppers get popular items."""
+    blended; each result's explain lists the sources that nominated it. Unknown shoppers get popular items. A feed
+    these leave short of k (a shop with no events yet, narrow filters) is filled up with the catalogue's typical
+    items, explained as sources ["typical"] ([recommend].fill; not when `sources` is given)."""
     uid = parse_user_id(user_id)
     params = _params(("k", "exclude_purchased", "sources"))
     filters = parse_filters(params, get_config())
