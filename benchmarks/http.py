@@ -186,9 +186,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="environment for the --serve server (default VITRINA_SEARCH__QUERY_CACHE=0)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator: wrk (an outside client; auto when installed) or this process")
-    parser.add_argument("--phases", default="floor,text,text@16,text+user,image",
-                        help="comma list of floor, text, text+user, image, each optionally @CONNECTIONS "
-                             "(default floor,text,text@16,text+user,image)")
+    parser.add_argument("--phases", default="floor,text,text@16,text+user,image,floor",
+                        help="comma list of floor, text, text+user, image, each optionally @CONNECTIONS; x floor is "
+                             "against the mean of the floor phases (default floor,text,text@16,text+user,image,floor)")
     parser.add_argument("--clients", type=int, default=4, help="connections for phases without @N (default 4)")
     parser.add_argument("--image-clients", type=int, default=2, help="connections for `image` without @N")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (default 20)")
@@ -359,7 +359,7 @@ def measure_all(bench: Bench, phases: Sequence[tuple[str, str, int]], texts: Seq
                 warm_texts: Sequence[str], share: int, photos: Sequence[tuple[str, bytes]],
                 items: Sequence[str]) -> list[dict[str, Any]]:
     """Each phase in order; text phases get disjoint slices of `texts`; rows carry the ratio to the floor."""
-    args, rows, floor_rps = bench.args, [], None
+    args, rows = bench.args, []
     user, key, seeded = f"bench-{uuid.uuid4().hex[:10]}", _api_key(args, bench.cfg), False
     slices = iter(range(0, len(texts), share))
     try:
@@ -384,10 +384,7 @@ def measure_all(bench: Bench, phases: Sequence[tuple[str, str, int]], texts: Seq
                 phase = bench.measure(label, conns, bench.search(mine, uid), bench.search(warm_texts, uid),
                                       distinct=True, budget=len(mine))
             row = phase.summary()
-            if kind == "floor":
-                floor_rps = row["rps"]
-            row["x_floor"] = row["rps"] / floor_rps if floor_rps and kind != "floor" else None
-            row["verdict"] = verdict(row)
+            row["kind"] = kind
             rows.append(row)
             cores = (f"; cores busy: server {row['server_cores']:.2f}, client {row['client_cores']:.2f}, other work "
                      f"{row['other_cores']:.2f}" if "other_cores" in row else "")
@@ -396,5 +393,21 @@ def measure_all(bench: Bench, phases: Sequence[tuple[str, str, int]], texts: Seq
     finally:
         if seeded:
             forget(bench.host, bench.port, user, key)
+    floors = with_floor_ratios(rows)
+    if len(floors) > 1:
+        print(f"x floor: against the mean of the {len(floors)} floor phases ("
+              f"{', '.join(f'{f:.1f}' for f in floors)} req/s)")
     return rows
+
+
+def with_floor_ratios(rows: list[dict[str, Any]]) -> list[float]:
+    """Set each row's x_floor (req/s over the floor endpoint's; None without a floor phase) and verdict. With
+    several floor phases (the default brackets the others) the mean is the reference: the floor of one run moved
+    by up to 40% from one phase to the next on this machine, and the ratio with it. Returns the floors' req/s."""
+    floors = [r["rps"] for r in rows if r.pop("kind", r["phase"].split("@")[0]) == "floor"]
+    reference = sum(floors) / len(floors) if floors else None
+    for row in rows:
+        row["x_floor"] = row["rps"] / reference if reference and row["phase"].split("@")[0] != "floor" else None
+        row["verdict"] = verdict(row)
+    return floors
 

@@ -89,6 +89,21 @@ def test_phase_specs_and_verdicts() -> None:
     assert bench_http.verdict({**row, "phase": "floor"}) == "reference"
 
 
+def test_the_floor_ratio_is_against_the_mean_of_the_floor_phases() -> None:
+    def row(phase: str, rps: float) -> dict:
+        return {"phase": phase, "kind": phase.split("@")[0], "clients": 4, "rps": rps, "p95_ms": 10.0, "errors": 0}
+
+    rows = [row("floor", 3000.0), row("text", 330.0), row("text@16", 300.0), row("floor", 5000.0)]
+    assert bench_http.with_floor_ratios(rows) == [3000.0, 5000.0]
+    assert [r["x_floor"] for r in rows] == [None, pytest.approx(330 / 4000), pytest.approx(300 / 4000), None]
+    assert [r["verdict"] for r in rows] == ["reference", bench_http.verdict(rows[1]), bench_http.verdict(rows[2]),
+                                            "reference"]
+    assert rows[1]["verdict"].startswith("MISS") and "kind" not in rows[1]  # 0.0825 < 0.11
+    alone = [row("text", 500.0)]
+    assert bench_http.with_floor_ratios(alone) == [] and alone[0]["x_floor"] is None
+    assert "x floor not judged" in alone[0]["verdict"]
+
+
 def test_own_process_cpu_and_memory_are_readable() -> None:
     cpu = process_cpu_s(os.getpid())
     rss = process_rss_mb(os.getpid())
