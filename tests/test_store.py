@@ -237,6 +237,15 @@ def test_dense_query_per_named_vector(loaded: Store, using: str) -> None:
         assert len(all_hits) == sum("image" in it.vectors for it in ITEMS)
 
 
+def test_a_batch_part_with_its_own_top_gets_only_those(loaded: Store) -> None:
+    q = BY_ID["sku-013"].vectors["text"]
+    full, short, words = loaded.query_batch("c1", [DenseQuery(q, "text"), DenseQuery(q, "text", top=3),
+                                                   KeywordQuery("shoes")], limit=8)
+    assert len(full) == 8 and ids(short) == ids(full)[:3] and [h.score for h in short] == [h.score for h in full[:3]]
+    assert ids(words) == ids(loaded.query("c1", KeywordQuery("shoes"), limit=8))  # the others keep the limit
+    assert ids(loaded.query("c1", DenseQuery(q, "text", top=20), limit=5)) == ids(full)[:5]  # never past the limit
+
+
 def test_dense_query_rejects_bad_vector(loaded: Store) -> None:
     with pytest.raises(BadInput):
         loaded.query("c1", DenseQuery(np.ones(DIM + 2, np.float32), "fused"))

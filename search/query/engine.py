@@ -243,12 +243,13 @@ class SearchService:
         text = reading.text if reading is not None else req.q
         u = self.cfg.understand
         # the fused list, the keyword list and the reading's text neighbours share the filters: one engine call
-        # (the neighbours are the top neighbour_k of a list as long as the others: the same search breadth)
+        # (the neighbours list asks for its top neighbour_k only: the same graph search, [store].hnsw_ef wide, and
+        # fewer candidates re-scored and turned into hits)
         with_keyword = bool(req.q) and not req.has_photo
         parts: list[Any] = [DenseQuery(qvec, "fused")] + ([KeywordQuery(text)] if with_keyword else [])
         by_text = reading is not None and u.neighbours_using == "text" and not req.has_photo and u.neighbours > 0
         if by_text and u.neighbour_k <= pool:
-            parts.append(DenseQuery(qvec, "text"))
+            parts.append(DenseQuery(qvec, "text", top=u.neighbour_k))
         lists = st.query_batch(self.alias, parts, filters, limit=pool)
         dense, keyword = lists[0], (lists[1] if with_keyword else [])
         if reading is not None:

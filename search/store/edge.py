@@ -48,8 +48,8 @@ from search.store.edge_shards import ShardHandle, ShardPool, check_name
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR,
                                     CollectionInfo, DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery,
                                     QueriesInBatches, Query, WithVectors, best_first, check_item, check_query_vector,
-                                    facet_values, new_hit, payload_changes, plain_payload, point_id, segment_cap_kb,
-                                    vector_names, vectors_kb)
+                                    facet_values, new_hit, part_limit, payload_changes, plain_payload, point_id,
+                                    segment_cap_kb, vector_names, vectors_kb)
 from vitrina.errors import BadInput, NotFound, StoreError
 
 if TYPE_CHECKING:
@@ -433,7 +433,8 @@ class EdgeStore(QueriesInBatches):
         flt = edge_filter(filters)
         with self._pool.use(collection) as h:
             vectors = vector_names(with_vectors, h.meta["dims"])
-            requests = [self._request(q, flt, limit, max(0, offset), vectors, h.meta["dims"]) for q in queries]
+            requests = [self._request(q, flt, part_limit(q, limit), max(0, offset), vectors, h.meta["dims"])
+                        for q in queries]
             live = [r for r in requests if r is not None]
             results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
                            else [h.shard.query(r) for r in live])

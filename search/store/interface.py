@@ -117,6 +117,13 @@ class DenseQuery:
 
     vector: np.ndarray
     using: str  # one of DENSE_VECTORS
+    top: int = 0  # in a batch: at most this many of its list (0: the batch's limit), found as broadly as the others
+
+
+def part_limit(query: Query, limit: int) -> int:
+    """How many results a query of a batch asked for `limit` gets: its own `top` where it sets a smaller one."""
+    top = query.top if isinstance(query, DenseQuery) else 0
+    return min(limit, top) if top > 0 else limit
 
 
 @dataclass(frozen=True)

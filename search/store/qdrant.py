@@ -24,7 +24,7 @@ from search.store import keywords
 from search.store.interface import (DENSE_VECTORS, ID_FIELD, INT8_QUANTILE, PRICE_FIELD, SPARSE_VECTOR,
                                     CollectionInfo, DenseQuery, Filters, Hit, HybridQuery, ItemRecord, KeywordQuery,
                                     QueriesInBatches, Query, WithVectors, best_first, check_item, check_query_vector,
-                                    facet_values, payload_changes, plain_payload, point_id, segment_cap_kb,
+                                    facet_values, part_limit, payload_changes, plain_payload, point_id, segment_cap_kb,
                                     vector_names)
 from vitrina.config import StoreConfig
 from vitrina.errors import BadInput, NotFound, StoreError, VitrinaError
@@ -337,7 +337,8 @@ class QdrantStore(QueriesInBatches):
         with self._call(f"query {collection}"):
             dims = self._dims(collection)
             vectors: Any = vector_names(with_vectors, dims)
-            requests = [self._request(q, flt, limit, max(0, offset), vectors, dims, with_payload) for q in queries]
+            requests = [self._request(q, flt, part_limit(q, limit), max(0, offset), vectors, dims, with_payload)
+                        for q in queries]
             live = [r for r in requests if r is not None]
             responses = iter(self.client.query_batch_points(collection, requests=live) if live else [])
             return [best_first([_hit(p, p.score, with_vectors) for p in next(responses).points])
