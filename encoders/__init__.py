@@ -71,11 +71,45 @@ def _int8_text_encoder(cfg: Config) -> Any:
 
 def query_side(cfg: Config) -> Config:
     """cfg as the search service builds its models: [search].torch_threads intra-op threads when set, the text
-    encoder at [search].query_precision and the image tower on [search].photo_runtime."""
+    encoder at [search].query_precision and the image tower on [search].photo_runtime (int8: the 8-bit tower of
+    `create_photo_encoder`, or fp32 ONNX until a reindex has made it)."""
     sc = cfg.search
     runtime = {"threads": sc.torch_threads} if sc.torch_threads > 0 else {}
+    photo = "onnx" if sc.photo_runtime == "int8" else sc.photo_runtime
     return cfg.replace(runtime=runtime, text_encoder={"precision": sc.query_precision},
-                       image_encoder={"runtime": sc.photo_runtime})
+                       image_encoder={"runtime": photo})
+
+
+def calibration_key(cfg: Config) -> str:
+    """What names the 8-bit tower's calibration photos: the catalogue file and how many were taken."""
+    return f"{Path(cfg.catalogue.path).resolve()}|{max(1, cfg.indexer.calibration_photos)}"
+
+
+def cached_eight_bit_tower(cfg: Config, run: Config) -> Any | None:
+    """The 8-bit tower ([indexer].image_int8) an earlier reindex made for cfg's checkpoint and catalogue, opened
+    without torch at `run`'s settings; None when there is none yet, ONNX Runtime is missing or models run on a GPU."""
+    from encoders.runtime import surely_cpu
+
+    if not cfg.image_encoder.checkpoint or not surely_cpu(run.runtime):
+        return None
+    try:
+        from encoders.image_int8 import open_cached
+    except ImportError:
+        return None
+    return open_cached(run, calibration_key(cfg))
+
+
+def create_photo_encoder(cfg: Config) -> Any:
+    """The search service's tower for uploaded photos: with [search].photo_runtime "int8" the 8-bit tower the
+    index was built with (where a reindex has made it), else create_image_encoder(query_side(cfg))."""
+    qc = query_side(cfg)
+    if cfg.search.photo_runtime == "int8":
+        enc = cached_eight_bit_tower(cfg, qc)
+        if enc is not None:
+            return enc
+        log.warning("[search].photo_runtime int8: no 8-bit tower made yet (a reindex with [indexer].image_int8 "
+                    "makes it): uploaded photos go through the fp32 ONNX tower")
+    return create_image_encoder(qc)
 
 
 def prepare_query_models(cfg: Config) -> None:

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders import (create_image_encoder, create_text_encoder, fuse_batch, image_tower_status,
-                      text_encoder_key, tuned_layers_stamp)
+from encoders import (cached_eight_bit_tower, calibration_key, create_image_encoder, create_text_encoder,
+                      fuse_batch, image_tower_status, text_encoder_key, tuned_layers_stamp)
 from indexer.reader import Product, Skipped, image_base
 from search.store.interface import ItemRecord
 from vitrina.config import Config
@@ -83,25 +83,6 @@ def load_image_encoder(cfg: Config) -> tuple[Any | None, str]:
         raise ConfigError(f"the image tower gives {enc.dim}-d vectors but the text encoder {cfg.text_encoder.dim}-d",
                           detail="the towers must share one space to be fused; retrain with `vitrina finetune`")
     return enc, ""
-
-
-def calibration_key(cfg: Config) -> str:
-    """What names the 8-bit tower's calibration photos: the catalogue file and how many were taken."""
-    return f"{Path(cfg.catalogue.path).resolve()}|{max(1, cfg.indexer.calibration_photos)}"
-
-
-def cached_eight_bit_tower(cfg: Config, run: Config) -> Any | None:
-    """The 8-bit tower an earlier run made for this checkpoint and catalogue, opened without torch at `run`'s
-    settings (tower_runtime(index_side(cfg))); None when there is none yet or the models run on a GPU."""
-    from encoders.runtime import surely_cpu
-
-    if not cfg.image_encoder.checkpoint or not surely_cpu(run.runtime):
-        return None
-    try:
-        from encoders.image_int8 import open_cached
-    except ImportError:  # no ONNX Runtime
-        return None
-    return open_cached(run, calibration_key(cfg))
 
 
 def eight_bit_tower(cfg: Config, enc: Any) -> Any:

@@ -99,6 +99,32 @@ def test_the_index_embeds_photos_with_the_cached_8_bit_tower(cfg: Config, monkey
         assert opened.stamp == built.stamp  # the same records either way
 
 
+def test_uploaded_photos_go_through_the_index_s_8_bit_tower_with_photo_runtime_int8(
+        cfg: Config, caplog: pytest.LogCaptureFixture) -> None:
+    from encoders.image_onnx import OnnxImageEncoder
+    from search.query.engine import SearchService
+    from vitrina.images import load_image
+
+    c = int8_config(cfg).replace(search={"photo_runtime": "int8"})
+    with caplog.at_level(logging.WARNING, logger="encoders"):
+        before = SearchService(c).image_encoder()  # no 8-bit tower made yet: the fp32 export, with a warning
+    assert before._onnx is not None and not int8_models(c)  # the torch tower, exported and run on fp32 ONNX
+    assert "no 8-bit tower made yet" in caplog.text
+    assert reindex(c, progress=False).indexed == 48
+    store = open_store(c)
+    try:
+        got = store.retrieve(c.store.alias, ["1000", "1001", "1002"], with_vectors=True)
+        photos = [load_image(f"images/{h.id}.jpg", Path(c.catalogue.path).parent, c.indexer) for h in got]
+        stored = np.stack([h.vectors["image"] for h in got])
+        eight = SearchService(c, store=store).image_encoder()
+        fp32 = SearchService(c.replace(search={"photo_runtime": "onnx"}), store=store).image_encoder()
+    finally:
+        store.close()
+    assert isinstance(eight, OnnxImageEncoder) and eight is not fp32
+    np.testing.assert_allclose(eight.encode(photos), stored, atol=1e-5)  # the index's own vectors
+    assert float(np.abs(fp32.encode(photos) - stored).max()) > 1e-4  # the fp32 tower's are not
+
+
 @pytest.mark.parametrize("failure", ["short", "quantiser"])
 def test_a_quantised_tower_that_falls_short_is_not_kept(cfg: Config, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture, failure: str) -> None:

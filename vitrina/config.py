@@ -57,6 +57,7 @@ class RuntimeConfig:
 QUANTIZATIONS = ("none", "int8")
 TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: ONNX Runtime (encoders.text_onnx); the rest torch
 IMAGE_RUNTIMES = ("torch", "onnx")
+PHOTO_RUNTIMES = (*IMAGE_RUNTIMES, "int8")  # int8: the indexer's 8-bit tower ([indexer].image_int8), ONNX Runtime
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -184,14 +185,16 @@ class SearchConfig:
     max_events: int = 1000  # most feedback events in one request
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
     query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32 | int8: ONNX Runtime)
-    photo_runtime: str = "torch"  # image tower for uploaded photos: torch (bf16) | onnx (ONNX Runtime fp32)
+    # image tower for uploaded photos: torch (bf16) | onnx (ONNX Runtime fp32) | int8 (the 8-bit tower a reindex
+    # with [indexer].image_int8 made, the index's own; fp32 ONNX until there is one)
+    photo_runtime: str = "torch"
     query_cache: int = 4096  # text query embeddings kept (LRU); 0 = off
     photo_attribute_weight: float = 2.0  # photo queries: boost of items with the attributes the label head reads
     photo_attribute_min_prob: float = 0.5  # ... counting only fields it reads at least this surely
 
     def __post_init__(self) -> None:
         _one_of("[search].query_precision", self.query_precision, TEXT_PRECISIONS)
-        _one_of("[search].photo_runtime", self.photo_runtime, IMAGE_RUNTIMES)
+        _one_of("[search].photo_runtime", self.photo_runtime, PHOTO_RUNTIMES)
 
 
 @dataclass(frozen=True)

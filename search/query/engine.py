@@ -99,10 +99,11 @@ class SearchService:
         return self._lazy("text", lambda: create_text_encoder(self.model_cfg))
 
     def image_encoder(self) -> Any:
-        """The trained image tower; ModelUnavailable (503) while there is none (checked again each call)."""
-        from encoders import create_image_encoder
+        """The trained image tower as uploaded photos run it ([search].photo_runtime); ModelUnavailable (503) while
+        there is none (checked again each call)."""
+        from encoders import create_photo_encoder
 
-        return self._lazy("image", lambda: create_image_encoder(self.model_cfg))
+        return self._lazy("image", lambda: create_photo_encoder(self.cfg))
 
     @property
     def profiles(self) -> ProfileStore:
