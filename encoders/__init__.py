@@ -107,8 +107,9 @@ def create_photo_encoder(cfg: Config) -> Any:
         enc = cached_eight_bit_tower(cfg, qc)
         if enc is not None:
             return enc
-        log.warning("[search].photo_runtime int8: no 8-bit tower made yet (a reindex with [indexer].image_int8 "
-                    "makes it): uploaded photos go through the fp32 ONNX tower")
+        if image_tower_status(qc).get("available"):  # else create_image_encoder says there is no tower
+            log.warning("[search].photo_runtime int8: no 8-bit tower made yet (a reindex with [indexer].image_int8 "
+                        "makes it): uploaded photos go through the fp32 ONNX tower")
     return create_image_encoder(qc)
 
 
