@@ -404,10 +404,11 @@ def with_floor_ratios(rows: list[dict[str, Any]]) -> list[float]:
     """Set each row's x_floor (req/s over the floor endpoint's; None without a floor phase) and verdict. With
     several floor phases (the default brackets the others) the mean is the reference: the floor of one run moved
     by up to 40% from one phase to the next on this machine, and the ratio with it. Returns the floors' req/s."""
-    floors = [r["rps"] for r in rows if r.pop("kind", r["phase"].split("@")[0]) == "floor"]
+    kinds = [r.pop("kind", r["phase"].split("@")[0]) for r in rows]
+    floors = [r["rps"] for r, kind in zip(rows, kinds) if kind == "floor"]
     reference = sum(floors) / len(floors) if floors else None
-    for row in rows:
-        row["x_floor"] = row["rps"] / reference if reference and row["phase"].split("@")[0] != "floor" else None
+    for row, kind in zip(rows, kinds):
+        row["x_floor"] = row["rps"] / reference if reference and kind != "floor" else None
         row["verdict"] = verdict(row)
     return floors
 

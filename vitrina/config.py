@@ -100,8 +100,6 @@ class FusionConfig:
     text_weight: float = 0.5
 
 
-
-
 @dataclass(frozen=True)
 class StoreConfig:
     backend: str = "edge"  # edge | qdrant
@@ -135,8 +133,7 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.acorn_selectivity <= 1.0:
             raise ConfigError(f"[store].acorn_selectivity must be within 0 and 1, got {self.acorn_selectivity}")
-        if self.quantization not in QUANTIZATIONS:
-            raise ConfigError(f"[store].quantization must be one of {list(QUANTIZATIONS)}, got {self.quantization!r}")
+        _one_of("[store].quantization", self.quantization, QUANTIZATIONS)
         if self.search_threads < 0:
             raise ConfigError(f"[store].search_threads must be 0 (the engine's default) or positive, "
                               f"got {self.search_threads}")
@@ -330,9 +327,7 @@ class LiveConfig:
     text_precision: str = ""
 
     def __post_init__(self) -> None:
-        if self.text_precision and self.text_precision not in TEXT_PRECISIONS:
-            raise ConfigError(f"[live].text_precision must be one of {['', *TEXT_PRECISIONS]}, "
-                              f"got {self.text_precision!r}")
+        _one_of("[live].text_precision", self.text_precision, ("", *TEXT_PRECISIONS))
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ class Recommender:
         shown = self._shown(ranked, filters, k, known)
         fill: list[Hit] = []
         if len(shown) < k and sources is None and rc.fill:  # too few from the shoppers' events: typical items
-            taken = {h.id for h in shown} | seen | banned
+            taken = {h.id for h in shown} | seen  # seen holds the shopper's purchases too
             fill = self._shown([i for i in self._typical(filters, max(rc.pool, k)) if i not in taken], filters,
                                k - len(shown), {})
         learned, rows = ranker.explain_items(scored, [h.id for h in shown]) if scored and ranker else ({}, None)
