@@ -9,7 +9,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
                    help="override [finetune].view_weight (NT-Xent between two views of each photo; 0: off)")
     p.add_argument("--state-every", type=float, metavar="S", help="override [finetune].state_every_s")
     p.add_argument("--arch", help="override [image_encoder].arch")
+    p.add_argument("--also", action="append", type=Path, metavar="CONFIG",
+                   help="also train on this other shop's train photos (its config file; repeatable); overrides "
+                        "[finetune].also")
     p.add_argument("--from", dest="start_from", metavar="CKPT_OR_TAG",
                    help="start from this checkpoint (vitrina or open_clip file) or open_clip pretrained tag "
                         "instead of [image_encoder].pretrained / random init")
@@ -61,13 +64,33 @@ def register(subparsers: Any) -> None:
 
 
 def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
-    """TrainItems for the train and dev rows (test rows are dropped before their image is looked at)."""
+    """TrainItems for the train and dev rows (test rows are dropped before their image is looked at), then the
+    train rows of each [finetune].also catalogue (ids prefixed with its config's name; their dev and test rows,
+    which the cross-catalogue check asks, are dropped the same way)."""
+    from vitrina.config import load_config
+
+    items, counts = _catalogue_items(cfg, cfg.finetune.label_fields, {"train", "dev"})
+    for other_file in cfg.finetune.also:
+        if not Path(other_file).is_file():
+            raise ConfigError(f"[finetune].also: no config file at {other_file}")
+        other = load_config(other_file)
+        more, other_counts = _catalogue_items(other, cfg.finetune.label_fields, {"train"},
+                                              prefix=f"{Path(other_file).stem}:")
+        log.info("also %s: %s", other_file, other_counts)
+        items += more
+        counts.setdefault("also", {})[str(other_file)] = {**other_counts, "catalogue": other.catalogue.path,
+                                                          "train_items": len(more)}
+    return items, counts
+
+
+def _catalogue_items(cfg: Config, labels: Sequence[str], splits: set[str], prefix: str = ""
+                     ) -> tuple[list[Any], dict[str, Any]]:
     from encoders.train_data import TrainItem, split_of
     from indexer.reader import Product, image_source, read_catalogue
 
-    labels = cfg.finetune.label_fields
     items: list[TrainItem] = []
-    counts = {"products": 0, "reader_skipped": 0, "test_excluded": 0, "no_local_image": 0, "hash_split": 0}
+    excluded = "test_excluded" if splits == {"train", "dev"} else "dev_and_test_excluded"
+    counts = {"products": 0, "reader_skipped": 0, excluded: 0, "no_local_image": 0, "hash_split": 0}
     for row in read_catalogue(cfg):
         if not isinstance(row, Product):
             counts["reader_skipped"] += 1
@@ -75,8 +98,8 @@ def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
         counts["products"] += 1
         split = split_of(row.split, row.id)
         counts["hash_split"] += not row.split
-        if split not in {"train", "dev"}:
-            counts["test_excluded"] += 1
+        if split not in splits:
+            counts[excluded] += 1
             continue
         source = image_source(cfg, row)
         if not source or source.lower().startswith(("http://", "https://")):
@@ -84,9 +107,17 @@ def training_items(cfg: Config) -> tuple[list[Any], dict[str, Any]]:
             continue
         values = tuple(str(row.attributes.get(f, "")) for f in labels)
         label = "|".join(values) if labels else row.category
-        items.append(TrainItem(id=row.id, image=source, text=row.text or row.title, split=split, label=label,
-                               label_values=values))
+        items.append(TrainItem(id=prefix + row.id, image=source, text=row.text or row.title, split=split,
+                               label=label, label_values=values))
     return items, counts
+
+
+def with_also(cfg: Config, args: argparse.Namespace) -> Config:
+    """cfg with --also (when given) as [finetune].also."""
+    if not getattr(args, "also", None):
+        return cfg
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(
+        cfg.finetune, also=tuple(str(p.resolve()) for p in args.also)))
 
 
 def settings_for(cfg: Config, args: argparse.Namespace) -> Any:
@@ -144,6 +175,7 @@ def tuned_text_side(cfg: Config, layers: int) -> Callable[..., Any]:
 
 def write_pack(cfg: Config, args: argparse.Namespace) -> int:
     """--write-pack: the prepared train and dev set into one file (test rows are never read)."""
+    cfg = with_also(cfg, args)
     from encoders.image import image_size_of, model_config
     from encoders.train_data import prepare_data
     from encoders.train_pack import write_pack as write
@@ -167,6 +199,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     if args.write_pack:
         return write_pack(cfg, args)
+    cfg = with_also(cfg, args)
     output = Path(args.output).resolve() if args.output else Path(cfg.finetune.output)
     if not str(cfg.finetune.output) and not args.output:
         raise ConfigError("set [finetune].output or pass --output")

@@ -21,6 +21,10 @@ def test_shipped_configs_parse_and_resolve_paths() -> None:
     assert hm.catalogue.id == "article_id" and hm.catalogue.description == "detail_desc"
     assert Path(hm.catalogue.path) == (REPO / "../shared/data/hm/articles.csv").resolve()
     assert hm.store.alias != fashion.store.alias
+    # a tuple of paths resolves each against the file's folder, as one path does
+    assert fashion.finetune.also == (str(REPO / "configs" / "hm.toml"),)
+    assert load_config(REPO / "configs" / "hm.toml", env={"VITRINA_FINETUNE__ALSO": "../config.toml"}
+                       ).finetune.also == (str(REPO / "config.toml"),)
 
 
 def test_env_overrides_every_type(tmp_path: Path) -> None:

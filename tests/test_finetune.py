@@ -178,6 +178,37 @@ def test_catalogue_without_split_column_uses_the_hash_split(tmp_path: Path) -> N
     assert counts["test_excluded"] == sum(hash_split(r["id"]) == "test" for r in rows)
 
 
+def test_also_trains_on_another_shops_train_photos_only(tmp_path: Path, catalogue: Path) -> None:
+    # another shop in another schema, no split column: its train rows join, its dev and test rows never do
+    rows = [{"article_id": f"{i:010d}", "prod_name": f"item {i}", "product_type_name": "Sweater",
+             "image": f"images/{i}.jpg", "articleType": "Sweaters"} for i in range(40)]
+    write_catalogue(tmp_path / "hm", rows)
+    (tmp_path / "configs").mkdir()
+    other = tmp_path / "configs" / "shop.toml"
+    other.write_text('[catalogue]\npath = "../hm/products.csv"\nid = "article_id"\ntitle = "prod_name"\n'
+                     'image = "image"\nsplit = ""\ntext_fields = ["prod_name", "product_type_name"]\nkeyword_fields = ["prod_name"]\n')
+    cfg = make_config(tmp_path, catalogue, finetune={"label_fields": ("articleType", "gender"), "also": (str(other),)})
+    items, counts = training_items(cfg)
+    mine = [it for it in items if not it.id.startswith("shop:")]
+    theirs = [it for it in items if it.id.startswith("shop:")]
+    assert {it.split for it in mine} == {"train", "dev"} and counts["test_excluded"] == 9
+    want = [r for r in rows if hash_split(r["article_id"]) == "train"]
+    assert [it.id for it in theirs] == [f"shop:{r['article_id']}" for r in want]
+    assert {it.split for it in theirs} == {"train"}
+    assert theirs[0].text == f"{want[0]['prod_name']}, Sweater"  # its own text fields, embedded by this config's tower
+    assert all(it.label_values == ("", "") for it in theirs)  # not among its attributes: no class (label -1)
+    also = counts["also"][str(other)]
+    assert also["train_items"] == len(want) and also["dev_and_test_excluded"] == len(rows) - len(want)
+    _, labels = td.label_classes(items, len(items), ("articleType", "gender"))
+    assert all(label == -1 for it, label in zip(items, labels) if it.id.startswith("shop:"))
+    # --also on the command line overrides [finetune].also; a missing file is a clear error
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["finetune", "--also", str(tmp_path / "nope.toml")])
+    with pytest.raises(ConfigError, match="no config file"):
+        args.func(cfg, args)
+
+
 def test_retrieval_metrics_against_a_naive_oracle() -> None:
     rng = np.random.default_rng(0)
     img = rng.standard_normal((60, 8)).astype(np.float32)

@@ -360,6 +360,9 @@ class FinetuneConfig:
     robust_dev: int = 1000  # dev photos altered once (fixed seed) for the rob_ dev metrics; 0 = none
     state_every_s: float = 0.0  # write the resumable state and best tower at most this often (0: every epoch)
     eval_every: int = 1  # epochs between dev evaluations (and chances to keep the tower); the last is always judged
+    # other shops' config files: their catalogues' train photos are trained on too (never their dev or test rows),
+    # each against its own text as this config's text tower embeds it; no label unless it has the label fields
+    also: tuple[str, ...] = field(default=(), metadata={"path": True})
 
 
 @dataclass(frozen=True)
@@ -465,7 +468,9 @@ def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: st
             value = _coerce(raw[f.name], hints[f.name], f"[{name}].{f.name}")
         else:
             value = f.default
-        if f.metadata.get("path") and value and value != ":memory:" and not Path(value).is_absolute():
+        if f.metadata.get("path") and isinstance(value, tuple):
+            value = tuple(v if Path(v).is_absolute() else str((base / v).resolve()) for v in value)
+        elif f.metadata.get("path") and value and value != ":memory:" and not Path(value).is_absolute():
             value = str((base / value).resolve())
         values[f.name] = value
     return cls(**values)
