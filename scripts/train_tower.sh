@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin/vitrina
 # stage 1: from random initialisation, the [finetune] settings of config.toml (strong views, label smoothing 0.1,
+# H&M's train photos beside the catalogue's ([finetune].also),
 # 60 min budget: the cosine schedule anneals on time and stops there)
 "$V" finetune "$@"
 # stage 2: from stage 1's best at a lower learning rate, 40 min budget
