@@ -97,7 +97,8 @@ def make_config(tmp_path: Path, catalogue: Path | None = None, **sections: dict[
             "filterable": ("gender", "articleType", "baseColour"), "numeric": (),
         },
         "image_encoder": {"checkpoint": str(tmp_path / "models" / "image_tower.pt")},
-        "finetune": {"output": str(tmp_path / "models" / "image_tower.pt")},
+        # no other shop's photos: config.toml's [finetune].also names the real H&M sample
+        "finetune": {"output": str(tmp_path / "models" / "image_tower.pt"), "also": ()},
         "text_encoder": {"tuned_layers": ""},  # stock MiniLM: the shipped tuned layers belong to the fashion tower
         "runtime": {"threads": 2, "device": "cpu"},
         # equal weights for the tiny test towers, whatever the shipped config.toml tunes for its catalogue
