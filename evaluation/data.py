@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from encoders.train_data import split_of
 from vitrina.config import Config
 from vitrina.errors import CatalogueError
 
@@ -33,6 +34,12 @@ class Catalogue:
 
 def _str(value: Any) -> str:
     return "" if value is None else str(value).strip()
+
+
+def row_split(row: dict[str, str], column: str, item_id: str) -> str:
+    """A catalogue row's split as training reads it (`encoders.train_data.split_of`): its `column` where the row has
+    one, else sha256 of the id; so evaluation never asks a photo the tower trained on."""
+    return split_of(row.get(column, "") if column else "", item_id)
 
 
 def load_catalogue(cfg: Config) -> Catalogue:

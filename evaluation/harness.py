@@ -215,9 +215,7 @@ def _cross(cfg: Config, opts: EvalOptions, client: ApiClient, catalogue: Any) ->
     their_types = {row.get(theirs, "") for row in other.rows.values()}
     type_map = forward if len(their_types & set(forward)) >= len(their_types & set(load_type_map(reverse=True))) \
         else load_type_map(reverse=True)
-    column = other_cfg.catalogue.split if any(other_cfg.catalogue.split in row for row in
-                                              list(other.rows.values())[:1]) else ""
-    split = (column, opts.image_split)
+    split = (other_cfg.catalogue.split, opts.image_split)
     n = min(opts.cross_queries, opts.limit) if opts.limit else opts.cross_queries
     report = run_cross_report(client, catalogue, mine, other, other_cfg.catalogue.image, theirs, type_map, n,
                               seed=opts.seed, other_split=split)

@@ -11,9 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from encoders.train_data import split_of
 from evaluation.client import ApiClient, ApiError
-from evaluation.data import Catalogue
+from evaluation.data import Catalogue, row_split
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +21,10 @@ PIXELS = 16  # side of the raw-pixel baseline's thumbnails
 
 def sample_queries(catalogue: Catalogue, split_column: str, split: str, image_column: str, n: int,
                    seed: int) -> list[str]:
-    """Up to n ids of the given split with a local image. A catalogue with no split column is split as training
-    splits it (`encoders.train_data.split_of`: sha256 of the id), so a photo the tower trained on is never asked."""
+    """Up to n ids of the given split (`evaluation.data.row_split`: sha256 of the id where there is no split
+    column, as training splits it) with a local image."""
     ids = [i for i, row in catalogue.rows.items()
-           if split_of(row.get(split_column, "") if split_column else "", i) == split
+           if row_split(row, split_column, i) == split
            and (p := catalogue.image_path(i, image_column)) is not None and p.is_file()]
     rng = random.Random(seed)
     return sorted(rng.sample(ids, n)) if n < len(ids) else sorted(ids)

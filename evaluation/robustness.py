@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from encoders.train_data import split_of
 from evaluation.alterations import ALTERATIONS, alter
+from evaluation.data import row_split
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,11 @@ def run_cross_report(client: Any, index_catalogue: Any, index_type_field: str, o
     """P@10 of photos from another catalogue: a result is relevant when its `index_type_field` value is one of
     type_map[the photo's `other_type_field` value]. Photos whose type the map lacks are not asked.
     other_split=(column, value) keeps only the other catalogue's rows of that split (e.g. its dev rows), read as
-    training reads it: the column where there is one, else sha256 of the id (`encoders.train_data.split_of`), so a
-    tower that also trained on the other catalogue's train photos is not asked them."""
+    training reads it (`evaluation.data.row_split`), so a tower that also trained on the other catalogue's train
+    photos is not asked them."""
     ids = [i for i, row in other.rows.items()
            if row.get(other_type_field, "") in type_map
-           and (other_split is None
-                or split_of(row.get(other_split[0], "") if other_split[0] else "", i) == other_split[1])
+           and (other_split is None or row_split(row, other_split[0], i) == other_split[1])
            and (p := other.image_path(i, other_image_column)) is not None and p.is_file()]
     rng = random.Random(seed)
     queries = sorted(rng.sample(ids, n)) if n < len(ids) else sorted(ids)

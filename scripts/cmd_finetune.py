@@ -89,7 +89,7 @@ def _catalogue_items(cfg: Config, labels: Sequence[str], splits: set[str], prefi
     from indexer.reader import Product, image_source, read_catalogue
 
     items: list[TrainItem] = []
-    excluded = "test_excluded" if splits == {"train", "dev"} else "dev_and_test_excluded"
+    excluded = "_and_".join(sorted({"train", "dev", "test"} - splits)) + "_excluded"  # test_excluded, ...
     counts = {"products": 0, "reader_skipped": 0, excluded: 0, "no_local_image": 0, "hash_split": 0}
     for row in read_catalogue(cfg):
         if not isinstance(row, Product):
@@ -175,7 +175,6 @@ def tuned_text_side(cfg: Config, layers: int) -> Callable[..., Any]:
 
 def write_pack(cfg: Config, args: argparse.Namespace) -> int:
     """--write-pack: the prepared train and dev set into one file (test rows are never read)."""
-    cfg = with_also(cfg, args)
     from encoders.image import image_size_of, model_config
     from encoders.train_data import prepare_data
     from encoders.train_pack import write_pack as write
@@ -197,9 +196,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from encoders.finetune import finetune
     from encoders.image import card_path, file_sha256
 
+    cfg = with_also(cfg, args)
     if args.write_pack:
         return write_pack(cfg, args)
-    cfg = with_also(cfg, args)
     output = Path(args.output).resolve() if args.output else Path(cfg.finetune.output)
     if not str(cfg.finetune.output) and not args.output:
         raise ConfigError("set [finetune].output or pass --output")
