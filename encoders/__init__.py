@@ -42,17 +42,22 @@ def text_encoder_key(cfg: Config) -> tuple[Any, ...]:
 
 def create_text_encoder(cfg: Config) -> TextEncoder:
     """The text encoder for cfg, built once per (model, tuned layers, device, settings) and shared by every caller:
-    torch, or ONNX Runtime for precision "int8" (encoders.text_onnx; the same `encode`)."""
+    torch, ONNX Runtime for precision "int8" (encoders.text_onnx) or OpenVINO for "ov-int8" (encoders.text_openvino,
+    falling back to "int8"); the same `encode`."""
     from encoders.text import TextEncoder
 
     key = text_encoder_key(cfg)
     with _TEXT_LOCK:
         encoder = _TEXT_CACHE.get(key)
         if encoder is None:
-            encoder = _int8_text_encoder(cfg) if cfg.text_encoder.precision == "int8" else None
+            precision = cfg.text_encoder.precision
+            encoder = _ov_text_encoder(cfg) if precision == "ov-int8" else None
+            if encoder is None and precision in ("int8", "ov-int8"):
+                encoder = _int8_text_encoder(cfg)
             if encoder is None:
                 tc = cfg.text_encoder
-                encoder = TextEncoder(replace(tc, precision="bf16") if tc.precision == "int8" else tc, cfg.runtime)
+                encoder = TextEncoder(replace(tc, precision="bf16") if precision in ("int8", "ov-int8") else tc,
+                                      cfg.runtime)
             _TEXT_CACHE[key] = encoder
         return encoder
 
@@ -66,6 +71,18 @@ def _int8_text_encoder(cfg: Config) -> Any:
         return create(cfg.text_encoder, cfg.runtime, cfg.data_dir / "models")
     except (ImportError, ModelUnavailable) as e:
         log.warning("text encoder precision int8 unavailable (%s): using torch bf16", e)
+        return None
+
+
+def _ov_text_encoder(cfg: Config) -> Any:
+    """encoders.text_openvino's encoder (exported once into [data].dir/models), or None with a warning when
+    OpenVINO is missing or the export is refused: the caller then tries ONNX Runtime ("int8")."""
+    try:
+        from encoders.text_openvino import create
+
+        return create(cfg.text_encoder, cfg.runtime, cfg.data_dir / "models")
+    except (ImportError, ModelUnavailable) as e:
+        log.warning("text encoder precision ov-int8 unavailable (%s): using int8 on ONNX Runtime", e)
         return None
 
 
@@ -114,12 +131,12 @@ def create_photo_encoder(cfg: Config) -> Any:
 
 
 def prepare_query_models(cfg: Config) -> None:
-    """Export the search service's ONNX models now (int8 text encoder, fp32 image tower and its sidecar) if they
+    """Export the search service's models now (int8 / ov-int8 text encoder, fp32 image tower and its sidecar) if they
     are not there yet, from a process that has torch loaded anyway (a reindex), so that serving processes load them
     without torch. Best effort: a failure is logged, and the service exports on first use instead."""
     qc = query_side(cfg)
     try:
-        if qc.text_encoder.precision == "int8":
+        if qc.text_encoder.precision in ("int8", "ov-int8"):
             create_text_encoder(qc)
         if qc.image_encoder.runtime == "onnx" and image_tower_status(qc).get("available"):
             create_image_encoder(qc)

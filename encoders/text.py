@@ -17,8 +17,8 @@ from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-# torch's precisions; "int8" is encoders.text_onnx (create_text_encoder picks it)
-PRECISIONS = tuple(p for p in TEXT_PRECISIONS if p != "int8")
+# torch's precisions; "int8" is encoders.text_onnx, "ov-int8" encoders.text_openvino (create_text_encoder picks them)
+PRECISIONS = tuple(p for p in TEXT_PRECISIONS if p not in ("int8", "ov-int8"))
 
 
 def text_list(texts: Sequence[str]) -> list[str]:

@@ -33,9 +33,10 @@ PROBES = ("men brown leather watch", "women black heels", "a", "kids' blue denim
           "Puma running shoes")
 
 
-def export_key(source: str, cfg: TextEncoderConfig) -> str:
-    """What the exported file depends on: the model's files, the tuned layers file, versions and settings."""
-    parts = [source, str(cfg.max_length), repr(sorted(QUANT.items())), package_versions(("torch", "onnxruntime", "onnx"))]
+def export_key(source: str, cfg: TextEncoderConfig, quant: dict[str, Any] = QUANT,
+               packages: tuple[str, ...] = ("torch", "onnxruntime", "onnx")) -> str:
+    """What an exported file depends on: the model's files, the tuned layers file, versions and settings."""
+    parts = [source, str(cfg.max_length), repr(sorted(quant.items())), package_versions(packages)]
     for f in sorted(Path(source).glob("*")) if Path(source).is_dir() else []:
         if f.is_file():
             st = f.stat()
@@ -46,34 +47,50 @@ def export_key(source: str, cfg: TextEncoderConfig) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def export_int8(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None:
-    """The torch model (stock weights + tuned layers) -> ONNX -> 8-bit MatMulNBits weights, written to `out`."""
+def export_fp32(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path, graph: str = "ids") -> Any:
+    """The torch model (stock weights + tuned layers) as an fp32 ONNX graph written to `out`; returns that torch
+    model's fp32 TextEncoder (the reference an export is checked against). `graph` "ids": `input_ids -> hidden`
+    with no attention mask; "embeds": `(embeds, mask) -> hidden`, the word embeddings looked up by the caller and
+    padding masked (encoders.text_openvino)."""
     import warnings
 
-    import onnx
     import torch
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
 
     from encoders.text import TextEncoder
 
     fp32 = TextEncoder(dataclasses.replace(cfg, precision="fp32", jit=False),
                        dataclasses.replace(runtime, device="cpu"))
-    reference = fp32.encode(list(PROBES))
-    # Texts run one at a time, never padded, so the graph needs no mask: without one the export drops about a third
-    # of its nodes (the mask's broadcasting and its shape arithmetic), and plain attention keeps it a few MatMuls.
+    # Texts run one at a time, never padded, so the "ids" graph needs no mask: without one the export drops about a
+    # third of its nodes (the mask's broadcasting and its shape arithmetic), and plain attention keeps it a few MatMuls.
+    attention = fp32._model.config._attn_implementation
     fp32._model.set_attn_implementation("eager")
-    hidden = _unmasked_module(fp32._model)
+    module = _GraphModule(fp32._model, graph).eval()
     ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    if graph == "ids":
+        example, names = (ids,), ["input_ids"]
+    else:
+        embeds = fp32._model.embeddings.word_embeddings(ids)
+        example, names = (embeds, torch.ones_like(ids)), ["embeds", "mask"]
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer warns about shape branches; the probe check decides
+        torch.onnx.export(module, example, str(out), dynamo=False, input_names=names, output_names=["hidden"],
+                          dynamic_axes={n: {0: "batch", 1: "tokens"} for n in (*names, "hidden")},
+                          opset_version=QUANT["opset"])
+    fp32._model.set_attn_implementation(attention)  # the reference encodes as the torch tower does
+    return fp32
+
+
+def export_int8(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None:
+    """The torch model (stock weights + tuned layers) -> ONNX -> 8-bit MatMulNBits weights, written to `out`."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         plain = Path(tmp) / "fp32.onnx"
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer warns about shape branches; the probe check decides
-            torch.onnx.export(hidden, (ids,), str(plain), dynamo=False, input_names=["input_ids"],
-                              output_names=["hidden"],
-                              dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "hidden")},
-                              opset_version=QUANT["opset"])
+        fp32 = export_fp32(cfg, runtime, plain)
+        reference = fp32.encode(list(PROBES))
         algo = DefaultWeightOnlyQuantConfig(block_size=QUANT["block_size"], is_symmetric=True,
                                             accuracy_level=QUANT["accuracy_level"], bits=QUANT["bits"])
         quantizer = MatMulNBitsQuantizer(onnx.load(str(plain)), block_size=QUANT["block_size"], is_symmetric=True,
@@ -95,20 +112,26 @@ def export_int8(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> No
         os.replace(staged, out)
 
 
-def _unmasked_module(model: Any) -> Any:
+def _GraphModule(model: Any, graph: str) -> Any:
     import torch
 
-    class Unmasked(torch.nn.Module):
-        """model(input_ids) -> last hidden state, every token attended."""
+    if graph not in ("ids", "embeds"):
+        raise ValueError(f"unknown graph {graph!r}")
+
+    class Hidden(torch.nn.Module):
+        """model(input_ids) -> last hidden state, every token attended ("ids"), or model(embeds, mask) -> the same
+        from the word embeddings with padding masked ("embeds")."""
 
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Any) -> Any:
-            return self.inner(input_ids=input_ids).last_hidden_state
+        def forward(self, first: Any, mask: Any = None) -> Any:
+            if graph == "ids":
+                return self.inner(input_ids=first).last_hidden_state
+            return self.inner(inputs_embeds=first, attention_mask=mask).last_hidden_state
 
-    return Unmasked(model).eval()
+    return Hidden(model)
 
 
 class OnnxTextEncoder:

@@ -55,7 +55,8 @@ class RuntimeConfig:
 
 
 QUANTIZATIONS = ("none", "int8")
-TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: ONNX Runtime (encoders.text_onnx); the rest torch
+# int8: ONNX Runtime (encoders.text_onnx); ov-int8: OpenVINO (encoders.text_openvino); the rest torch
+TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8", "ov-int8")
 IMAGE_RUNTIMES = ("torch", "onnx")
 PHOTO_RUNTIMES = (*IMAGE_RUNTIMES, "int8")  # int8: the indexer's 8-bit tower ([indexer].image_int8), ONNX Runtime
 
@@ -181,7 +182,7 @@ class SearchConfig:
     max_offset: int = 1000  # deepest page start a search may ask for
     max_events: int = 1000  # most feedback events in one request
     torch_threads: int = 1  # intra-op threads for query encoding in the service (0 = [runtime].threads)
-    query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32 | int8: ONNX Runtime)
+    query_precision: str = "bf16"  # text encoder precision for queries (auto | bf16 | fp32 | int8 | ov-int8)
     # image tower for uploaded photos: torch (bf16) | onnx (ONNX Runtime fp32) | int8 (the 8-bit tower a reindex
     # with [indexer].image_int8 made, the index's own; fp32 ONNX until there is one)
     photo_runtime: str = "torch"

@@ -1,0 +1,185 @@
+"""The text tower on OpenVINO with 8-bit weights (`precision = "ov-int8"`), for queries: exported once from the torch
+model (tuned layers included), then run with neither torch nor ONNX Runtime.
+
+Why another runtime: ONNX Runtime's 8-bit kernels (encoders/text_onnx.py) cost ~0.18 ms of CPU for every token of a
+query, OpenVINO's ~0.05 ms once a model is compiled for a fixed token count (`vitrina bench query_runtimes`). So the
+graph takes the word embeddings and a padding mask: the embeddings are looked up here (a memory-mapped table the
+worker processes share), a query is padded to the next of a few token counts (BUCKETS), and each count used gets
+its own compiled model (~30 MB each, compiled on first use, ~0.2 s). The weights are 8-bit per output channel;
+activations are quantised at run time in groups of QUANT["group"] values by OpenVINO's CPU plugin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from encoders.text import text_list, whole_words_of
+from encoders.text_onnx import MIN_COSINE, PROBES, export_fp32, export_key
+from vitrina.config import RuntimeConfig, TextEncoderConfig
+from vitrina.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+QUANT = {"weights": "u8-per-channel", "group": 64, "opset": 17, "graph": "embeds-masked"}
+BUCKETS = (8, 16, 32, 64, 128, 256, 512)  # token counts a text is padded to; each used one compiled once
+
+
+def weights_to_u8(src: Path, dst: Path) -> int:
+    """Every MatMul with a constant 2-D weight in `src` gets uint8 weights (per output column, symmetric around the
+    zero point 128) behind a DequantizeLinear, the pattern OpenVINO runs as a compressed FullyConnected; returns how
+    many. The word embeddings are not in the "embeds" graph, so this is every weight that matters."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        name = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else ""
+        if name in weights and len(weights[name].dims) == 2:
+            w = numpy_helper.to_array(weights[name])
+            scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+            q = (np.clip(np.round(w / scale), -127, 127) + 128).astype(np.uint8)
+            graph.initializer.remove(weights.pop(name))
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_u8"),
+                                      numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                                      numpy_helper.from_array(np.full(scale.shape, 128, np.uint8), f"{name}_zero")])
+            nodes.append(helper.make_node("DequantizeLinear", [f"{name}_u8", f"{name}_scale", f"{name}_zero"],
+                                          [f"{name}_w"], axis=1))
+            node.input[1] = f"{name}_w"
+            count += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return count
+
+
+def export_ov(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None:
+    """torch -> ONNX ("embeds" graph) -> 8-bit weights -> OpenVINO IR `out` (.xml + .bin) and the word embeddings
+    beside it (.npy), checked against torch on PROBES; the .xml is written last (its presence means complete)."""
+    import openvino as ov
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        plain, u8 = Path(tmp) / "fp32.onnx", Path(tmp) / "u8.onnx"
+        fp32 = export_fp32(cfg, runtime, plain, graph="embeds")
+        reference = fp32.encode(list(PROBES))
+        np.save(Path(tmp) / "embeddings.npy", fp32._model.embeddings.word_embeddings.weight.detach().float().numpy())
+        weights_to_u8(plain, u8)
+        staged = Path(tmp) / "model.xml"
+        ov.save_model(ov.Core().read_model(str(u8)), str(staged), compress_to_fp16=False)
+        got = OpenVinoTextEncoder.open(staged, Path(tmp) / "embeddings.npy", Path(fp32.source), cfg,
+                                       threads=1).encode(list(PROBES))
+        worst = float(np.min(np.sum(reference * got, axis=1)))
+        if not worst >= MIN_COSINE:
+            raise ModelUnavailable(f"the OpenVINO export of {fp32.source} is too far from torch (cosine "
+                                   f"{worst:.4f} < {MIN_COSINE})", "use [search].query_precision = \"int8\"")
+        os.replace(Path(tmp) / "embeddings.npy", out.with_suffix(".npy"))
+        os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
+        os.replace(staged, out)
+
+
+class OpenVinoTextEncoder:
+    """Encodes texts to (n, dim) L2-normalised float32 rows, one text per run, padded to the next of BUCKETS, with
+    OpenVINO; `.encode` is safe to call from several threads (one run at a time) and releases the GIL while the
+    model runs."""
+
+    def __init__(self, core: Any, model_file: Path, embeddings: np.ndarray, tokenizer: Any, max_length: int,
+                 source: str, threads: int) -> None:
+        self._core, self._model_file, self._embeddings, self._tokenizer = core, model_file, embeddings, tokenizer
+        self.dim, self.max_length, self.source = int(embeddings.shape[1]), max_length, source
+        self.bf16 = False
+        self._settings = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "PERFORMANCE_HINT": "LATENCY",
+                          "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": QUANT["group"],
+                          "ENABLE_CPU_PINNING": False}
+        self._requests: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._whole_words: frozenset[str] | None = None
+        self.buckets = tuple(b for b in BUCKETS if b < max_length) + (max_length,)
+
+    @classmethod
+    def open(cls, model_file: Path, embeddings_file: Path, source: Path, cfg: TextEncoderConfig,
+             threads: int) -> OpenVinoTextEncoder:
+        import openvino as ov
+        from tokenizers import Tokenizer
+
+        try:
+            core = ov.Core()
+            embeddings = np.load(str(embeddings_file), mmap_mode="r")  # page cache shared by the workers
+            tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 (openvino raises its own exception types)
+            raise ModelUnavailable(f"cannot load the OpenVINO text model {model_file}", detail=str(e)) from e
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=cfg.max_length)
+        encoder = cls(core, model_file, embeddings, tokenizer, cfg.max_length, str(source), threads)
+        encoder._request(encoder.buckets[0])  # the model loads now (and fails here if it cannot)
+        return encoder
+
+    def _request(self, bucket: int) -> Any:
+        """The infer request of the model compiled for `bucket` tokens (compiled on first use)."""
+        request = self._requests.get(bucket)
+        if request is None:
+            t0 = time.perf_counter()
+            try:
+                model = self._core.read_model(str(self._model_file))
+                model.reshape({"embeds": [1, bucket, self.dim], "mask": [1, bucket]})
+                request = self._core.compile_model(model, "CPU", self._settings).create_infer_request()
+            except Exception as e:  # noqa: BLE001
+                raise ModelUnavailable(f"cannot compile the OpenVINO text model for {bucket} tokens",
+                                       detail=str(e)) from e
+            self._requests[bucket] = request
+            log.info("OpenVINO text model compiled for %d tokens in %.2fs", bucket, time.perf_counter() - t0)
+        return request
+
+    def whole_words(self) -> frozenset[str]:
+        """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
+        if self._whole_words is None:
+            self._whole_words = whole_words_of(self._tokenizer)
+        return self._whole_words
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
+        items = text_list(texts)
+        with self._lock:  # one tokenizer and one request per bucket: a run at a time
+            out = np.empty((len(items), self.dim), dtype=np.float32)
+            for row, enc in enumerate(self._tokenizer.encode_batch(items)):
+                n = len(enc.ids)
+                bucket = next(b for b in self.buckets if b >= n)
+                embeds = np.zeros((1, bucket, self.dim), dtype=np.float32)
+                embeds[0, :n] = self._embeddings[enc.ids]
+                mask = np.zeros((1, bucket), dtype=np.int64)
+                mask[0, :n] = 1
+                hidden = self._request(bucket).infer({"embeds": embeds, "mask": mask})[0]
+                pooled = hidden[0, :n].mean(axis=0)
+                out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        return out
+
+
+def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OpenVinoTextEncoder:
+    """The OpenVINO encoder of cfg's model, exported into cache_dir on first use (torch is needed only then)."""
+    from encoders.text import resolve_model_path
+
+    import openvino  # noqa: F401 (ImportError here: the caller falls back to ONNX Runtime)
+
+    source = resolve_model_path(cfg.model)
+    if not (Path(source) / "tokenizer.json").is_file():
+        raise ModelUnavailable(f"precision ov-int8 needs a local model folder with tokenizer.json, got {cfg.model!r}")
+    model_file = Path(cache_dir) / f"text-ov-{export_key(source, cfg, QUANT, ('torch', 'onnx', 'openvino'))}.xml"
+    t0 = time.perf_counter()
+    if not model_file.is_file():
+        log.info("exporting the text model to %s (once)", model_file)
+        export_ov(cfg, runtime, model_file)
+    encoder = OpenVinoTextEncoder.open(model_file, model_file.with_suffix(".npy"), Path(source), cfg,
+                                       runtime.threads or 1)
+    log.info("text encoder %s on OpenVINO (%s) loaded in %.1fs", source, model_file.name, time.perf_counter() - t0)
+    return encoder
