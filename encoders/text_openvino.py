@@ -125,21 +125,24 @@ class OpenVinoTextEncoder:
         encoder._request(encoder.buckets[0])  # the model loads now (and fails here if it cannot)
         return encoder
 
-    def _request(self, bucket: int) -> Any:
-        """The infer request of the model compiled for `bucket` tokens (compiled on first use)."""
-        request = self._requests.get(bucket)
-        if request is None:
+    def _request(self, bucket: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The infer request of the model compiled for `bucket` tokens (compiled on first use) and writable views
+        of its two input tensors: a run writes the query into them in place and passes no inputs, which skips
+        OpenVINO's Python input handling (~0.1 ms a call)."""
+        entry = self._requests.get(bucket)
+        if entry is None:
             t0 = time.perf_counter()
             try:
                 model = self._core.read_model(str(self._model_file))
                 model.reshape({"embeds": [1, bucket, self.dim], "mask": [1, bucket]})
                 request = self._core.compile_model(model, "CPU", self._settings).create_infer_request()
+                embeds, mask = request.get_tensor("embeds").data, request.get_tensor("mask").data
             except Exception as e:  # noqa: BLE001
                 raise ModelUnavailable(f"cannot compile the OpenVINO text model for {bucket} tokens",
                                        detail=str(e)) from e
-            self._requests[bucket] = request
+            entry = self._requests[bucket] = (request, embeds, mask)
             log.info("OpenVINO text model compiled for %d tokens in %.2fs", bucket, time.perf_counter() - t0)
-        return request
+        return entry
 
     def whole_words(self) -> frozenset[str]:
         """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
@@ -154,13 +157,13 @@ class OpenVinoTextEncoder:
             out = np.empty((len(items), self.dim), dtype=np.float32)
             for row, enc in enumerate(self._tokenizer.encode_batch(items)):
                 n = len(enc.ids)
-                bucket = next(b for b in self.buckets if b >= n)
-                embeds = np.zeros((1, bucket, self.dim), dtype=np.float32)
+                request, embeds, mask = self._request(next(b for b in self.buckets if b >= n))
                 embeds[0, :n] = self._embeddings[enc.ids]
-                mask = np.zeros((1, bucket), dtype=np.int64)
+                embeds[0, n:] = 0.0
                 mask[0, :n] = 1
-                hidden = self._request(bucket).infer({"embeds": embeds, "mask": mask})[0]
-                pooled = hidden[0, :n].mean(axis=0)
+                mask[0, n:] = 0
+                request.infer()
+                pooled = request.get_output_tensor(0).data[0, :n].mean(axis=0)
                 out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         return out
 
