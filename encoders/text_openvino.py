@@ -154,18 +154,27 @@ class OpenVinoTextEncoder:
         """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
         items = text_list(texts)
         with self._lock:  # one tokenizer and one request per bucket: a run at a time
+            encodings = self._tokenizer.encode_batch(items)
             out = np.empty((len(items), self.dim), dtype=np.float32)
-            for row, enc in enumerate(self._tokenizer.encode_batch(items)):
-                n = len(enc.ids)
-                request, embeds, mask = self._request(next(b for b in self.buckets if b >= n))
-                embeds[0, :n] = self._embeddings[enc.ids]
-                embeds[0, n:] = 0.0
-                mask[0, :n] = 1
-                mask[0, n:] = 0
-                request.infer()
-                pooled = request.get_output_tensor(0).data[0, :n].mean(axis=0)
-                out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+            for row, enc in enumerate(encodings):
+                out[row] = self._run(enc.ids)
         return out
+
+    def encode_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """The (dim,) vector of one tokenised text ([CLS] ... [SEP]), as `encode` runs it."""
+        with self._lock:
+            return self._run(ids)
+
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        n = len(ids)
+        request, embeds, mask = self._request(next(b for b in self.buckets if b >= n))
+        embeds[0, :n] = self._embeddings[ids]
+        embeds[0, n:] = 0.0
+        mask[0, :n] = 1
+        mask[0, n:] = 0
+        request.infer()
+        pooled = request.get_output_tensor(0).data[0, :n].mean(axis=0)
+        return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
 
 
 def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OpenVinoTextEncoder:

@@ -140,6 +140,7 @@ def test_bench_query_runtimes_smoke(cfg: Config, tmp_path: Path) -> None:
                               "--openvino", "on", "--json-out", str(out)])
     assert query_runtimes.run(cfg.replace(data={"dir": str(tmp_path)}), args) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["runtime"].split()[0] for r in rows] == ["onnxruntime", "openvino", "openvino"]
+    assert [r["runtime"] for r in rows] == ["onnxruntime int8", "openvino ov-int8 (shipped)",
+                                            "openvino u8 g64 dynamic", "openvino u8 g64 static per length"]
     assert all(r["dev_ms"] > 0 and r["ms_at_4"] > 0 and r["ms_at_9"] > 0 and r["cos_min"] > 0.99 for r in rows)
-    assert rows[2]["static_models"] >= 2
+    assert rows[3]["static_models"] >= 2
