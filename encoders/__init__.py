@@ -131,13 +131,15 @@ def create_photo_encoder(cfg: Config) -> Any:
 
 
 def prepare_query_models(cfg: Config) -> None:
-    """Export the search service's models now (int8 / ov-int8 text encoder, fp32 image tower and its sidecar) if they
-    are not there yet, from a process that has torch loaded anyway (a reindex), so that serving processes load them
-    without torch. Best effort: a failure is logged, and the service exports on first use instead."""
+    """Export the search service's models now (int8 / ov-int8 text encoder for queries and for items written through
+    the API ([live].text_precision), fp32 image tower and its sidecar) if they are not there yet, from a process that
+    has torch loaded anyway (a reindex), so that serving processes load them without torch. Best effort: a failure
+    is logged, and the service exports on first use instead."""
     qc = query_side(cfg)
     try:
-        if qc.text_encoder.precision in ("int8", "ov-int8"):
-            create_text_encoder(qc)
+        for precision in dict.fromkeys((qc.text_encoder.precision, cfg.live.text_precision)):
+            if precision in ("int8", "ov-int8"):
+                create_text_encoder(qc.replace(text_encoder={"precision": precision}))
         if qc.image_encoder.runtime == "onnx" and image_tower_status(qc).get("available"):
             create_image_encoder(qc)
     except (ModelUnavailable, ImportError, OSError) as e:

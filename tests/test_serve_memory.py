@@ -1,7 +1,8 @@
-"""What a search worker loads: after `vitrina reindex` has exported the query-side models (int8 text, fp32 image
-tower with its sidecar), a real `vitrina serve` answers text and photo searches with no torch in the process, and
-loads the write-side encoders at its first write ([web].warm_writes off); with the searches' int8 text model for
-writes ([live].text_precision) and the 8-bit image tower, it writes without torch too."""
+"""What a search worker loads: after `vitrina reindex` has exported the query-side models (the OpenVINO text model
+config.toml ships, fp32 image tower with its sidecar), a real `vitrina serve` answers text and photo searches with no
+torch in the process, and loads the write-side encoders at its first write ([web].warm_writes off); with the int8
+text model for writes ([live].text_precision, also exported by the reindex) and the 8-bit image tower, it writes
+without torch too."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from tests.test_indexer import write_config
 from tests.tiny_models import RESNET_ARCH, TEST_ARCH, write_tiny_checkpoint
 from vitrina.config import Config
 
-pytestmark = pytest.mark.slow  # exports the real MiniLM to int8 once (~15 s)
+pytestmark = pytest.mark.slow  # exports the real MiniLM to OpenVINO and int8 (~10 s each)
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
 
 KEY = "memory-key"
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +52,7 @@ def photo_search(url: str) -> int:
 def reindexed(tmp_path: Path, **sections: dict[str, Any]) -> tuple[Path, Config]:
     """A config file for a small catalogue with a tiny tower, and `vitrina reindex` run on it."""
     cfg = make_config(tmp_path, write_catalogue(tmp_path / "shop", product_rows(24)), web={"api_keys": (KEY,)},
-                      search={"query_precision": "int8", "photo_runtime": "onnx"}, **sections)
+                      search={"query_precision": "ov-int8", "photo_runtime": "onnx"}, **sections)
     write_tiny_checkpoint(Path(cfg.image_encoder.checkpoint), arch=cfg.image_encoder.arch)
     config = write_config(tmp_path / "vitrina.toml", cfg, SECTIONS)
     out = subprocess.run([sys.executable, "-m", "scripts.cli", "--config", str(config), "reindex", "--no-progress"],
@@ -63,7 +65,8 @@ def reindexed(tmp_path: Path, **sections: dict[str, Any]) -> tuple[Path, Config]
 def test_a_worker_searches_text_and_photos_without_torch_and_loads_it_at_its_first_write(tmp_path: Path) -> None:
     config, cfg = reindexed(tmp_path, image_encoder={"arch": TEST_ARCH, "runtime": "torch"})
     models = cfg.data_dir / "models"
-    assert len(list(models.glob("text-int8-*.onnx"))) == 1 and len(list(models.glob("image-*.npz"))) == 1
+    assert len(list(models.glob("text-ov-*.xml"))) == 1 and len(list(models.glob("image-*.npz"))) == 1
+    assert not list(models.glob("text-int8-*.onnx"))  # [live].text_precision "" here: writes embed as the index
     server = ServeProcess(config)
     try:
         pid = server.proc.pid  # one worker: the process itself serves
@@ -84,7 +87,9 @@ def test_a_worker_searches_text_and_photos_without_torch_and_loads_it_at_its_fir
 def test_writes_through_the_int8_text_model_and_the_8_bit_tower_load_no_torch(tmp_path: Path) -> None:
     config, cfg = reindexed(tmp_path, image_encoder={"arch": RESNET_ARCH, "runtime": "torch"},
                             indexer={"image_int8": True, "calibration_photos": 12}, live={"text_precision": "int8"})
-    assert len(list((cfg.data_dir / "models").glob("image-int8-*.onnx"))) == 1  # the reindex calibrated it
+    models = cfg.data_dir / "models"
+    assert len(list(models.glob("image-int8-*.onnx"))) == 1  # the reindex calibrated it
+    assert len(list(models.glob("text-int8-*.onnx"))) == 1 and len(list(models.glob("text-ov-*.xml"))) == 1
     server = ServeProcess(config)
     try:
         pid = server.proc.pid
