@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -134,16 +134,50 @@ def _GraphModule(model: Any, graph: str) -> Any:
     return Hidden(model)
 
 
-class OnnxTextEncoder:
-    """Encodes texts to (n, dim) L2-normalised float32 rows, one text per run (no padding), with ONNX Runtime;
-    `.encode` is safe to call from several threads and releases the GIL while the model runs."""
+class OneTextPerRun:
+    """A query-side text encoder that runs one text at a time (no padding between texts): texts to (n, dim)
+    L2-normalised float32 rows; `.encode` is safe to call from several threads. Subclasses set `_tokenizer`, `dim`,
+    `max_length`, `source` and implement `_run(token ids) -> (dim,) unit vector`."""
+
+    _tokenizer: Any
+    dim: int
+    bf16 = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a tokenizer object is not meant to be shared between threads
+        self._whole_words: frozenset[str] | None = None
+
+    def whole_words(self) -> frozenset[str]:
+        """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
+        if self._whole_words is None:
+            self._whole_words = whole_words_of(self._tokenizer)
+        return self._whole_words
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
+        items = text_list(texts)
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(items)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        for row, enc in enumerate(encodings):
+            out[row] = self._run(enc.ids)
+        return out
+
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+class OnnxTextEncoder(OneTextPerRun):
+    """OneTextPerRun with ONNX Runtime (the session releases the GIL while the model runs)."""
 
     def __init__(self, session: Any, tokenizer: Any, dim: int, max_length: int, source: str) -> None:
+        super().__init__()
         self._session, self._tokenizer = session, tokenizer
         self.dim, self.max_length, self.source = dim, max_length, source
-        self.bf16 = False
-        self._lock = threading.Lock()
-        self._whole_words: frozenset[str] | None = None
 
     @classmethod
     def open(cls, model_file: Path, source: Path, cfg: TextEncoderConfig, threads: int) -> OnnxTextEncoder:
@@ -159,38 +193,34 @@ class OnnxTextEncoder:
         dim = int(session.get_outputs()[0].shape[-1])
         return cls(session, tokenizer, dim, cfg.max_length, str(source))
 
-    def whole_words(self) -> frozenset[str]:
-        """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
-        if self._whole_words is None:
-            self._whole_words = whole_words_of(self._tokenizer)
-        return self._whole_words
-
-    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
-        items = text_list(texts)
-        with self._lock:  # a tokenizer object is not meant to be shared between threads
-            encodings = self._tokenizer.encode_batch(items)
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        for row, enc in enumerate(encodings):
-            ids = np.asarray([enc.ids], dtype=np.int64)
-            hidden = self._session.run(None, {"input_ids": ids})[0]
-            pooled = hidden[0].mean(axis=0)
-            out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-        return out
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        hidden = self._session.run(None, {"input_ids": np.asarray([ids], dtype=np.int64)})[0]
+        return unit(hidden[0].mean(axis=0))
 
 
-def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OnnxTextEncoder:
-    """The int8 encoder of cfg's model, exported into cache_dir on first use (torch is needed only then)."""
+def exported(cfg: TextEncoderConfig, runtime: RuntimeConfig, file_name: Callable[[str], str],
+             export: Callable[..., None], precision: str) -> tuple[str, Path]:
+    """cfg's local model folder and the file `file_name(model folder)` names, exported there by `export` first when
+    missing (torch is needed only then); ModelUnavailable without a local folder holding tokenizer.json."""
     from encoders.text import resolve_model_path
 
     source = resolve_model_path(cfg.model)
     if not (Path(source) / "tokenizer.json").is_file():
-        raise ModelUnavailable(f"precision int8 needs a local model folder with tokenizer.json, got {cfg.model!r}")
-    model_file = Path(cache_dir) / f"text-int8-{export_key(source, cfg)}.onnx"
-    t0 = time.perf_counter()
+        raise ModelUnavailable(f"precision {precision} needs a local model folder with tokenizer.json, "
+                               f"got {cfg.model!r}")
+    model_file = Path(file_name(source))
     if not model_file.is_file():
         log.info("exporting the text model to %s (once)", model_file)
-        export_int8(cfg, runtime, model_file)
+        export(cfg, runtime, model_file)
+    return source, model_file
+
+
+def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OnnxTextEncoder:
+    """The int8 encoder of cfg's model, exported into cache_dir on first use (torch is needed only then)."""
+    t0 = time.perf_counter()
+    source, model_file = exported(cfg, runtime,
+                                  lambda src: str(Path(cache_dir) / f"text-int8-{export_key(src, cfg)}.onnx"),
+                                  export_int8, "int8")
     encoder = OnnxTextEncoder.open(model_file, Path(source), cfg, runtime.threads or 1)
     log.info("text encoder %s as int8 ONNX (%s) loaded in %.1fs", source, model_file.name, time.perf_counter() - t0)
     return encoder

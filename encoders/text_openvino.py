@@ -21,8 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders.text import text_list, whole_words_of
-from encoders.text_onnx import MIN_COSINE, PROBES, export_fp32, export_key
+from encoders.text_onnx import MIN_COSINE, PROBES, OneTextPerRun, export_fp32, export_key, exported, unit
 from vitrina.config import RuntimeConfig, TextEncoderConfig
 from vitrina.errors import ModelUnavailable
 
@@ -89,22 +88,20 @@ def export_ov(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None
         os.replace(staged, out)
 
 
-class OpenVinoTextEncoder:
-    """Encodes texts to (n, dim) L2-normalised float32 rows, one text per run, padded to the next of BUCKETS, with
-    OpenVINO; `.encode` is safe to call from several threads (one run at a time) and releases the GIL while the
-    model runs."""
+class OpenVinoTextEncoder(OneTextPerRun):
+    """OneTextPerRun with OpenVINO, each text padded to the next of BUCKETS (one run at a time; the GIL is
+    released while the model runs)."""
 
     def __init__(self, core: Any, model_file: Path, embeddings: np.ndarray, tokenizer: Any, max_length: int,
                  source: str, threads: int) -> None:
+        super().__init__()
         self._core, self._model_file, self._embeddings, self._tokenizer = core, model_file, embeddings, tokenizer
         self.dim, self.max_length, self.source = int(embeddings.shape[1]), max_length, source
-        self.bf16 = False
         self._settings = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "PERFORMANCE_HINT": "LATENCY",
                           "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": QUANT["group"],
                           "ENABLE_CPU_PINNING": False}
         self._requests: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self._whole_words: frozenset[str] | None = None
+        self._run_lock = threading.Lock()  # one request per bucket: a run at a time
         self.buckets = tuple(b for b in BUCKETS if b < max_length) + (max_length,)
 
     @classmethod
@@ -144,53 +141,31 @@ class OpenVinoTextEncoder:
             log.info("OpenVINO text model compiled for %d tokens in %.2fs", bucket, time.perf_counter() - t0)
         return entry
 
-    def whole_words(self) -> frozenset[str]:
-        """The words the tokenizer holds whole, as TextEncoder.whole_words (the query reading's spelling knows them)."""
-        if self._whole_words is None:
-            self._whole_words = whole_words_of(self._tokenizer)
-        return self._whole_words
-
-    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """(len(texts), dim) float32, rows L2-normalised, in input order. Empty strings are fine."""
-        items = text_list(texts)
-        with self._lock:  # one tokenizer and one request per bucket: a run at a time
-            encodings = self._tokenizer.encode_batch(items)
-            out = np.empty((len(items), self.dim), dtype=np.float32)
-            for row, enc in enumerate(encodings):
-                out[row] = self._run(enc.ids)
-        return out
-
     def encode_ids(self, ids: Sequence[int]) -> np.ndarray:
         """The (dim,) vector of one tokenised text ([CLS] ... [SEP]), as `encode` runs it."""
-        with self._lock:
-            return self._run(ids)
+        return self._run(ids)
 
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         n = len(ids)
-        request, embeds, mask = self._request(next(b for b in self.buckets if b >= n))
-        embeds[0, :n] = self._embeddings[ids]
-        embeds[0, n:] = 0.0
-        mask[0, :n] = 1
-        mask[0, n:] = 0
-        request.infer()
-        pooled = request.get_output_tensor(0).data[0, :n].mean(axis=0)
-        return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        with self._run_lock:
+            request, embeds, mask = self._request(next(b for b in self.buckets if b >= n))
+            embeds[0, :n] = self._embeddings[ids]
+            embeds[0, n:] = 0.0
+            mask[0, :n] = 1
+            mask[0, n:] = 0
+            request.infer()
+            return unit(request.get_output_tensor(0).data[0, :n].mean(axis=0))
 
 
 def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OpenVinoTextEncoder:
     """The OpenVINO encoder of cfg's model, exported into cache_dir on first use (torch is needed only then)."""
-    from encoders.text import resolve_model_path
-
     import openvino  # noqa: F401 (ImportError here: the caller falls back to ONNX Runtime)
 
-    source = resolve_model_path(cfg.model)
-    if not (Path(source) / "tokenizer.json").is_file():
-        raise ModelUnavailable(f"precision ov-int8 needs a local model folder with tokenizer.json, got {cfg.model!r}")
-    model_file = Path(cache_dir) / f"text-ov-{export_key(source, cfg, QUANT, ('torch', 'onnx', 'openvino'))}.xml"
     t0 = time.perf_counter()
-    if not model_file.is_file():
-        log.info("exporting the text model to %s (once)", model_file)
-        export_ov(cfg, runtime, model_file)
+    key = (QUANT, ("torch", "onnx", "openvino"))
+    source, model_file = exported(cfg, runtime,
+                                  lambda src: str(Path(cache_dir) / f"text-ov-{export_key(src, cfg, *key)}.xml"),
+                                  export_ov, "ov-int8")
     encoder = OpenVinoTextEncoder.open(model_file, model_file.with_suffix(".npy"), Path(source), cfg,
                                        runtime.threads or 1)
     log.info("text encoder %s on OpenVINO (%s) loaded in %.1fs", source, model_file.name, time.perf_counter() - t0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,11 +25,16 @@ TEXTS = ["men brown watches", "women black heels", "", "Puma Deck Navy Blue Back
          "kids' blue denim jacket, size 8", "Ñandú café naïve 東京", "watch"]
 
 
+def shipped_with(precision: str, data: Path) -> Config:
+    """config.toml (the real MiniLM with the shipped tuned layers), the text encoder at `precision`, data in `data`."""
+    base = load_config(REPO / "config.toml", env={})
+    return base.replace(data={"dir": str(data)}, runtime={"device": "cpu", "threads": 1},
+                        text_encoder={"precision": precision})
+
+
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    base = load_config(REPO / "config.toml", env={})
-    return base.replace(data={"dir": str(tmp_path_factory.mktemp("onnx"))}, runtime={"device": "cpu", "threads": 1},
-                        text_encoder={"precision": "int8"})
+    return shipped_with("int8", tmp_path_factory.mktemp("onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +57,25 @@ def dev_queries() -> list[str]:
         return [r["query"] for r in csv.DictReader(f)][:100]
 
 
-def test_int8_vectors_match_torch(int8: text_onnx.OnnxTextEncoder, torch_fp32: TextEncoder) -> None:
-    texts = TEXTS + dev_queries()
-    got, want = int8.encode(texts), torch_fp32.encode(texts)
+def assert_like_torch(encoder: Any, torch_fp32: TextEncoder, texts: list[str]) -> None:
+    """A query encoder's vectors against torch fp32 on `texts` and the dev queries: unit float32 rows, cosine >=
+    0.995, the semantics a search needs, the same tokens and the same whole words (the reading's spelling)."""
+    texts = texts + dev_queries()
+    got, want = encoder.encode(texts), torch_fp32.encode(texts)
     assert got.shape == want.shape == (len(texts), 384) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert float(np.min(np.sum(got * want, axis=1))) >= 0.995
-    v = int8.encode(["red summer dress", "crimson sundress for women", "men's leather wallet"])
+    v = encoder.encode(["red summer dress", "crimson sundress for women", "men's leather wallet"])
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+    assert encoder.encode([]).shape == (0, 384)
+    for text in texts[:12]:
+        assert encoder._tokenizer.encode(text).ids == \
+            torch_fp32._tokenizer([text], truncation=True, max_length=torch_fp32.cfg.max_length)["input_ids"][0]
+    assert encoder.whole_words() == torch_fp32.whole_words() and "watch" in encoder.whole_words()
 
 
-def test_int8_tokens_are_the_torch_tokens(int8: text_onnx.OnnxTextEncoder, torch_fp32: TextEncoder) -> None:
-    for text in TEXTS:
-        want = torch_fp32._tokenizer([text], truncation=True, max_length=64)["input_ids"][0]
-        assert int8._tokenizer.encode(text).ids == want
-    assert int8.whole_words() == torch_fp32.whole_words() and "watch" in int8.whole_words()  # the reading's spelling
+def test_int8_vectors_and_tokens_match_torch(int8: text_onnx.OnnxTextEncoder, torch_fp32: TextEncoder) -> None:
+    assert_like_torch(int8, torch_fp32, TEXTS)
 
 
 def test_export_is_reused_and_encode_is_thread_safe(cfg: Config, int8: text_onnx.OnnxTextEncoder,
@@ -74,18 +84,23 @@ def test_export_is_reused_and_encode_is_thread_safe(cfg: Config, int8: text_onnx
     assert len(files) == 1
     monkeypatch.setattr(text_onnx, "export_int8", lambda *a: pytest.fail("exported again"))
     again = text_onnx.create(cfg.text_encoder, cfg.runtime, cfg.data_dir / "models")
-    want = int8.encode(TEXTS)
-    np.testing.assert_allclose(again.encode(TEXTS), want, atol=1e-6)
+    assert_same_vectors_from_threads(again, int8.encode(TEXTS), TEXTS)
+
+
+def assert_same_vectors_from_threads(encoder: Any, want: np.ndarray, texts: list[str]) -> None:
+    """`encoder` gives `want` for `texts`, also from four threads encoding them at once (each in another order)."""
+    np.testing.assert_allclose(encoder.encode(texts), want, atol=1e-6)
     results: dict[int, np.ndarray] = {}
 
     def work(k: int) -> None:
-        results[k] = again.encode(TEXTS[k:] + TEXTS[:k])
+        results[k] = encoder.encode(texts[k:] + texts[:k])
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(results) == 4
     for k, got in results.items():
         np.testing.assert_allclose(np.roll(got, k, axis=0), want, atol=1e-6)
 

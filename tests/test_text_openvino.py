@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,9 @@ import pytest
 import encoders
 from encoders import text_onnx
 from encoders.text import TextEncoder
-from vitrina.config import Config, load_config
+from tests.test_text_onnx import assert_like_torch, assert_same_vectors_from_threads, shipped_with
+from tests.test_text_onnx import torch_fp32  # noqa: F401 (a fixture: torch fp32 on this module's cfg)
+from vitrina.config import Config
 from vitrina.errors import ModelUnavailable
 
 pytestmark = pytest.mark.slow  # exports the real MiniLM once (~10 s)
@@ -30,9 +31,7 @@ TEXTS = ["men brown watches", "women black heels", "Puma Deck Navy Blue Backpack
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    base = load_config(REPO / "config.toml", env={})
-    return base.replace(data={"dir": str(tmp_path_factory.mktemp("openvino"))},
-                        runtime={"device": "cpu", "threads": 1}, text_encoder={"precision": "ov-int8"})
+    return shipped_with("ov-int8", tmp_path_factory.mktemp("openvino"))
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +41,8 @@ def ov8(cfg: Config) -> text_openvino.OpenVinoTextEncoder:
     return encoder
 
 
-@pytest.fixture(scope="module")
-def torch_fp32(cfg: Config) -> TextEncoder:
-    return TextEncoder(cfg.text_encoder.__class__(**{**cfg.text_encoder.__dict__, "precision": "fp32"}), cfg.runtime)
-
-
-def test_vectors_match_torch(ov8: text_openvino.OpenVinoTextEncoder, torch_fp32: TextEncoder) -> None:
-    from tests.test_text_onnx import dev_queries
-
-    texts = TEXTS + dev_queries()
-    got, want = ov8.encode(texts), torch_fp32.encode(texts)
-    assert got.shape == want.shape == (len(texts), 384) and got.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert float(np.min(np.sum(got * want, axis=1))) >= 0.995
-    v = ov8.encode(["red summer dress", "crimson sundress for women", "men's leather wallet"])
-    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
-    assert ov8.encode([]).shape == (0, 384)
-    assert ov8._tokenizer.encode(TEXTS[2]).ids[:5] == torch_fp32._tokenizer([TEXTS[2]])["input_ids"][0][:5]
-    assert ov8.whole_words() == torch_fp32.whole_words()
+def test_vectors_and_tokens_match_torch(ov8: text_openvino.OpenVinoTextEncoder, torch_fp32: TextEncoder) -> None:
+    assert_like_torch(ov8, torch_fp32, TEXTS)
 
 
 def test_padding_to_a_bucket_changes_nothing(ov8: text_openvino.OpenVinoTextEncoder,
@@ -79,21 +62,7 @@ def test_export_is_reused_and_encode_is_thread_safe(cfg: Config, ov8: text_openv
     assert len(list(models.glob("text-ov-*.xml"))) == 1 and len(list(models.glob("text-ov-*.npy"))) == 1
     monkeypatch.setattr(text_openvino, "export_ov", lambda *a: pytest.fail("exported again"))
     again = text_openvino.create(cfg.text_encoder, cfg.runtime, models)
-    want = ov8.encode(TEXTS)
-    np.testing.assert_allclose(again.encode(TEXTS), want, atol=1e-6)
-    results: dict[int, np.ndarray] = {}
-
-    def work(k: int) -> None:
-        results[k] = again.encode(TEXTS[k:] + TEXTS[:k])
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 4
-    for k, got in results.items():
-        np.testing.assert_allclose(np.roll(got, k, axis=0), want, atol=1e-6)
+    assert_same_vectors_from_threads(again, ov8.encode(TEXTS), TEXTS)
 
 
 def test_refused_or_unavailable_falls_back_to_onnx_runtime(cfg: Config, tmp_path: Path,
