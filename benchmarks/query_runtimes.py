@@ -61,11 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-out", help="write the rows as JSON here")
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _best_ms(run: Callable[[np.ndarray], Any], inputs: Sequence[np.ndarray], repeats: int) -> float:
     for x in inputs[:20]:
         run(x)
@@ -79,8 +74,15 @@ def _best_ms(run: Callable[[np.ndarray], Any], inputs: Sequence[np.ndarray], rep
 
 
 def _pooled(hidden: np.ndarray) -> np.ndarray:
-    v = hidden[0].mean(axis=0)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    from encoders.text_onnx import unit
+
+    return unit(hidden[0].mean(axis=0))
+
+
+def _rss_mib() -> float:
+    from benchmarks.http_load import process_rss_mb
+
+    return process_rss_mb(os.getpid()) or 0.0
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

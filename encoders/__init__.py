@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from encoders.fusion import fuse, fuse_batch
-from vitrina.config import Config
+from vitrina.config import EXPORTED_PRECISIONS, Config
 from vitrina.errors import ModelUnavailable
 
 if TYPE_CHECKING:
@@ -52,11 +52,11 @@ def create_text_encoder(cfg: Config) -> TextEncoder:
         if encoder is None:
             precision = cfg.text_encoder.precision
             encoder = _ov_text_encoder(cfg) if precision == "ov-int8" else None
-            if encoder is None and precision in ("int8", "ov-int8"):
+            if encoder is None and precision in EXPORTED_PRECISIONS:
                 encoder = _int8_text_encoder(cfg)
             if encoder is None:
                 tc = cfg.text_encoder
-                encoder = TextEncoder(replace(tc, precision="bf16") if precision in ("int8", "ov-int8") else tc,
+                encoder = TextEncoder(replace(tc, precision="bf16") if precision in EXPORTED_PRECISIONS else tc,
                                       cfg.runtime)
             _TEXT_CACHE[key] = encoder
         return encoder
@@ -138,7 +138,7 @@ def prepare_query_models(cfg: Config) -> None:
     qc = query_side(cfg)
     try:
         for precision in dict.fromkeys((qc.text_encoder.precision, cfg.live.text_precision)):
-            if precision in ("int8", "ov-int8"):
+            if precision in EXPORTED_PRECISIONS:
                 create_text_encoder(qc.replace(text_encoder={"precision": precision}))
         if qc.image_encoder.runtime == "onnx" and image_tower_status(qc).get("available"):
             create_image_encoder(qc)

@@ -12,13 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vitrina.config import TEXT_PRECISIONS, RuntimeConfig, TextEncoderConfig
+from vitrina.config import EXPORTED_PRECISIONS, TEXT_PRECISIONS, RuntimeConfig, TextEncoderConfig
 from vitrina.errors import BadInput, ConfigError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 # torch's precisions; "int8" is encoders.text_onnx, "ov-int8" encoders.text_openvino (create_text_encoder picks them)
-PRECISIONS = tuple(p for p in TEXT_PRECISIONS if p not in ("int8", "ov-int8"))
+PRECISIONS = tuple(p for p in TEXT_PRECISIONS if p not in EXPORTED_PRECISIONS)
 
 
 def text_list(texts: Sequence[str]) -> list[str]:

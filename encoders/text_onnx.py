@@ -64,7 +64,7 @@ def export_fp32(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path, graph
     # third of its nodes (the mask's broadcasting and its shape arithmetic), and plain attention keeps it a few MatMuls.
     attention = fp32._model.config._attn_implementation
     fp32._model.set_attn_implementation("eager")
-    module = _GraphModule(fp32._model, graph).eval()
+    module = _hidden_module(fp32._model, graph).eval()
     ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
     if graph == "ids":
         example, names = (ids,), ["input_ids"]
@@ -104,15 +104,19 @@ def export_int8(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> No
             quiet.setLevel(level)
         staged = Path(tmp) / "int8.onnx"
         quantizer.model.save_model_to_file(str(staged), False)
-        got = OnnxTextEncoder.open(staged, Path(fp32.source), cfg, threads=1).encode(list(PROBES))
-        worst = float(np.min(np.sum(reference * got, axis=1)))
-        if not worst >= MIN_COSINE:
-            raise ModelUnavailable(f"the int8 export of {fp32.source} is too far from torch (cosine {worst:.4f} "
-                                   f"< {MIN_COSINE})", "use [search].query_precision = \"bf16\"")
+        refuse_if_far(reference, OnnxTextEncoder.open(staged, Path(fp32.source), cfg, threads=1), MIN_COSINE,
+                      f"the int8 export of {fp32.source}", "use [search].query_precision = \"bf16\"")
         os.replace(staged, out)
 
 
-def _GraphModule(model: Any, graph: str) -> Any:
+def refuse_if_far(reference: np.ndarray, encoder: Any, min_cosine: float, what: str, hint: str) -> None:
+    """ModelUnavailable when `encoder`'s vectors of PROBES fall below `min_cosine` against `reference` (torch's)."""
+    worst = float(np.min(np.sum(reference * encoder.encode(list(PROBES)), axis=1)))
+    if not worst >= min_cosine:
+        raise ModelUnavailable(f"{what} is too far from torch (cosine {worst:.4f} < {min_cosine})", hint)
+
+
+def _hidden_module(model: Any, graph: str) -> Any:
     import torch
 
     if graph not in ("ids", "embeds"):

@@ -21,13 +21,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders.text_onnx import MIN_COSINE, PROBES, OneTextPerRun, export_fp32, export_key, exported, unit
+from encoders.text_onnx import (MIN_COSINE, PROBES, OneTextPerRun, export_fp32, export_key, exported,
+                                refuse_if_far, unit)
 from vitrina.config import RuntimeConfig, TextEncoderConfig
 from vitrina.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 QUANT = {"weights": "u8-per-channel", "group": 64, "opset": 17, "graph": "embeds-masked"}
+PACKAGES = ("torch", "onnx", "openvino")  # whose versions name an export
 BUCKETS = (8, 16, 32, 64, 128, 256, 512)  # token counts a text is padded to; each used one compiled once
 
 
@@ -77,12 +79,10 @@ def export_ov(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None
         weights_to_u8(plain, u8)
         staged = Path(tmp) / "model.xml"
         ov.save_model(ov.Core().read_model(str(u8)), str(staged), compress_to_fp16=False)
-        got = OpenVinoTextEncoder.open(staged, Path(tmp) / "embeddings.npy", Path(fp32.source), cfg,
-                                       threads=1).encode(list(PROBES))
-        worst = float(np.min(np.sum(reference * got, axis=1)))
-        if not worst >= MIN_COSINE:
-            raise ModelUnavailable(f"the OpenVINO export of {fp32.source} is too far from torch (cosine "
-                                   f"{worst:.4f} < {MIN_COSINE})", "use [search].query_precision = \"int8\"")
+        staged_encoder = OpenVinoTextEncoder.open(staged, Path(tmp) / "embeddings.npy", Path(fp32.source), cfg,
+                                                  threads=1)
+        refuse_if_far(reference, staged_encoder, MIN_COSINE, f"the OpenVINO export of {fp32.source}",
+                      "use [search].query_precision = \"int8\"")
         os.replace(Path(tmp) / "embeddings.npy", out.with_suffix(".npy"))
         os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
         os.replace(staged, out)
@@ -164,11 +164,11 @@ def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> O
     """The OpenVINO encoder of cfg's model, exported into cache_dir on first use (torch is needed only then)."""
     import openvino  # noqa: F401 (ImportError here: the caller falls back to ONNX Runtime)
 
+    def file_name(source: str) -> str:
+        return str(Path(cache_dir) / f"text-ov-{export_key(source, cfg, QUANT, PACKAGES)}.xml")
+
     t0 = time.perf_counter()
-    key = (QUANT, ("torch", "onnx", "openvino"))
-    source, model_file = exported(cfg, runtime,
-                                  lambda src: str(Path(cache_dir) / f"text-ov-{export_key(src, cfg, *key)}.xml"),
-                                  export_ov, "ov-int8")
+    source, model_file = exported(cfg, runtime, file_name, export_ov, "ov-int8")
     encoder = OpenVinoTextEncoder.open(model_file, model_file.with_suffix(".npy"), Path(source), cfg,
                                        runtime.threads or 1)
     log.info("text encoder %s on OpenVINO (%s) loaded in %.1fs", source, model_file.name, time.perf_counter() - t0)

@@ -116,8 +116,7 @@ def with_also(cfg: Config, args: argparse.Namespace) -> Config:
     """cfg with --also (when given) as [finetune].also."""
     if not getattr(args, "also", None):
         return cfg
-    return dataclasses.replace(cfg, finetune=dataclasses.replace(
-        cfg.finetune, also=tuple(str(p.resolve()) for p in args.also)))
+    return cfg.replace(finetune={"also": tuple(str(p.resolve()) for p in args.also)})
 
 
 def settings_for(cfg: Config, args: argparse.Namespace) -> Any:

@@ -56,7 +56,8 @@ class RuntimeConfig:
 
 QUANTIZATIONS = ("none", "int8")
 # int8: ONNX Runtime (encoders.text_onnx); ov-int8: OpenVINO (encoders.text_openvino); the rest torch
-TEXT_PRECISIONS = ("auto", "bf16", "fp32", "int8", "ov-int8")
+EXPORTED_PRECISIONS = ("int8", "ov-int8")
+TEXT_PRECISIONS = ("auto", "bf16", "fp32", *EXPORTED_PRECISIONS)
 IMAGE_RUNTIMES = ("torch", "onnx")
 PHOTO_RUNTIMES = (*IMAGE_RUNTIMES, "int8")  # int8: the indexer's 8-bit tower ([indexer].image_int8), ONNX Runtime
 
