@@ -116,7 +116,9 @@ def test_refused_or_unavailable_int8_falls_back_to_torch(cfg: Config, tmp_path: 
     assert isinstance(encoder, TextEncoder) and encoder.cfg.precision == "bf16"
 
 
-def test_an_exported_int8_encoder_loads_without_torch(cfg: Config, int8: text_onnx.OnnxTextEncoder) -> None:
+def encoded_in_a_fresh_process(cfg: Config, text: str) -> dict[str, Any]:
+    """`text` encoded by cfg's text encoder in a new process that loads the exported model from cfg's data dir:
+    {"vec", "kind" (the encoder's class), "torch" / "ort" (whether torch / onnxruntime got imported)}."""
     import json
     import subprocess
     import sys
@@ -126,11 +128,17 @@ def test_an_exported_int8_encoder_loads_without_torch(cfg: Config, int8: text_on
         "from vitrina.config import load_config\n"
         "import encoders\n"
         f"cfg = load_config({str(REPO / 'config.toml')!r}, env={{}}).replace(data={{'dir': {str(cfg.data_dir)!r}}}, "
-        "runtime={'device': 'auto', 'threads': 1}, text_encoder={'precision': 'int8'})\n"
-        "vec = encoders.create_text_encoder(cfg).encode(['men brown watches'])[0]\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'vec': vec.tolist()}))\n")
+        f"runtime={{'device': 'auto', 'threads': 1}}, text_encoder={{'precision': {cfg.text_encoder.precision!r}}})\n"
+        "enc = encoders.create_text_encoder(cfg)\n"
+        f"vec = enc.encode([{text!r}])[0]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'ort': 'onnxruntime' in sys.modules, "
+        "'kind': type(enc).__name__, 'vec': vec.tolist()}))\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_exported_int8_encoder_loads_without_torch(cfg: Config, int8: text_onnx.OnnxTextEncoder) -> None:
+    got = encoded_in_a_fresh_process(cfg, "men brown watches")
     assert got["torch"] is False  # a search worker's text side holds no torch
     np.testing.assert_allclose(got["vec"], int8.encode(["men brown watches"])[0], atol=1e-6)

@@ -5,7 +5,6 @@ as the fallback, and no torch in a process that only loads it."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import pytest
 import encoders
 from encoders import text_onnx
 from encoders.text import TextEncoder
-from tests.test_text_onnx import assert_like_torch, assert_same_vectors_from_threads, shipped_with
+from tests.test_text_onnx import (assert_like_torch, assert_same_vectors_from_threads, encoded_in_a_fresh_process,
+                                  shipped_with)
 from tests.test_text_onnx import torch_fp32  # noqa: F401 (a fixture: torch fp32 on this module's cfg)
 from vitrina.config import Config
 from vitrina.errors import ModelUnavailable
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.slow  # exports the real MiniLM once (~10 s)
 pytest.importorskip("openvino")
 text_openvino = pytest.importorskip("encoders.text_openvino")
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["men brown watches", "women black heels", "Puma Deck Navy Blue Backpack Unisex " * 20,
          "kids' blue denim jacket, size 8", "Ñandú café naïve 東京", "watch", "a", "bling"]
 
@@ -77,19 +76,7 @@ def test_refused_or_unavailable_falls_back_to_onnx_runtime(cfg: Config, tmp_path
 
 
 def test_an_exported_encoder_loads_without_torch(cfg: Config, ov8: text_openvino.OpenVinoTextEncoder) -> None:
-    script = (
-        "import json, sys\n"
-        "from vitrina.config import load_config\n"
-        "import encoders\n"
-        f"cfg = load_config({str(REPO / 'config.toml')!r}, env={{}}).replace(data={{'dir': {str(cfg.data_dir)!r}}}, "
-        "runtime={'device': 'auto', 'threads': 1}, text_encoder={'precision': 'ov-int8'})\n"
-        "enc = encoders.create_text_encoder(cfg)\n"
-        "vec = enc.encode(['men brown watches'])[0]\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'ort': 'onnxruntime' in sys.modules, "
-        "'kind': type(enc).__name__, 'vec': vec.tolist()}))\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = encoded_in_a_fresh_process(cfg, "men brown watches")
     assert got["kind"] == "OpenVinoTextEncoder" and got["torch"] is False and got["ort"] is False
     np.testing.assert_allclose(got["vec"], ov8.encode(["men brown watches"])[0], atol=1e-6)
 
