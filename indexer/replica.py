@@ -174,12 +174,14 @@ class Replica:
     def _install(self, target: str, seq: int, key: tuple[int, int]) -> None:
         """Bring the copy of `target` to the log's end, then serve from it (under the write lock: no write of this
         process is half-way, none of another is logged meanwhile)."""
-        if target != self.collection:
+        old = self.collection
+        if target != old:
             top = self.log.max_seq()
             if top > seq:  # most of the replay, while the old copy still serves
                 replay_log(self.store, target, self.log, seq, top, self.embedders)
                 seq = top
-        old = self.collection
+            if old is not None:  # a new index: its payloads in memory before it serves (a first copy: warm())
+                self.store.preload(target)
         # A first copy needs no lock (no write of this process can be half-way); taking it then could wait on
         # the writer that asked for the copy.
         with self.log.locked() if old is not None else contextlib.nullcontext(), self._apply:
@@ -279,6 +281,9 @@ class ReplicaStore:
 
     def scroll(self, collection: str, batch: int = 1000, with_vectors: WithVectors = False) -> Iterator[Hit]:
         return self._synced().scroll(collection, batch, with_vectors)
+
+    def preload(self, collection: str) -> int:
+        return self._synced().preload(collection)
 
     def flush(self, collection: str) -> None:
         """Nothing to make durable: the log is, and the copy is made again at the next start."""

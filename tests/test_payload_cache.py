@@ -77,3 +77,44 @@ def test_set_payload_is_seen_through_the_cache(tmp_path: Path) -> None:
     q = item(2).vectors["fused"]
     assert store.query("c", DenseQuery(q, "fused"), limit=1)[0].payload["colour"] == "blue"
     store.close()
+
+
+class CountingShard:
+    """The engine shard of a handle, counting the payload reads that reach it."""
+
+    def __init__(self, shard: object) -> None:
+        self.shard, self.retrieved = shard, 0
+
+    def retrieve(self, ids: list, **kw: object) -> object:
+        self.retrieved += len(ids)
+        return self.shard.retrieve(ids, **kw)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.shard, name)
+
+
+def test_preload_fills_the_cache_so_searches_read_no_payload_from_the_engine(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "store", payload_cache=100)
+    store.create_collection("c", {"fused": DIM}, ["colour"], ())
+    store.upsert("c", [item(i) for i in range(10)])
+    store.close()
+    store = EdgeStore(tmp_path / "store", payload_cache=100)  # a fresh process: nothing cached
+    assert store.preload("c") == 10
+    with store._pool.use("c") as h:
+        counting = h.shard = CountingShard(h.shard)
+    q = item(3).vectors["fused"]
+    assert [h.id for h in store.query("c", DenseQuery(q, "fused"), limit=10)][0] == "sku-3"
+    assert store.retrieve("c", ["sku-7"])[0].payload["title"] == "red shirt 7"
+    assert counting.retrieved == 0
+    store.upsert("c", [item(3, "green")])  # a write after the preload is read anew
+    assert store.query("c", DenseQuery(q, "fused"), limit=1)[0].payload["colour"] == "green"
+    assert counting.retrieved == 1
+    store.close()
+
+
+def test_preload_stops_at_the_cache_size(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "store", payload_cache=4)
+    store.create_collection("c", {"fused": DIM}, ["colour"], ())
+    store.upsert("c", [item(i) for i in range(10)])
+    assert store.preload("c") == 4
+    store.close()

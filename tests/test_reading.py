@@ -195,6 +195,31 @@ def test_reading_is_cached_and_value_index_built_once(service: Any, shop: Any, m
     assert int(fv.counts[fv.values.index("Jeans")]) == 3
 
 
+def test_a_search_encodes_its_text_once_with_the_query_cache_off(shop: Any) -> None:
+    """The similarity reading's vector is the search's text vector: no second run of the encoder for it."""
+    from search.query.engine import SearchService
+
+    cfg, store, _ = shop
+    uncached = SearchService(cfg.replace(search={"query_cache": 0}), store=store)
+    uncached.reader()  # built (its value names encoded) before counting
+    encoder = uncached.text_encoder()
+    texts: list[str] = []
+    real = encoder.encode
+
+    def counted(batch: list[str], *a: Any, **kw: Any) -> Any:
+        texts.extend(batch)
+        return real(batch, *a, **kw)
+
+    encoder.encode = counted  # type: ignore[method-assign]
+    try:
+        resp = search(uncached, "scent for her", k=3)
+    finally:
+        del encoder.encode
+    assert [n for n in resp["understood"]["readings"] if n["how"] == "similar"]  # the reading used the vector
+    assert texts == ["scent for her"]
+    assert resp["results"] == search(SearchService(cfg, store=store), "scent for her", k=3)["results"]
+
+
 def test_other_modes_are_not_read(service: Any) -> None:
     for mode in ("text", "vector", "keyword"):
         assert "understood" not in search(service, "shades", k=3, mode=mode)

@@ -116,7 +116,7 @@ class StoreConfig:
     # ACORN (neighbours of neighbours) for filtered searches whose filters keep at most this share of the points
     # (0 = never, 1 = every filtered search): more of the true top k at some latency, `vitrina bench filtered`
     acorn_selectivity: float = 0.0
-    payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.4 KB each; 0 = off)
+    payload_cache: int = 100_000  # edge: payloads kept in memory per open shard (about 0.6 KB each; 0 = off)
     search_threads: int = 0  # edge: threads of each open shard's search pool (0 = the engine's, one per CPU)
     # edge, new collections: HNSW graph degree and build breadth, the size (KB of vectors) below which a filtered
     # search scans the matching points exactly, and links per payload value (search.store.edge.IndexSettings)

@@ -112,11 +112,14 @@ class SearchService:
         return self._lazy("profiles", lambda: open_profiles(self.cfg))
 
     def warm(self) -> None:
-        """Load what a first search needs now (text model, store, query reader), e.g. before serving."""
+        """Load what a first search needs now (text model, store, the items' payloads, query reader), e.g. before
+        serving."""
         self.text_encoder()
-        self.index_size(fresh=True)
-        if self.cfg.understand.enabled and self.index_size() > 0:
-            self.reader()
+        if self.index_size(fresh=True) > 0:
+            held = self.store.preload(self.alias)
+            log.info("%d item payloads read into memory", held)
+            if self.cfg.understand.enabled:
+                self.reader()
 
     # ---- query vectors ----------------------------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
@@ -180,7 +183,10 @@ class SearchService:
         s = self.cfg.search
         photo = self.photo_vector(req) if req.has_photo else None  # bad photos fail before any search
         reading = self.read_query(req.q) if req.mode == "hybrid" and req.q and self.cfg.understand.enabled else None
-        text_vec = self.text_vector(reading.text if reading else req.q) if req.q and req.mode != "keyword" else None
+        text_vec = None
+        if req.q and req.mode != "keyword":
+            text_vec = reading.vector if reading is not None and reading.vector is not None else \
+                self.text_vector(reading.text if reading else req.q)
         qvec = self.query_vector(text_vec, photo, req.image_weight)
         user = borrow(self, self.profiles.get(req.user_id)) if req.user_id is not None else None
         ranker = ranker if ranker is not None else configured_ranker(self)
@@ -191,10 +197,12 @@ class SearchService:
         if photo is not None and req.mode != "keyword":
             hits, explain = photo_boost(hits, explain, self.read_photo(photo), s.photo_attribute_weight)
         ranked = self._rank(hits, explain, user, req.user_id, ranker is not None) if rerank \
-            else self._plain(hits, explain)
+            else list(zip(hits, explain))
         if ranker is not None:  # the learned ranker re-orders the blend's top-N (search.query.learned)
             ranked = ranker.rerank(self, ranked, qvec, user, self.profiles.clock())
         page = ranked[req.offset:req.offset + req.k]
+        if not rerank:
+            self._plain(page)
         features = ranker.finish(page) if ranker is not None else None
         self._add_cosines(page, qvec)
         out: dict[str, Any] = {"results": [self.result(h, e) for h, e in page], "total": len(ranked)}
@@ -320,11 +328,11 @@ class SearchService:
             return self._matcher[2]
 
     @staticmethod
-    def _plain(hits: list[Hit], explain: list[dict[str, Any]]) -> list[tuple[Hit, dict[str, Any]]]:
-        """No shopper (or a cold-start one) and no popularity prior: the engine's order and scores."""
-        for e in explain:
+    def _plain(page: list[tuple[Hit, dict[str, Any]]]) -> None:
+        """No shopper (or a cold-start one) and no popularity prior: the engine's order and scores, the rerank's
+        explain parts at zero (set on the shown page only)."""
+        for _, e in page:
             e.update(personal=0.0, affinity=0.0, popularity=0.0, blend=0.0, final=e["relevance"])
-        return list(zip(hits, explain))
 
     def _rank(self, hits: list[Hit], explain: list[dict[str, Any]], user: UserState | None,
               user_id: str | None, raw: bool = False) -> list[tuple[Hit, dict[str, Any]]]:

@@ -4,6 +4,7 @@ word for word, and the values the text encoder finds nearest to the query, each 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -65,6 +66,9 @@ class Reading:
     similar_weight: float = 1.0
     open_fields: tuple[str, ...] = ()  # fields read by similarity (not named word for word)
     similar_words: str = ""  # the content words no exact value explains: what the similarity reading stands for
+    # the text encoder's vector of `text` when the similarity reading needed it: the search uses it rather than
+    # encoding the same text again (which it would with the query cache off)
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def exact_share(self) -> float:
@@ -83,19 +87,24 @@ class Reading:
         """{field: values} read word for word (what the personal candidate list filters on)."""
         return {f: set(v) for f, v in self.exact.items()}
 
+    @functools.cached_property
+    def _share_tables(self) -> tuple[tuple[str, dict[str, float]], ...]:
+        """(field, {value: what an item with it adds}) per read field, exact fields first: share's lookups."""
+        exact = tuple((f, dict.fromkeys(values, self.exact_weights.get(f, 1.0))) for f, values in self.exact.items())
+        return exact + tuple((f, {v: self.similar_weight * p for v, p in conf.items()})
+                             for f, conf in self.similar.items())
+
     def share(self, payload: Mapping[str, Any]) -> float:
         """How well an item's attributes agree with the reading, 0..1: each read field adds its weight (exact) or
         the confidence of the item's value (similar), over the number of fields read."""
-        n = len(self.exact) + len(self.similar)
-        if not n:
+        tables = self._share_tables
+        if not tables:
             return 0.0
         total = 0.0
-        for f, values in self.exact.items():  # plain loops: this runs for every candidate of every search
-            if str(payload.get(f, "")) in values:
-                total += self.exact_weights.get(f, 1.0)
-        for f, conf in self.similar.items():
-            total += self.similar_weight * conf.get(str(payload.get(f, "")), 0.0)
-        return total / n
+        for f, table in tables:  # one lookup a field: this runs for every candidate of every search
+            value = payload.get(f, "")
+            total += table.get(value if type(value) is str else str(value), 0.0)
+        return total / len(tables)
 
     def excluded(self, payload: Mapping[str, Any]) -> bool:
         for f, values in self.exclude.items():
@@ -207,6 +216,7 @@ class QueryReader:
             i += max(n, 1)
         content = tuple(w for w in tokens if w not in STOPWORDS)
         similar: dict[str, dict[str, float]] = {}
+        vector = None
         unexplained = [w for w in content if not any(w in n["words"].split() for n in notes if n["how"] == "exact")]
         wanted = tuple(f for f in s.fields if f not in exact and f in self.values.fields) if unexplained else ()
         if wanted:
@@ -217,7 +227,7 @@ class QueryReader:
                     similar[f] = read
         return Reading(query, cons.text, content, {f: frozenset(v) for f, v in exact.items()}, similar,
                        cons.exclude, cons.price, corrections, tuple(notes), s.exact_weights, s.similar_weight,
-                       wanted, " ".join(unexplained))
+                       wanted, " ".join(unexplained), vector)
 
 
 def keyword_coverage(reading: Reading, hits: Sequence[Any], fields: Sequence[str], values: ValueIndex,

@@ -107,7 +107,11 @@ def new_hit(id: str, score: float, payload: dict[str, Any], vectors: dict[str, n
 def best_first(hits: list[Hit]) -> list[Hit]:
     """Query results by score, best first, equal scores in id order: the engine breaks ties by its internal
     layout, which differs between two builds of one index (seen in tests: a keyword query's tied BM25 scores
-    came back in another order in each process), so without this the same query could rank differently."""
+    came back in another order in each process), so without this the same query could rank differently.
+    Lists with no tie (most dense ones) come back as they are."""
+    scores = [h.score for h in hits]
+    if all(a > b for a, b in zip(scores, scores[1:])):
+        return hits
     return sorted(hits, key=lambda h: (-h.score, h.id))
 
 
@@ -221,6 +225,10 @@ class Store(Protocol):
         ...
     def segments(self, collection: str) -> int | None:
         """How many segments (each its own HNSW graph once built) hold the collection; None when unknown."""
+        ...
+    def preload(self, collection: str) -> int:
+        """Before serving: read what searches read from the collection into this process's memory where the backend
+        keeps it there (the embedded store's payload cache); how many items that holds (0: nothing to load)."""
         ...
     def list_aliases(self) -> dict[str, str]:
         """Every alias and the collection it points at."""

@@ -14,8 +14,9 @@ _SHORT = 48  # string values up to this length are interned: attribute values re
 class PayloadCache:
     """Point key (the UUID's int) -> payload, at most `capacity` of them, the oldest stored dropped first.
 
-    Stored compactly as a tuple of values beside a shared tuple of keys (items of one catalogue share their
-    keys), with repeated short strings interned: about 0.4 KB per fashion item instead of 2 KB of dicts.
+    Stored as dicts whose keys and repeated short strings are interned (shared by the items of one catalogue):
+    about 0.6 KB per fashion item against 2 KB as the engine hands them out, 27 MB for the 44k. Callers get a
+    copy (dict.copy: 0.05 us against 0.6 us to build one from a tuple of values, which took 0.35 KB an item).
     Writes drop what they touch and bump `generation`; a reader that fetched payloads from the engine stores
     them only if no write came in between (`put(..., generation)`), so the cache never holds a stale payload.
     Lookups take no lock (a dict read is atomic); stores and drops do.
@@ -24,8 +25,7 @@ class PayloadCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = max(0, int(capacity))
         self.generation = 0
-        self._items: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
-        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._items: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -34,12 +34,12 @@ class PayloadCache:
     def get(self, key: int) -> dict[str, Any] | None:
         """A fresh dict of the payload (the caller may change it), None when not cached."""
         entry = self._items.get(key)
-        return None if entry is None else dict(zip(*entry))
+        return None if entry is None else entry.copy()
 
     def get_many(self, keys: Iterable[int]) -> list[dict[str, Any] | None]:
         """`get` of each key (one loop: a search asks for a few hundred)."""
         find = self._items.get
-        return [None if (entry := find(k)) is None else dict(zip(*entry)) for k in keys]
+        return [None if (entry := find(k)) is None else entry.copy() for k in keys]
 
     def put(self, payloads: Mapping[int, Mapping[str, Any]], generation: int) -> None:
         """Store payloads read from the engine while `generation` was current (else nothing: a write came in)."""
@@ -67,10 +67,7 @@ class PayloadCache:
             self.generation += 1
             self._items.clear()
 
-    def _compact(self, payload: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        keys = tuple(payload)
-        shape = self._shapes.get(keys)
-        if shape is None:
-            shape = self._shapes.setdefault(keys, tuple(sys.intern(str(k)) for k in keys))
-        values = tuple(sys.intern(v) if type(v) is str and len(v) <= _SHORT else v for v in payload.values())
-        return shape, values
+    @staticmethod
+    def _compact(payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {sys.intern(str(k)): sys.intern(v) if type(v) is str and len(v) <= _SHORT else v
+                for k, v in payload.items()}

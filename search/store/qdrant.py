@@ -365,6 +365,10 @@ class QdrantStore(QueriesInBatches):
             if offset is None or not records:
                 return
 
+    def preload(self, collection: str) -> int:
+        """Nothing to load: the server reads payloads itself."""
+        return 0
+
     def close(self) -> None:
         with self._call("close"):
             self.client.close()
