@@ -146,9 +146,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _openvino_rows(plain: Path, tmp: Path, args: argparse.Namespace, add: Callable[..., None]) -> None:
-    import openvino as ov
+    from encoders.text_openvino import openvino, weights_to_u8
 
-    from encoders.text_openvino import weights_to_u8
+    ov = openvino()
 
     u8 = tmp / "u8.onnx"
     weights_to_u8(plain, u8)

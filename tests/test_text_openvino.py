@@ -100,3 +100,15 @@ def test_bench_query_runtimes_smoke(cfg: Config, tmp_path: Path) -> None:
                                             "openvino u8 g64 dynamic", "openvino u8 g64 static per length"]
     assert all(r["dev_ms"] > 0 and r["ms_at_4"] > 0 and r["ms_at_9"] > 0 and r["cos_min"] > 0.99 for r in rows)
     assert rows[3]["static_models"] >= 2
+
+
+def test_openvino_is_imported_without_its_telemetry() -> None:
+    """Plain `import openvino` starts a thread that forks a process to post an event to Google Analytics."""
+    import subprocess
+
+    code = ("import sys, threading; from encoders.text_openvino import openvino; openvino().Core(); "
+            "print(sys.modules.get('openvino_telemetry'), threading.active_count())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.split() == ["None", "1"]
