@@ -359,8 +359,11 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     edge = open_store(cfg)
     assert isinstance(edge, EdgeStore) and edge.root == tmp_path / "var" / "store"
-    assert edge.hnsw_ef == cfg.store.hnsw_ef == 128
+    assert edge.hnsw_ef == cfg.store.hnsw_ef > 0
     edge.close()
+    wider = open_store(cfg.replace(store={"hnsw_ef": 77}))
+    assert wider.hnsw_ef == 77
+    wider.close()
     qd = open_store(cfg.replace(store={"backend": "qdrant", "path": ":memory:"}))
     assert isinstance(qd, QdrantStore)
     qd.close()
