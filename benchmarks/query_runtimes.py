@@ -121,7 +121,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             got = np.stack([_pooled(infer(x)) for x in inputs])
             cos = np.sum(ref * got, axis=1)
             row: dict[str, Any] = {"runtime": name, "dev_ms": round(_best_ms(infer, inputs, args.repeats), 3),
-                                   "cos_min": round(float(cos.min()), 5), "cos_p1": round(float(np.percentile(cos, 1)), 5)}
+                                   "cos_min": round(float(cos.min()), 5),
+                                   "cos_p1": round(float(np.percentile(cos, 1)), 5)}
             for n in args.lengths:
                 fn = per_length(n) if per_length is not None else infer
                 row[f"ms_at_{n}"] = round(_best_ms(fn, synthetic[n], args.repeats), 3)

@@ -5,8 +5,8 @@ Why another runtime: ONNX Runtime's 8-bit kernels (encoders/text_onnx.py) cost ~
 query, OpenVINO's ~0.05 ms once a model is compiled for a fixed token count (`vitrina bench query_runtimes`). So the
 graph takes the word embeddings and a padding mask: the embeddings are looked up here (a memory-mapped table the
 worker processes share), a query is padded to the next of a few token counts (BUCKETS), and each count used gets
-its own compiled model (~24 MB of a worker each, compiled on first use, ~0.2 s). The weights are 8-bit per output channel;
-activations are quantised at run time in groups of QUANT["group"] values by OpenVINO's CPU plugin.
+its own compiled model (~24 MB of a worker each, compiled on first use, ~0.2 s). The weights are 8-bit per output
+channel; activations are quantised at run time in groups of QUANT["group"] values by OpenVINO's CPU plugin.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def export_ov(cfg: TextEncoderConfig, runtime: RuntimeConfig, out: Path) -> None
     """torch -> ONNX ("embeds" graph) -> 8-bit weights -> OpenVINO IR `out` (.xml + .bin) and the word embeddings
     beside it (.npy), checked against torch on PROBES; the .xml is written last (its presence means complete)."""
     ov = openvino()
-
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         plain, u8 = Path(tmp) / "fp32.onnx", Path(tmp) / "u8.onnx"
@@ -124,7 +123,6 @@ class OpenVinoTextEncoder(OneTextPerRun):
         from tokenizers import Tokenizer
 
         ov = openvino()
-
         try:
             core = ov.Core()
             embeddings = np.load(str(embeddings_file), mmap_mode="r")  # page cache shared by the workers

@@ -45,7 +45,7 @@ def api_result(hit: Hit, explain: dict[str, Any] | None = None, detail: bool = F
         "attributes": {k: v for k, v in p.items() if k not in hidden},
     }
     if explain is not None:
-        out["explain"] = {k: (round(float(v), 6) if isinstance(v, float) else v) for k, v in explain.items()}
+        out["explain"] = {k: (rounded(v) if isinstance(v, float) else v) for k, v in explain.items()}
     return out
 
 
