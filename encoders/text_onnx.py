@@ -172,7 +172,13 @@ class OneTextPerRun:
 
 
 def unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    """`v` (1-D) over its L2 norm: np.linalg.norm's own sum for a vector (`v.dot(v)`), without its ~3 us of checks."""
+    return v / max(float(np.sqrt(v.dot(v))), 1e-12)
+
+
+def mean_rows(hidden: np.ndarray) -> np.ndarray:
+    """The mean of a 2-D array's rows, the same sum and division as `.mean(axis=0)` without its ~5 us of Python."""
+    return hidden.sum(axis=0) / hidden.shape[0]
 
 
 class OnnxTextEncoder(OneTextPerRun):
@@ -199,7 +205,7 @@ class OnnxTextEncoder(OneTextPerRun):
 
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         hidden = self._session.run(None, {"input_ids": np.asarray([ids], dtype=np.int64)})[0]
-        return unit(hidden[0].mean(axis=0))
+        return unit(mean_rows(hidden[0]))
 
 
 def exported(cfg: TextEncoderConfig, runtime: RuntimeConfig, file_name: Callable[[str], str],

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders.text_onnx import (MIN_COSINE, PROBES, OneTextPerRun, export_fp32, export_key, exported,
+from encoders.text_onnx import (MIN_COSINE, PROBES, OneTextPerRun, export_fp32, export_key, exported, mean_rows,
                                 refuse_if_far, unit)
 from vitrina.config import RuntimeConfig, TextEncoderConfig
 from vitrina.errors import ModelUnavailable
@@ -125,7 +125,8 @@ class OpenVinoTextEncoder(OneTextPerRun):
         ov = openvino()
         try:
             core = ov.Core()
-            embeddings = np.load(str(embeddings_file), mmap_mode="r")  # page cache shared by the workers
+            # page cache shared by the workers; a plain ndarray view of the map (np.memmap indexes in Python)
+            embeddings = np.asarray(np.load(str(embeddings_file), mmap_mode="r"))
             tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         except Exception as e:  # noqa: BLE001 (openvino raises its own exception types)
             raise ModelUnavailable(f"cannot load the OpenVINO text model {model_file}", detail=str(e)) from e
@@ -170,7 +171,7 @@ class OpenVinoTextEncoder(OneTextPerRun):
             mask[0, :n] = 1
             mask[0, n:] = 0
             request.infer()
-            return unit(request.get_output_tensor(0).data[0, :n].mean(axis=0))
+            return unit(mean_rows(request.get_output_tensor(0).data[0, :n]))
 
 
 def create(cfg: TextEncoderConfig, runtime: RuntimeConfig, cache_dir: Path) -> OpenVinoTextEncoder:

@@ -118,3 +118,31 @@ def test_preload_stops_at_the_cache_size(tmp_path: Path) -> None:
     store.upsert("c", [item(i) for i in range(10)])
     assert store.preload("c") == 4
     store.close()
+
+
+def item_colour(item_id: str) -> str:
+    return "green" if int(item_id.split("-")[1]) % 2 else "red"
+
+
+def test_a_batch_reads_each_points_payload_once_and_its_lists_match_single_queries(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "store", payload_cache=100)
+    store.create_collection("c", {"fused": DIM}, ["colour"], ())
+    store.upsert("c", [item(i, "green" if i % 2 else "red") for i in range(12)])
+    store.close()
+    store = EdgeStore(tmp_path / "store", payload_cache=100)  # nothing cached: every payload comes from the engine
+    with store._pool.use("c") as h:
+        counting = h.shard = CountingShard(h.shard)
+    q = item(3).vectors["fused"]
+    parts = [DenseQuery(q, "fused"), KeywordQuery("green"), DenseQuery(q, "fused", top=4)]
+    dense, keyword, near = store.query_batch("c", parts, limit=8)
+    assert len(dense) == 8 and len(near) == 4 and [h.id for h in near] == [h.id for h in dense[:4]]
+    assert keyword and all(h.payload["colour"] == "green" for h in keyword)
+    both = {h.id for h in dense} | {h.id for h in keyword}
+    assert counting.retrieved == len(both) < len(dense) + len(keyword) + len(near)
+    by_id = {h.id: h for h in dense}
+    assert all(h.payload is by_id[h.id].payload for h in near)  # one copy a point, shared by its hits
+    dense[0].payload["colour"] = "blue"  # still the caller's own copy: the cache keeps its payload
+    single = store.query("c", DenseQuery(q, "fused"), limit=8)
+    assert [(h.id, h.score) for h in single] == [(h.id, h.score) for h in dense]
+    assert single[0].payload["colour"] == item_colour(single[0].id)
+    store.close()

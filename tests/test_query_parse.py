@@ -186,3 +186,47 @@ def test_keyword_text_fields_name_payload_keys() -> None:
         "keyword_fields": ("prod_name", "product_type_name", "colour_group_name", "detail_desc")})
     # the indexer stores the title and description columns as "title" and "description", attributes as named
     assert keyword_text_fields(cfg) == ("title", "product_type_name", "colour_group_name", "description")
+
+
+class _Idf:
+    """A value index's IDF: rarer words weigh more."""
+
+    def idf(self, word: str) -> float:
+        return {"watches": 3.0, "brown": 1.0, "men": 0.5}.get(word, 2.0)
+
+
+def _hit(item_id: str, **payload: Any) -> Hit:
+    return Hit(item_id, 1.0, payload)
+
+
+def test_keyword_coverage_reads_each_items_words_and_follows_their_changes() -> None:
+    from types import SimpleNamespace
+
+    from search.query.reading import keyword_coverage
+
+    reading: Any = SimpleNamespace(words=("men", "brown", "watches"))
+    fields = ("title", "colour", "tags")
+    strap = _hit("1", title="Brown leather strap", colour="Brown")
+    watch = _hit("2", title="Titan Men Watches", colour="Black")
+    assert keyword_coverage(reading, [strap], fields, _Idf()) == pytest.approx(1.0 / 4.5)
+    assert keyword_coverage(reading, [strap, watch], fields, _Idf()) == pytest.approx(3.5 / 4.5)
+    assert keyword_coverage(reading, [strap, watch], fields, _Idf(), top=1) == pytest.approx(1.0 / 4.5)
+    # the same item read again (remembered by its text), changed, or with a list value (read every time)
+    assert keyword_coverage(reading, [watch], fields, _Idf()) == pytest.approx(3.5 / 4.5)
+    brown = _hit("2", title="Titan Men Watches", colour="Brown")
+    assert keyword_coverage(reading, [brown], fields, _Idf()) == pytest.approx(1.0)
+    tagged = _hit("3", title="Leather strap", tags=["men", "watch"])
+    assert keyword_coverage(reading, [tagged], fields, _Idf()) == pytest.approx(3.5 / 4.5)
+    assert keyword_coverage(SimpleNamespace(words=()), [strap], fields, _Idf()) == 1.0
+
+
+def test_image_urls_of_local_images_quote_the_id_only_where_needed() -> None:
+    from search.query.results import image_url
+
+    assert image_url("15970", "images/15970.jpg") == "/api/items/15970/image"
+    assert image_url("AbC9", "x.jpg") == "/api/items/AbC9/image"
+    assert image_url("sku 1/é", "x.jpg") == "/api/items/sku%201%2F%C3%A9/image"
+    assert image_url("sku-1_a.b~", "x.jpg") == "/api/items/sku-1_a.b~/image"
+    assert image_url("²", "x.jpg") == "/api/items/%C2%B2/image"  # a digit to str.isdigit, not to quote
+    assert image_url("1", "HTTPS://cdn.example/1.jpg") == "HTTPS://cdn.example/1.jpg"
+    assert image_url("1", "") is None

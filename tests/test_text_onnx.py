@@ -142,3 +142,13 @@ def test_an_exported_int8_encoder_loads_without_torch(cfg: Config, int8: text_on
     got = encoded_in_a_fresh_process(cfg, "men brown watches")
     assert got["torch"] is False  # a search worker's text side holds no torch
     np.testing.assert_allclose(got["vec"], int8.encode(["men brown watches"])[0], atol=1e-6)
+
+
+def test_pooling_gives_the_bits_of_numpys_mean_and_norm() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 8, 13, 64):
+        hidden = rng.standard_normal((n, 384)).astype(np.float32)
+        mean = hidden.mean(axis=0)
+        assert np.array_equal(text_onnx.mean_rows(hidden), mean)
+        assert np.array_equal(text_onnx.unit(mean), mean / float(np.linalg.norm(mean)))
+    assert not text_onnx.unit(np.zeros(4, np.float32)).any()

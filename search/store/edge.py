@@ -168,19 +168,31 @@ def payloads_of(h: ShardHandle, keys: Sequence[int], ids: Sequence[Any]) -> list
 
 def cached_hits(h: ShardHandle, points: Sequence[Any], with_vectors: WithVectors, with_payload: bool = True,
                 scored: bool = True) -> list[Hit]:
-    """Hits of engine results read without payload: payloads from the shard's cache (search/store/payload_cache.py).
+    """Hits of engine results read without payload: payloads from the shard's cache (search/store/payload_cache.py)."""
+    return cached_hit_lists(h, [points], with_vectors, with_payload, scored)[0]
+
+
+def cached_hit_lists(h: ShardHandle, lists: Sequence[Sequence[Any]], with_vectors: WithVectors,
+                     with_payload: bool = True, scored: bool = True) -> list[list[Hit]]:
+    """`cached_hits` of each result list of one batch, each point's payload read once however many lists hold it
+    (a hybrid search's three lists share a third of their points; hits of one point share its payload copy).
     A search makes a few hundred of these, so the loop is kept tight (new_hit, one `.id` per point)."""
-    ids = [p.id for p in points]  # each `.id` builds a uuid.UUID (about 1 us): once per point
-    payloads = payloads_of(h, [i.int for i in ids], ids)
+    ids = [[p.id for p in points] for points in lists]  # each `.id` builds a uuid.UUID (about 1 us): once per point
+    unique = {i.int: i for row in ids for i in row}
+    payloads = dict(zip(unique, payloads_of(h, list(unique), list(unique.values()))))
     out = []
-    for p, pid, payload in zip(points, ids, payloads):
-        if payload is None:  # deleted between the query and the payload read
-            continue
-        item_id = payload.get(ID_FIELD)
-        item_id = str(pid) if item_id is None else str(item_id)
-        out.append(new_hit(item_id, float(p.score) if scored else 1.0,
-                           payload if with_payload else {ID_FIELD: item_id},
-                           _vectors(p, with_vectors) if with_vectors else {}))
+    for points, row in zip(lists, ids):
+        hits = []
+        for p, pid in zip(points, row):
+            payload = payloads[pid.int]
+            if payload is None:  # deleted between the query and the payload read
+                continue
+            item_id = payload.get(ID_FIELD)
+            item_id = str(pid) if item_id is None else str(item_id)
+            hits.append(new_hit(item_id, float(p.score) if scored else 1.0,
+                                payload if with_payload else {ID_FIELD: item_id},
+                                _vectors(p, with_vectors) if with_vectors else {}))
+        out.append(hits)
     return out
 
 
@@ -195,6 +207,7 @@ class EdgeStore(QueriesInBatches):
         self.hnsw_ef = hnsw_ef  # None = engine default
         self.acorn = acorn  # ACORN for filtered searches keeping at most this share of the points (0: off)
         self.oversampling = oversampling  # quantised collections: candidates re-scored in float32, x the limit
+        self._search_params: tuple[tuple[Any, ...], qe.SearchParams] | None = None
         self.index = index
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
         (self.root / "aliases").mkdir(parents=True, exist_ok=True)
@@ -405,12 +418,16 @@ class EdgeStore(QueriesInBatches):
                                with_payload=payload, with_vector=with_vectors)
 
     def _params(self) -> qe.SearchParams | None:
-        settings: dict[str, Any] = {"hnsw_ef": self.hnsw_ef} if self.hnsw_ef else {}
-        if self.acorn > 0:
-            settings["acorn"] = qe.AcornSearchParams(enable=True, max_selectivity=self.acorn)
-        # a collection without quantised vectors ignores this
-        settings["quantization"] = qe.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
-        return qe.SearchParams(**settings)
+        """The search parameters of every query, built once for the store's current settings."""
+        key = (self.hnsw_ef, self.acorn, self.oversampling)
+        if self._search_params is None or self._search_params[0] != key:
+            settings: dict[str, Any] = {"hnsw_ef": self.hnsw_ef} if self.hnsw_ef else {}
+            if self.acorn > 0:
+                settings["acorn"] = qe.AcornSearchParams(enable=True, max_selectivity=self.acorn)
+            # a collection without quantised vectors ignores this
+            settings["quantization"] = qe.QuantizationSearchParams(rescore=True, oversampling=self.oversampling)
+            self._search_params = (key, qe.SearchParams(**settings))
+        return self._search_params[1]
 
     @staticmethod
     def _scoring(part: DenseQuery | KeywordQuery, dims: dict[str, int]) -> qe.Query | None:
@@ -436,10 +453,10 @@ class EdgeStore(QueriesInBatches):
             requests = [self._request(q, flt, part_limit(q, limit), max(0, offset), vectors, h.meta["dims"])
                         for q in queries]
             live = [r for r in requests if r is not None]
-            results = iter(h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1
-                           else [h.shard.query(r) for r in live])
-            return [best_first(cached_hits(h, next(results), with_vectors, with_payload)) if r is not None else []
-                    for r in requests]
+            results = h.shard.query_batch(qe.QueryBatchRequest(live)) if len(live) > 1 \
+                else [h.shard.query(r) for r in live]
+            lists = iter(cached_hit_lists(h, results, with_vectors, with_payload))
+            return [best_first(next(lists)) if r is not None else [] for r in requests]
 
     def facets(self, collection: str, fields: Sequence[str], filters: Filters | None = None,
                limit: int = 20) -> dict[str, dict[str, int]]:
