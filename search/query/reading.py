@@ -9,7 +9,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -262,7 +262,7 @@ def _folded_words(texts: tuple[Any, ...]) -> frozenset[str]:
     return _fold_all(w for text in texts if text for w in surface_words(str(text)))
 
 
-def _fold_all(words: Any) -> frozenset[str]:
+def _fold_all(words: Iterable[str]) -> frozenset[str]:
     return frozenset(fold(w) for w in words)
 
 
