@@ -281,6 +281,7 @@ def test_vitrina_serve_answers_over_http(tmp_path: Any) -> None:
     import time
     import urllib.error
     import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     with socket.socket() as s:
@@ -288,8 +289,9 @@ def test_vitrina_serve_answers_over_http(tmp_path: Any) -> None:
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "VITRINA_DATA__DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "serve", "--port", str(port), "--threads", "2",
-                             "--no-preload"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "serve", "--port", str(port), "--threads", "1",
+                             "--workers", "1", "--no-preload"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     try:
         body, status = None, 0
         for _ in range(150):
@@ -304,6 +306,14 @@ def test_vitrina_serve_answers_over_http(tmp_path: Any) -> None:
         assert status == 400 and body is not None and body["error"] == "empty query"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as r:
             assert "/api/search" in json.loads(r.read())["paths"]
+
+        def spec() -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=30) as r:
+                return len(r.read())
+
+        with ThreadPoolExecutor(16) as pool:  # more at once than its one thread serves: they queue
+            assert len(set(pool.map(lambda _: spec(), range(64)))) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        out = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Task queue depth" not in out  # waiting in the queue is how one thread a process works: no warning
