@@ -9,7 +9,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from search.query.fusion_weights import FusionParams, FusionWeights, QuerySignal
 from search.query.query_parse import Constraints, parse_constraints
 from search.query.spelling import Speller
 from search.query.understand import AttributeMatcher, fold, surface_words
-from search.query.value_index import ValueIndex, item_words
+from search.query.value_index import ValueIndex, text_words
 from vitrina.config import Config
 from vitrina.errors import ConfigError
 
@@ -254,16 +254,12 @@ def folded_item_words(payload: Mapping[str, Any], fields: Sequence[str]) -> froz
     try:
         return _folded_words(texts)
     except TypeError:  # a value that cannot be a key (a list): read it every time
-        return _fold_all(item_words(payload, fields))
+        return _folded_words.__wrapped__(texts)
 
 
 @functools.lru_cache(maxsize=4096)
 def _folded_words(texts: tuple[Any, ...]) -> frozenset[str]:
-    return _fold_all(w for text in texts if text for w in surface_words(str(text)))
-
-
-def _fold_all(words: Iterable[str]) -> frozenset[str]:
-    return frozenset(fold(w) for w in words)
+    return frozenset(fold(w) for w in text_words(texts))
 
 
 def keyword_text_fields(cfg: Config) -> tuple[str, ...]:

@@ -65,9 +65,13 @@ class ValueIndex:
 
 def item_words(payload: Mapping[str, object], text_fields: Iterable[str]) -> set[str]:
     """The lower-case words of an item's keyword text (its title and keyword fields)."""
+    return text_words(payload.get(f) for f in text_fields)
+
+
+def text_words(values: Iterable[object]) -> set[str]:
+    """The lower-case words of some field values (empty and missing ones left out)."""
     out: set[str] = set()
-    for f in text_fields:
-        value = payload.get(f)
+    for value in values:
         if value:
             out.update(surface_words(str(value)))
     return out
