@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 import time
 from typing import Any, Callable
 
@@ -93,9 +94,43 @@ def serve_wsgi(app: Any, sock: socket.socket, balance: ConnectionBalance | None 
     # plan, not an alarm; errors still show.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = waitress.create_server(app, sockets=[sock], **adjustments)
+    admit_when_idle(server)
     if balance is not None and balance.slot is not None:
         balance.attach(server)
     server.run()
+
+
+def admit_when_idle(server: Any) -> None:
+    """Make a waitress server read its connections only while one of its task threads is free.
+
+    Left alone, the serving loop reads and parses a request on one connection while a search for another runs,
+    though no thread is free to serve it: the two threads then pass the GIL back and forth in the middle of the
+    search (~0.15 ms of CPU a request with two connections a worker). Here that request waits in the socket's
+    buffer until a task ends; the end of each task wakes the loop, which then reads it. Requests already read
+    (pipelined ones) are served as before."""
+    threads = max(1, int(server.adj.threads))
+    lock = threading.Lock()
+    pending = [0]  # tasks queued or running
+    add_task, base = server.add_task, server.channel_class
+
+    def counted_add_task(task: Any) -> None:
+        with lock:
+            pending[0] += 1
+        add_task(task)
+
+    class Channel(base):  # type: ignore[misc, valid-type]
+        def readable(self) -> bool:
+            return pending[0] < threads and bool(base.readable(self))
+
+        def service(self) -> None:
+            try:
+                base.service(self)
+            finally:
+                with lock:
+                    pending[0] -= 1
+                self.server.pull_trigger()  # the loop looks again at the connections it left unread
+
+    server.add_task, server.channel_class = counted_add_task, Channel
 
 
 def exit_on_signal(signum: int, _frame: object) -> None:
