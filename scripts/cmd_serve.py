@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import gc
 import os
 import signal
 import socket
@@ -153,6 +154,17 @@ def recover_live(cfg: Config) -> int:
     return 0
 
 
+def settle_heap() -> None:
+    """Collect what loading left behind, then freeze the rest (models, the payload cache, the reader's tables: ~120k
+    objects once warm) out of the garbage collector's passes. A full pass over them took 21-27 ms, and one came now
+    and then in the middle of a shopper's request: wrk, text search, 30 s phases, two runs each way: p99 16.6 / 16.0
+    -> 13.6 / 13.3 ms and max 78-81 -> 33-36 ms at 4 connections, max 113-151 -> 79 ms at 16, the same CPU a search.
+    Frozen objects still go when nothing refers to them; a frozen cycle left garbage later stays (rare: an alias
+    swap's old tables)."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy: bool = False,
             balance: ConnectionBalance | None = None) -> int:
     """One serving process: its own app, store and models; logged writes a crash left unapplied go in first.
@@ -185,6 +197,7 @@ def run_app(cfg: Config, sock: socket.socket, threads: int, preload: bool, copy:
                     writer().warm()
         except VitrinaError as e:
             log.warning("writes not checked against the change log yet: %s", e.message)
+        settle_heap()
         serve_wsgi(app, sock, balance, threads=threads, ident="vitrina",
                    max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024)
     finally:

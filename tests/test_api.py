@@ -313,6 +313,11 @@ def test_vitrina_serve_answers_over_http(tmp_path: Any) -> None:
 
         with ThreadPoolExecutor(16) as pool:  # more at once than its one thread serves: they queue
             assert len(set(pool.map(lambda _: spec(), range(64)))) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        # what the process loaded before serving is frozen out of the collector's passes (cmd_serve.settle_heap)
+        frozen = next(line for line in metrics.splitlines() if line.startswith("vitrina_gc_frozen_objects "))
+        assert int(frozen.split()[1]) > 10_000
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode(errors="replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import gc
 import os
 import threading
 import time
@@ -56,6 +57,13 @@ class Metrics:
                 lines.append(f"vitrina_http_request_duration_seconds_count{{{label}}} {int(n)}")
         lines += ["# HELP vitrina_index_items Items in the collection behind the search alias (-1: no index).",
                   "# TYPE vitrina_index_items gauge", f"vitrina_index_items {index_points}"]
+        lines += ["# HELP vitrina_gc_collections_total Garbage collector passes of this process by generation.",
+                  "# TYPE vitrina_gc_collections_total counter"]
+        lines += [f'vitrina_gc_collections_total{{generation="{gen}"}} {stats["collections"]}'
+                  for gen, stats in enumerate(gc.get_stats())]
+        lines += ["# HELP vitrina_gc_frozen_objects Objects this process froze out of the collector's passes once "
+                  "loaded (vitrina serve).", "# TYPE vitrina_gc_frozen_objects gauge",
+                  f"vitrina_gc_frozen_objects {gc.get_freeze_count()}"]
         return "\n".join(lines) + "\n"
 
 
