@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import json
 import logging
-import gc
 import os
 import signal
 import socket
