@@ -114,9 +114,9 @@ def admit_when_idle(server: Any) -> None:
     add_task, base = server.add_task, server.channel_class
 
     def counted_add_task(task: Any) -> None:
+        add_task(task)  # counted once queued (a task thread that finishes it first takes the count to -1, then 0)
         with lock:
             pending[0] += 1
-        add_task(task)
 
     class Channel(base):  # type: ignore[misc, valid-type]
         def readable(self) -> bool:
