@@ -398,7 +398,21 @@ def measure_all(bench: Bench, phases: Sequence[tuple[str, str, int]], texts: Seq
     if len(floors) > 1:
         print(f"x floor: against the mean of the {len(floors)} floor phases ("
               f"{', '.join(f'{f:.1f}' for f in floors)} req/s)")
+        note = unsteady_floor(floors)
+        if note:
+            print(note)
     return rows
+
+
+def unsteady_floor(floors: list[float], tolerance: float = 0.15) -> str | None:
+    """A warning when the floor phases of one run differ by more than `tolerance` of the slower: on this 2-core VM
+    a floor phase now and then runs at ~0.6 ms of server CPU a request instead of ~0.36 (3,000 against 5,000 req/s,
+    nothing else running), and every x floor of the run moves with it."""
+    low, high = min(floors), max(floors)
+    if low <= 0 or high / low - 1.0 <= tolerance:
+        return None
+    return (f"x floor: the floor phases differ by {100.0 * (high / low - 1.0):.0f}% ({low:.1f} to {high:.1f} req/s), "
+            "so the ratios above move with the floor; compare the cpu ms/req column, or run again")
 
 
 def with_floor_ratios(rows: list[dict[str, Any]]) -> list[float]:

@@ -89,6 +89,13 @@ def test_phase_specs_and_verdicts() -> None:
     assert bench_http.verdict({**row, "phase": "floor"}) == "reference"
 
 
+def test_a_run_whose_floor_phases_disagree_says_so() -> None:
+    assert bench_http.unsteady_floor([5000.0, 4900.0]) is None
+    note = bench_http.unsteady_floor([3000.0, 5000.0])
+    assert note is not None and "67%" in note and "3000.0 to 5000.0" in note
+    assert bench_http.unsteady_floor([5000.0]) is None
+
+
 def test_the_floor_ratio_is_against_the_mean_of_the_floor_phases() -> None:
     def row(phase: str, rps: float) -> dict:
         return {"phase": phase, "kind": phase.split("@")[0], "clients": 4, "rps": rps, "p95_ms": 10.0, "errors": 0}
