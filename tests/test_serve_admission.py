@@ -50,14 +50,21 @@ def server() -> Iterator[tuple[Any, threading.Event, threading.Event, list[str]]
     started, release, served = threading.Event(), threading.Event(), []
     srv = waitress.create_server(_app(started, release, served), host="127.0.0.1", port=0, threads=1)
     admit_when_idle(srv)
-    loop = threading.Thread(target=srv.run, daemon=True)
+    stop = threading.Event()
+
+    def serve() -> None:  # the serving loop, a pass at a time, so the test can end it before closing its sockets
+        while not stop.is_set():
+            srv.asyncore.loop(timeout=0.05, map=srv._map, count=1)
+
+    loop = threading.Thread(target=serve, daemon=True)
     loop.start()
     try:
         yield srv, started, release, served
     finally:
         release.set()
+        stop.set()
+        loop.join(10)
         srv.close()
-        srv.task_dispatcher.shutdown()
 
 
 def test_a_request_waits_unread_while_the_only_thread_is_busy_and_is_served_when_it_frees(server: Any) -> None:
