@@ -88,10 +88,10 @@ def serve_wsgi(app: Any, sock: socket.socket, balance: ConnectionBalance | None 
     """Serve `app` with waitress on the inherited socket, taking connections on this worker's turn."""
     import waitress
 
-    # A worker serves one request at a time by design ([web].threads = 1), so under load the next one waits in
-    # waitress's queue, and waitress logs a warning for each that does ("Task queue depth is 1": 170,000 lines,
-    # 12 MB, in one `vitrina bench http` run, and a log call on the path of most requests). Waiting there is the
-    # plan, not an alarm; errors still show.
+    # A worker serves one request at a time by design ([web].threads = 1). Before admit_when_idle the next request
+    # waited in waitress's queue and waitress logged a warning for each ("Task queue depth is 1": 170,000 lines,
+    # 12 MB, in one `vitrina bench http` run); now it mostly waits unread in its socket, but a pipelined request
+    # still queues. Waiting is the plan, not an alarm; errors still show.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = waitress.create_server(app, sockets=[sock], **adjustments)
     admit_when_idle(server)
